@@ -1,0 +1,89 @@
+"""`python -m mnist_exp [overrides]`: the Hydra entry point and nothing else.
+
+All logic lives in mnist_exp.experiment.run(cfg); this file turns its errors
+into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from mnist_exp.errors import ExperimentError
+
+log = logging.getLogger("mnist_exp")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from mnist_exp import experiment
+    from mnist_exp.sweep import PARENT_RUN_ENV
+
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        outcome = experiment.run(cfg, overrides)
+        print(experiment.summary(outcome))
+        return outcome[cfg.optimized_metric]
+    # In a sweep a failed job is recorded (FAILED in MLflow) and the others still run.
+    try:
+        outcome = experiment.run(cfg, overrides, parent_run_id=os.environ.get(PARENT_RUN_ENV))
+    except Exception as error:
+        log.error("job %s failed: %s", hydra_cfg.job.num, error)
+        return None
+    log.info(
+        "job %s done: %s val_accuracy=%.4f test_accuracy=%.4f",
+        hydra_cfg.job.num, " ".join(overrides), outcome["val_accuracy"], outcome["test_accuracy"],
+    )
+    return outcome[cfg.optimized_metric]
+
+
+def cli() -> None:
+    """Run Hydra with errors as one line each: exit 2 for bad input, 130 for Ctrl-C."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    # Make Hydra re-raise instead of printing its own multi-line report.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    # `kill` (SIGTERM) stops a run like Ctrl-C does, so it is recorded as KILLED.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        main()
+    except ExperimentError as error:
+        _fail(str(error), 2)
+    except (HydraException, OmegaConfBaseException) as error:
+        if show_tracebacks:
+            raise
+        _fail(_hydra_message(error), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted; the run is recorded as KILLED", 130)
+
+
+def _hydra_message(error: Exception) -> str:
+    from hydra.errors import MissingConfigException
+
+    if isinstance(error, MissingConfigException) and error.options:
+        group = error.missing_cfg_file.rsplit("/", 1)[0] if error.missing_cfg_file else "group"
+        return f"{error.missing_cfg_file} does not exist; choose {group} from: {', '.join(error.options)}"
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        lines.append(str(cause).strip().splitlines()[0])
+    return " ".join(dict.fromkeys(lines))
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()

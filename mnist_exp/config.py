@@ -1,0 +1,209 @@
+"""Checks a composed config before anything heavy is imported, and resolves its paths.
+
+Hydra already rejects unknown group options and unknown keys; this module
+rejects values that compose fine but cannot work (`epochs=0`, `epochs=abc`,
+`optimizer.lr=-1`, `'model.hidden_units=[]'`, ...), naming the key and what
+is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mnist_exp.errors import ExperimentError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+DATASETS = ("mnist", "fashion_mnist", "mnist_sample")
+OPTIMIZED_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# Activations Keras 3 knows by name; checked here so a typo fails before TensorFlow loads.
+ACTIVATIONS = (
+    "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish",
+    "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "exponential", "linear",
+)
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+MAX_LAYER_WIDTH = 65_536
+MAX_HIDDEN_LAYERS = 64
+
+# A check returns None when the value is fine, else a phrase saying what is allowed.
+Check = Callable[[Any], "str | None"]
+
+
+def _integer(low: int, high: int) -> Check:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+        return None if ok else f"an integer from {low} to {high}"
+    return check
+
+
+def _number(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
+    left, right = "(" if low_open else "[", ")" if high_open else "]"
+
+    def check(value: Any) -> str | None:
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (low < value if low_open else low <= value)
+            and (value < high if high_open else value <= high)
+        )
+        return None if ok else f"a number in {left}{low}, {high}{right}"
+    return check
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _one_of(*allowed: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if value in allowed else "one of " + ", ".join(allowed)
+    return check
+
+
+def _optional(check: Check) -> Check:
+    def optional(value: Any) -> str | None:
+        problem = check(value) if value is not None else None
+        return None if problem is None else f"null or {problem}"
+    return optional
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.strip() else "a non-empty string"
+
+
+def _layer_widths(value: Any) -> str | None:
+    allowed = f"a non-empty list of at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_LAYER_WIDTH}, e.g. [256,128]"
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_HIDDEN_LAYERS:
+        return allowed
+    return None if all(_integer(1, MAX_LAYER_WIDTH)(width) is None for width in value) else allowed
+
+
+def _tracking_uri(value: Any) -> str | None:
+    allowed = "null (the local SQLite store) or a URI starting with " + ", ".join(f"{s}:" for s in TRACKING_SCHEMES)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.split(":", 1)[0].split("+", 1)[0] not in TRACKING_SCHEMES:
+        return allowed
+    return None
+
+
+_POSITIVE_LR = _number(0, 10, low_open=True)
+_UNIT_OPEN = _number(0, 1, high_open=True)
+_EPSILON = _number(0, 1, low_open=True)
+
+TOP_LEVEL: dict[str, Check] = {
+    "epochs": _integer(1, 100_000),
+    "batch_size": _integer(1, 1_000_000),
+    "seed": _integer(0, 2**32 - 1),
+    "early_stopping_patience": _optional(_integer(1, 100_000)),
+    "deterministic": _boolean,
+    "optimized_metric": _one_of(*OPTIMIZED_METRICS),
+    "runs_dir": _text,
+}
+OPTIMIZER_KEYS: dict[str, dict[str, Check]] = {
+    "sgd": {"lr": _POSITIVE_LR, "momentum": _UNIT_OPEN, "nesterov": _boolean},
+    "rmsprop": {"lr": _POSITIVE_LR, "rho": _UNIT_OPEN, "momentum": _UNIT_OPEN, "epsilon": _EPSILON},
+    "adam": {"lr": _POSITIVE_LR, "beta_1": _UNIT_OPEN, "beta_2": _UNIT_OPEN, "epsilon": _EPSILON, "amsgrad": _boolean},
+    "adamw": {
+        "lr": _POSITIVE_LR, "weight_decay": _number(0, 1), "beta_1": _UNIT_OPEN, "beta_2": _UNIT_OPEN,
+        "epsilon": _EPSILON, "amsgrad": _boolean,
+    },
+}
+MODEL_KEYS: dict[str, Check] = {
+    "name": _one_of("mlp"),
+    "hidden_units": _layer_widths,
+    "activation": _one_of(*ACTIVATIONS),
+    "dropout": _UNIT_OPEN,
+}
+DATA_KEYS: dict[str, Check] = {
+    "name": _one_of(*DATASETS),
+    "path": _optional(_text),
+    "allow_fallback": _boolean,
+    "val_fraction": _number(0, 0.9, low_open=True),
+    "cache": _boolean,
+}
+MLFLOW_KEYS: dict[str, Check] = {
+    "tracking_uri": _tracking_uri,
+    "experiment": _text,
+    "log_model": _boolean,
+}
+
+
+def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
+    """Raise ExperimentError naming the first key whose value cannot work."""
+    values = _plain(cfg)
+    for section in ("optimizer", "model", "data", "mlflow"):
+        if not isinstance(values.get(section), dict):
+            raise ExperimentError(f"config group '{section}' is missing; choose it with {section}=<option>")
+    optimizer_name = values["optimizer"].get("name")
+    if optimizer_name not in OPTIMIZER_KEYS:
+        raise ExperimentError(
+            f"optimizer.name={optimizer_name!r} is invalid: expected one of {', '.join(OPTIMIZERS)}"
+        )
+    schema = {
+        **TOP_LEVEL,
+        **_prefixed("optimizer", {"name": _one_of(*OPTIMIZERS), **OPTIMIZER_KEYS[optimizer_name]}),
+        **_prefixed("model", MODEL_KEYS),
+        **_prefixed("data", DATA_KEYS),
+        **_prefixed("mlflow", MLFLOW_KEYS),
+    }
+    present = dict(_leaves(values))
+    for key in present.keys() - schema.keys() - {"hydra"}:
+        raise ExperimentError(f"{key} is not a known key; known keys: {', '.join(sorted(schema))}")
+    for key, check in schema.items():
+        if key not in present:
+            raise ExperimentError(f"{key} is missing from the config")
+        problem = check(present[key])
+        if problem is not None:
+            raise ExperimentError(f"{key}={_show(present[key])} is invalid: expected {problem}")
+    if values["data"]["allow_fallback"] and values["data"]["name"] != "mnist":
+        raise ExperimentError(
+            "data.allow_fallback=true is only possible with data=mnist (the fallback is a sample of MNIST digits)"
+        )
+
+
+def flatten(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Every leaf of the config under a dotted key, e.g. {'optimizer.lr': 0.001, 'model.hidden_units': [512]}."""
+    return dict(_leaves(_plain(cfg)))
+
+
+def runs_dir(cfg: DictConfig | Mapping[str, Any]) -> Path:
+    """The folder every run writes into; a relative `runs_dir` is taken from the project root."""
+    path = Path(cfg["runs_dir"]).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def direction(metric: str) -> str:
+    """'maximize' or 'minimize' for an optimisable metric."""
+    return OPTIMIZED_METRICS[metric]
+
+
+def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def _prefixed(section: str, checks: dict[str, Check]) -> dict[str, Check]:
+    return {f"{section}.{key}": check for key, check in checks.items()}
+
+
+def _leaves(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in values.items():
+        if prefix == "" and key == "hydra":
+            continue
+        if isinstance(value, Mapping):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value) if isinstance(value, str) else str(value)

@@ -1,0 +1,9 @@
+"""The one exception type users see: a message that says what to fix."""
+
+
+class ExperimentError(Exception):
+    """Bad input or an unusable environment; the CLI prints it as one line and exits 2."""
+
+
+class TrainingDiverged(ExperimentError):
+    """The loss became NaN or infinite; the run is recorded as FAILED with this reason."""

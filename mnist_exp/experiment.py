@@ -1,0 +1,53 @@
+"""One experiment, start to finish: check the config, load data, train inside an MLflow run."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mnist_exp import config
+from mnist_exp.data import load_dataset
+
+
+def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None) -> dict[str, Any]:
+    """Train and evaluate the experiment `cfg` describes, recorded as one MLflow run.
+
+    Returns the final metrics (val_accuracy, val_loss, test_accuracy, test_loss,
+    epochs_completed, train_seconds) plus run_id, model_uri, tracking_uri and
+    dataset. Raises ExperimentError for bad config or data before any run is
+    created; a failure during training leaves the run FAILED with the reason.
+    """
+    config.validate(cfg)
+    dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
+
+    # Imported here, after validation: together they cost seconds. Keras first, so
+    # TensorFlow is quietened before MLflow's integrations can import it.
+    from mnist_exp.train import import_keras, train_and_evaluate
+
+    import_keras()
+    from mnist_exp.tracking import record_run
+
+    with record_run(cfg, dataset, overrides, parent_run_id) as recorder:
+        result = train_and_evaluate(cfg, dataset, on_epoch=recorder.log_epoch)
+        model_uri = recorder.log_result(result.metrics, result.model, dataset, cfg.mlflow.log_model)
+    return {
+        **result.metrics,
+        "run_id": recorder.run_id,
+        "model_uri": model_uri,
+        "tracking_uri": recorder.uri,
+        "dataset": dataset.name,
+    }
+
+
+def summary(outcome: dict[str, Any]) -> str:
+    """The lines printed at the end of a run: scores, run id, how to look at it."""
+    from mnist_exp.tracking import ui_command
+
+    return (
+        f"val_accuracy {outcome['val_accuracy']:.4f}  test_accuracy {outcome['test_accuracy']:.4f}"
+        f"  ({outcome['dataset']}, {int(outcome['epochs_completed'])} epochs, {outcome['train_seconds']:.1f} s)\n"
+        f"MLflow run {outcome['run_id']}\n"
+        f"UI: {ui_command(outcome['tracking_uri'])}"
+    )

@@ -1,0 +1,40 @@
+"""Builds the Keras model and optimizer a config describes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def build_mlp(
+    hidden_units: Sequence[int],
+    activation: str,
+    dropout: float,
+    *,
+    input_dim: int = 784,
+    num_classes: int = 10,
+):
+    """Dense(w, activation) [-> Dropout] per hidden width, then Dense(num_classes, softmax)."""
+    import keras
+
+    layers = [keras.Input(shape=(input_dim,), name="pixels")]
+    for index, width in enumerate(hidden_units, start=1):
+        layers.append(keras.layers.Dense(width, activation=activation, name=f"hidden_{index}"))
+        if dropout > 0:
+            layers.append(keras.layers.Dropout(dropout, name=f"dropout_{index}"))
+    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="probabilities"))
+    return keras.Sequential(layers, name="mlp")
+
+
+def build_optimizer(optimizer_cfg: Mapping[str, Any]):
+    """A keras.optimizers instance; `lr` becomes learning_rate, every other key passes through."""
+    import keras
+
+    classes = {
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+    }
+    options = {key: value for key, value in optimizer_cfg.items() if key not in ("name", "lr")}
+    return classes[optimizer_cfg["name"]](learning_rate=optimizer_cfg["lr"], **options)

@@ -1,0 +1,410 @@
+"""Everything MLflow: the store, one run per training job, one parent run per sweep.
+
+The only module that imports mlflow, and only inside functions: it costs ~2 s,
+which `--help` and config errors should not pay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_exp import config
+from mnist_exp.data import Dataset
+from mnist_exp.errors import ExperimentError
+
+log = logging.getLogger(__name__)
+
+SERVER_CONNECT_TIMEOUT_S = 5.0
+FAILURE_TAG = "mnist_exp.failure"
+OVERRIDES_TAG = "mnist_exp.overrides"
+SWEEP_TAG = "mnist_exp.sweep"
+MAX_TAG_LENGTH = 5000
+
+
+def tracking_uri(cfg: Mapping[str, Any]) -> str:
+    """The configured URI, or SQLite at <runs_dir>/mlflow.db."""
+    uri = cfg["mlflow"]["tracking_uri"]
+    return uri if uri else f"sqlite:///{config.runs_dir(cfg) / 'mlflow.db'}"
+
+
+def ui_command(uri: str) -> str:
+    """The command (or address) that shows this store in the MLflow UI."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+@dataclass
+class RunRecorder:
+    """Writes one run's epochs and results; handed to training as its per-epoch hook."""
+
+    client: Any
+    run_id: str
+    uri: str
+    epochs_logged: int = 0
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(key, float(value), now, epoch) for key, value in metrics.items()]
+        )
+        self.epochs_logged = epoch
+
+    def log_result(self, metrics: Mapping[str, float], model: Any, dataset: Dataset, log_model: bool) -> str | None:
+        """Test and final validation scores, and the model; returns the model's URI."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        final = {
+            "test_loss": metrics["test_loss"],
+            "test_accuracy": metrics["test_accuracy"],
+            # Scores of the model that was kept (the best epoch when early stopping restored it).
+            "final_val_loss": metrics["val_loss"],
+            "final_val_accuracy": metrics["val_accuracy"],
+            "train_seconds": metrics["train_seconds"],
+            "epochs_completed": metrics["epochs_completed"],
+        }
+        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, self.epochs_logged) for k, v in final.items()])
+        if not log_model:
+            return None
+        return _log_keras_model(model, dataset)
+
+
+@contextlib.contextmanager
+def record_run(
+    cfg: DictConfig,
+    dataset: Dataset,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+) -> Iterator[RunRecorder]:
+    """One MLflow run around a training job: FINISHED, FAILED (with the reason) or KILLED, never left RUNNING."""
+    import mlflow
+
+    client, experiment_id, uri = connect(cfg)
+    tags = {
+        OVERRIDES_TAG: " ".join(overrides),
+        "mlflow.source.name": "python -m mnist_exp",
+        "mlflow.source.type": "LOCAL",
+        **_git_tags(),
+    }
+    if dataset.fallback_reason:
+        tags["mnist_exp.dataset_fallback"] = dataset.fallback_reason
+    run = mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name(overrides), tags=tags, parent_run_id=parent_run_id
+    )
+    recorder = RunRecorder(client=client, run_id=run.info.run_id, uri=uri)
+    status = "KILLED"
+    try:
+        _log_inputs(client, recorder.run_id, cfg, dataset, overrides)
+        yield recorder
+        status = "FINISHED"
+    except Exception as error:
+        status = "FAILED"
+        client.set_tag(recorder.run_id, FAILURE_TAG, f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH])
+        raise
+    finally:
+        # KeyboardInterrupt and SystemExit land here with status still KILLED.
+        mlflow.end_run(status=status)
+
+
+def connect(cfg: Mapping[str, Any]):
+    """(client, experiment id, uri) for the configured store, or one ExperimentError saying why not."""
+    _quiet_mlflow_logging()
+    uri = tracking_uri(cfg)
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        _check_sqlite_location(uri)
+    elif scheme in ("http", "https"):
+        _check_server_reachable(uri)
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    name = cfg["mlflow"]["experiment"]
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            experiment_id = _create_experiment(client, name, _artifact_location(cfg, uri))
+        else:
+            experiment_id = experiment.experiment_id
+            if experiment.lifecycle_stage == "deleted":
+                raise ExperimentError(
+                    f"mlflow.experiment={name} was deleted in {uri}; restore it in the UI or choose another name"
+                )
+    except MlflowException as error:
+        raise ExperimentError(f"cannot use the MLflow store {uri}: {_first_line(error.message)}") from None
+    except Exception as error:  # SQLAlchemy and driver errors for a file that is no MLflow database
+        if isinstance(error, ExperimentError):
+            raise
+        raise ExperimentError(f"cannot use the MLflow store {uri}: {_first_line(str(error))}") from None
+    return client, experiment_id, uri
+
+
+def run_name(overrides: Sequence[str]) -> str:
+    """A readable name from the command-line overrides: 'optimizer=sgd epochs=10', or 'defaults'."""
+    shown = [o for o in overrides if not o.startswith(("hydra.", "mlflow.", "runs_dir="))]
+    return (" ".join(shown) or "defaults")[:250]
+
+
+# --- sweeps ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepSummary:
+    parent_run_id: str
+    metric: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return next((row for row in self.rows if row["status"] == "FINISHED"), None)
+
+    @property
+    def failed(self) -> int:
+        return sum(row["status"] != "FINISHED" for row in self.rows)
+
+
+def start_sweep(cfg: DictConfig, sweep_overrides: Sequence[str]) -> str:
+    """Create the parent run of a multirun; returns its id."""
+    client, experiment_id, _ = connect(cfg)
+    tags = {SWEEP_TAG: "true", OVERRIDES_TAG: " ".join(sweep_overrides), **_git_tags()}
+    run = client.create_run(experiment_id, run_name=f"sweep {run_name(sweep_overrides)}"[:250], tags=tags)
+    client.log_text(run.info.run_id, OmegaConf.to_yaml(_job_config(cfg)), "config.yaml")
+    client.log_text(run.info.run_id, "\n".join(sweep_overrides) + "\n", "overrides.txt")
+    return run.info.run_id
+
+
+def finish_sweep(cfg: DictConfig, parent_run_id: str) -> SweepSummary:
+    """Give the parent a table of its children sorted by the optimised metric, and the best child's id."""
+    client, experiment_id, _ = connect(cfg)
+    metric = cfg["optimized_metric"]
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=50_000
+    )
+    rows = [_child_row(child) for child in children]
+    sign = -1.0 if config.direction(metric) == "maximize" else 1.0
+
+    def best_first(row: dict[str, Any]) -> tuple[bool, float]:
+        value = row.get(f"final_{metric}")
+        return row["status"] != "FINISHED" or value is None, sign * (value or 0.0)
+
+    rows.sort(key=best_first)
+    summary = SweepSummary(parent_run_id=parent_run_id, metric=metric, rows=rows)
+    if rows:
+        client.log_table(parent_run_id, data=_columns(rows), artifact_file="sweep_summary.json")
+        client.log_text(parent_run_id, format_table(rows), "sweep_summary.txt")
+    best = summary.best
+    if best is not None:
+        client.set_tag(parent_run_id, "best_child_run_id", best["run_id"])
+        client.log_metric(parent_run_id, f"best_{metric}", best[f"final_{metric}"])
+        if best.get("test_accuracy") is not None:
+            client.log_metric(parent_run_id, "best_child_test_accuracy", best["test_accuracy"])
+    client.log_metric(parent_run_id, "jobs_failed", summary.failed)
+    client.set_terminated(parent_run_id, "FINISHED" if best is not None or not rows else "FAILED")
+    return summary
+
+
+def abandon_sweep(cfg: DictConfig, parent_run_id: str) -> None:
+    """Mark a parent KILLED if the sweep ended without finish_sweep (Ctrl-C, a crash)."""
+    with contextlib.suppress(Exception):
+        client, _, _ = connect(cfg)
+        if client.get_run(parent_run_id).info.status == "RUNNING":
+            client.set_terminated(parent_run_id, "KILLED")
+
+
+def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A plain-text table: status, val/test accuracy, overrides, run id."""
+    lines = [f"{'status':<9} {'val_acc':>8} {'test_acc':>8}  {'run id':<32}  overrides"]
+    for row in rows:
+        lines.append(
+            f"{row['status']:<9} {_fmt(row.get('final_val_accuracy')):>8} {_fmt(row.get('test_accuracy')):>8}  "
+            f"{row['run_id']:<32}  {row['overrides']}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+
+def _log_inputs(client, run_id: str, cfg: DictConfig, dataset: Dataset, overrides: Sequence[str]) -> None:
+    from mlflow.entities import Param
+
+    params = {key: _param_value(value) for key, value in config.flatten(cfg).items()}
+    params.update({
+        "dataset.name": dataset.name,
+        "dataset.source": dataset.source,
+        "dataset.digest": dataset.digest,
+        "dataset.train_examples": str(dataset.sizes["train"]),
+        "dataset.val_examples": str(dataset.sizes["val"]),
+        "dataset.test_examples": str(dataset.sizes["test"]),
+        "dataset.fallback": "true" if dataset.fallback_reason else "false",
+    })
+    items = [Param(key, value[:6000]) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+    client.log_text(run_id, OmegaConf.to_yaml(_job_config(cfg)), "config.yaml")
+    client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
+    _log_dataset(dataset)
+
+
+def _log_dataset(dataset: Dataset) -> None:
+    import mlflow
+
+    for context, images, labels in (
+        ("train", dataset.x_train, dataset.y_train),
+        ("validation", dataset.x_val, dataset.y_val),
+        ("test", dataset.x_test, dataset.y_test),
+    ):
+        # The digest names the decoded source data; the split is fixed by seed and val_fraction (params).
+        with warnings.catch_warnings():
+            # MLflow registers the local-file source under two schemes and warns that both match.
+            warnings.simplefilter("ignore", UserWarning)
+            entity = mlflow.data.from_numpy(
+                images, targets=labels, source=dataset.source, name=dataset.name, digest=dataset.digest
+            )
+        mlflow.log_input(entity, context=context)
+
+
+def _log_keras_model(model: Any, dataset: Dataset) -> str:
+    import keras
+    import mlflow
+    from mlflow.models import infer_signature
+
+    example = dataset.x_test[:5]
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    # Explicit requirements: inferring them re-imports the model in a subprocess (seconds).
+    # No input_example: mlflow.keras fails to write it (mlflow issue #16183).
+    info = mlflow.keras.log_model(
+        model, name="model", signature=signature,
+        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={_version('tensorflow')}"],
+    )
+    return info.model_uri
+
+
+def _create_experiment(client, name: str, artifact_location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        # Another process created it between our lookup and create.
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
+
+
+def _artifact_location(cfg: Mapping[str, Any], uri: str) -> str | None:
+    """Local stores keep artifacts in an 'artifacts' folder beside the database; servers decide for themselves."""
+    if urlparse(uri).scheme != "sqlite":
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / "artifacts" / cfg["mlflow"]["experiment"]).as_uri()
+
+
+def _check_sqlite_location(uri: str) -> None:
+    database = Path(uri.removeprefix("sqlite:///"))
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExperimentError(f"cannot create {database.parent} for the MLflow store: {error.strerror}") from None
+    if not os.access(database.parent, os.W_OK):
+        raise ExperimentError(f"{database.parent} is not writable; set runs_dir or mlflow.tracking_uri elsewhere")
+    if database.exists():
+        with open(database, "rb") as stream:
+            if database.stat().st_size and not stream.read(16).startswith(b"SQLite format 3"):
+                raise ExperimentError(f"{database} is not an SQLite database (mlflow.tracking_uri={uri})")
+
+
+def _check_server_reachable(uri: str) -> None:
+    parsed = urlparse(uri)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=SERVER_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as error:
+        raise ExperimentError(f"cannot reach the MLflow tracking server at {uri} ({error})") from None
+
+
+def _quiet_mlflow_logging() -> None:
+    # MLflow's telemetry would try the network on every run; this machine may have none.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _git_tags() -> dict[str, str]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "mnist_exp.git_dirty": str(dirty).lower()}
+
+
+def _child_row(run) -> dict[str, Any]:
+    metrics = run.data.metrics
+    return {
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "overrides": run.data.tags.get(OVERRIDES_TAG, ""),
+        "final_val_accuracy": metrics.get("final_val_accuracy"),
+        "final_val_loss": metrics.get("final_val_loss"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "test_loss": metrics.get("test_loss"),
+        "epochs": metrics.get("epochs_completed"),
+        "failure": run.data.tags.get(FAILURE_TAG, ""),
+        **{f"params.{key}": value for key, value in sorted(run.data.params.items())},
+    }
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return {key: [row.get(key) for row in rows] for key in keys}
+
+
+def _job_config(cfg: DictConfig) -> DictConfig:
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)  # type: ignore[union-attr]
+    return OmegaConf.create(container)
+
+
+def _param_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (bool, list, type(None))) else str(value)
+
+
+def _first_line(text: str) -> str:
+    return (text.strip().splitlines() or [""])[0]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)

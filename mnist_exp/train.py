@@ -1,0 +1,174 @@
+"""Trains and evaluates one model: seed -> build -> fit -> evaluate. No tracking, no files."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mnist_exp.data import Dataset
+from mnist_exp.errors import ExperimentError, TrainingDiverged
+from mnist_exp.model import build_mlp, build_optimizer
+
+# Called after every epoch with (epoch number from 1, metrics); may raise to stop training.
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainingResult:
+    model: Any
+    metrics: dict[str, float]
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: EpochHook | None = None) -> TrainingResult:
+    """Fit on the train split, select on validation, score the test split once at the end."""
+    keras = import_keras()
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg["seed"])
+    if cfg["deterministic"]:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+    model_cfg = cfg["model"]
+    model = build_mlp(
+        model_cfg["hidden_units"], model_cfg["activation"], model_cfg["dropout"],
+        input_dim=dataset.x_train.shape[1], num_classes=len(dataset.class_names),
+    )
+    # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label.
+    model.compile(
+        optimizer=build_optimizer(cfg["optimizer"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+    watchdog = _divergence_watch(keras)
+    callbacks = [watchdog, _epoch_reporter(keras, len(dataset.y_train), on_epoch)]
+    if cfg["early_stopping_patience"]:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=cfg["early_stopping_patience"], restore_best_weights=True,
+        ))
+    started = time.perf_counter()
+    try:
+        history = model.fit(
+            dataset.x_train, dataset.y_train,
+            batch_size=cfg["batch_size"],
+            epochs=cfg["epochs"],
+            validation_data=(dataset.x_val, dataset.y_val),
+            callbacks=callbacks,
+            # A progress bar in a terminal; one line per epoch in logs and CI.
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    except MemoryError:
+        raise ExperimentError(
+            f"out of memory training model.hidden_units={list(model_cfg['hidden_units'])} "
+            f"with batch_size={cfg['batch_size']}; use smaller layers or batches"
+        ) from None
+    train_seconds = time.perf_counter() - started
+    if watchdog.diverged_at is not None:
+        raise TrainingDiverged(
+            f"loss became {watchdog.diverged_value} at epoch {watchdog.diverged_at}; "
+            f"lower optimizer.lr (now {cfg['optimizer']['lr']})"
+        )
+
+    val_loss, val_accuracy = model.evaluate(dataset.x_val, dataset.y_val, batch_size=1024, verbose=0)
+    test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test, batch_size=1024, verbose=0)
+    metrics = {
+        "val_loss": float(val_loss),
+        "val_accuracy": float(val_accuracy),
+        "test_loss": float(test_loss),
+        "test_accuracy": float(test_accuracy),
+        "epochs_completed": float(len(history.history.get("loss", []))),
+        "train_seconds": train_seconds,
+    }
+    return TrainingResult(model=model, metrics=metrics, history=dict(history.history))
+
+
+def import_keras():
+    """Keras on the TensorFlow backend, imported on first use: it takes seconds."""
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) says nothing actionable on a CPU;
+    # real failures still arrive as Python exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "keras" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] < "2":
+        import keras
+    else:
+        # TensorFlow >= 2.16 writes its start-up notices to fd 2 before honouring TF_CPP_MIN_LOG_LEVEL.
+        with _native_stderr_discarded():
+            import keras
+    return keras
+
+
+@contextlib.contextmanager
+def _native_stderr_discarded() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _divergence_watch(keras):
+    class DivergenceWatch(keras.callbacks.Callback):
+        """Stops at the first non-finite batch loss and remembers where it happened."""
+
+        def __init__(self):
+            super().__init__()
+            self.diverged_at: int | None = None
+            self.diverged_value: float | None = None
+            self._epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch + 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.diverged_at, self.diverged_value = self._epoch, float(loss)
+                self.model.stop_training = True
+
+    return DivergenceWatch()
+
+
+def _epoch_reporter(keras, train_examples: int, on_epoch: EpochHook | None):
+    class EpochReporter(keras.callbacks.Callback):
+        """Adds epoch wall time and training throughput to Keras' logs and hands them to `on_epoch`."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch_start = self._train_end = time.perf_counter()
+
+        def on_test_begin(self, logs=None):
+            # fit() validates after the training steps: this is where the training part of the epoch ends.
+            self._train_end = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            train_seconds = (self._train_end if self._train_end > self._epoch_start else now) - self._epoch_start
+            metrics = {key: float(value) for key, value in (logs or {}).items() if _is_number(value)}
+            if not all(math.isfinite(value) for value in metrics.values()):
+                return  # the divergence watch reports this epoch as a failure
+            metrics["epoch_seconds"] = now - self._epoch_start
+            metrics["samples_per_second"] = train_examples / max(train_seconds, 1e-9)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, metrics)
+
+    return EpochReporter()
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
