@@ -29,7 +29,10 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     if hydra_cfg.mode != RunMode.MULTIRUN:
-        outcome = experiment.run(cfg, overrides)
+        try:
+            outcome = experiment.run(cfg, overrides)
+        except ExperimentError as error:
+            _fail(str(error), 2)  # here, not in cli(): Hydra would log the job's overrides first
         print(experiment.summary(outcome))
         return outcome[cfg.optimized_metric]
     # In a sweep a failed job is recorded (FAILED in MLflow) and the others still run.

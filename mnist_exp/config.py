@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from mnist_exp.errors import ExperimentError
 
@@ -138,7 +139,7 @@ MLFLOW_KEYS: dict[str, Check] = {
 
 def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Raise ExperimentError naming the first key whose value cannot work."""
-    values = _plain(cfg)
+    values = plain(cfg)
     for section in ("optimizer", "model", "data", "mlflow"):
         if not isinstance(values.get(section), dict):
             raise ExperimentError(f"config group '{section}' is missing; choose it with {section}=<option>")
@@ -171,7 +172,7 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
 
 def flatten(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Every leaf of the config under a dotted key, e.g. {'optimizer.lr': 0.001, 'model.hidden_units': [512]}."""
-    return dict(_leaves(_plain(cfg)))
+    return dict(_leaves(plain(cfg)))
 
 
 def runs_dir(cfg: DictConfig | Mapping[str, Any]) -> Path:
@@ -185,10 +186,20 @@ def direction(metric: str) -> str:
     return OPTIMIZED_METRICS[metric]
 
 
-def _plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(cfg, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    return dict(cfg)
+def plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The job's config as plain, resolved Python values, without Hydra's own `hydra` node."""
+    if not isinstance(cfg, DictConfig):
+        return {key: value for key, value in cfg.items() if key != "hydra"}
+    values = {}
+    for key in cfg:
+        if key == "hydra":
+            continue  # holds values (job number, output dir) that only exist inside a job
+        try:
+            node = cfg[key]
+        except MissingMandatoryValue:
+            raise ExperimentError(f"{key} is required: set it with {key}=<value>") from None
+        values[key] = OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+    return values
 
 
 def _prefixed(section: str, checks: dict[str, Check]) -> dict[str, Check]:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_exp.errors import ExperimentError
+from mnist_exp.net import can_connect
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def _load_raw(name: str, path: str | None, cache_dir: Path | None) -> RawData:
         return _cached(DEBIAN_FASHION_MNIST, name, cache_dir, lambda: decode_idx_folder(DEBIAN_FASHION_MNIST))
     keras_files = _keras_cached_files(name)
     if not all(f.exists() for f in keras_files):
-        if not _reachable(*KERAS_ORIGIN):
+        if not can_connect(*KERAS_ORIGIN, timeout=REACHABILITY_TIMEOUT_S):
             raise OfflineError(f"{name} is not in the Keras cache and {KERAS_ORIGIN[0]} is unreachable")
         _keras_download(name)
     location = keras_files[0] if name == "mnist" else keras_files[0].parent
@@ -354,24 +355,6 @@ def _keras_cached_files(name: str) -> list[Path]:
     if name == "mnist":
         return [datasets / "mnist.npz"]
     return [datasets / "fashion-mnist" / f"{stem}.gz" for stem in IDX_FILES.values()]
-
-
-def _reachable(host: str, port: int) -> bool:
-    """Whether a TCP connection opens within REACHABILITY_TIMEOUT_S, DNS included."""
-    outcome: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=REACHABILITY_TIMEOUT_S):
-                outcome.append(True)
-        except OSError:
-            outcome.append(False)
-
-    # getaddrinfo ignores socket timeouts, so the whole attempt runs in a thread we stop waiting for.
-    worker = threading.Thread(target=attempt, daemon=True)
-    worker.start()
-    worker.join(REACHABILITY_TIMEOUT_S)
-    return bool(outcome and outcome[0])
 
 
 def _keras_download(name: str) -> RawData:

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from mnist_exp import config
 from mnist_exp.data import load_dataset
+from mnist_exp.tracking import check_store
 
 
 def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None) -> dict[str, Any]:
@@ -20,6 +21,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
     created; a failure during training leaves the run FAILED with the reason.
     """
     config.validate(cfg)
+    check_store(cfg)
     dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
 
     # Imported here, after validation: together they cost seconds. Keras first, so

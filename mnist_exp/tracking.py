@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import time
 import warnings
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_exp import config
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError
+from mnist_exp.net import can_connect
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +123,21 @@ def record_run(
         mlflow.end_run(status=status)
 
 
-def connect(cfg: Mapping[str, Any]):
-    """(client, experiment id, uri) for the configured store, or one ExperimentError saying why not."""
-    _quiet_mlflow_logging()
+def check_store(cfg: Mapping[str, Any]) -> None:
+    """Fail fast, without importing MLflow, when the store is plainly unusable: unwritable, not a database, unreachable."""
     uri = tracking_uri(cfg)
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
         _check_sqlite_location(uri)
     elif scheme in ("http", "https"):
         _check_server_reachable(uri)
+
+
+def connect(cfg: Mapping[str, Any]):
+    """(client, experiment id, uri) for the configured store, or one ExperimentError saying why not."""
+    _quiet_mlflow_logging()
+    check_store(cfg)
+    uri = tracking_uri(cfg)
 
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -337,11 +343,10 @@ def _check_sqlite_location(uri: str) -> None:
 def _check_server_reachable(uri: str) -> None:
     parsed = urlparse(uri)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=SERVER_CONNECT_TIMEOUT_S):
-            pass
-    except OSError as error:
-        raise ExperimentError(f"cannot reach the MLflow tracking server at {uri} ({error})") from None
+    if not parsed.hostname or not can_connect(parsed.hostname, port, timeout=SERVER_CONNECT_TIMEOUT_S):
+        raise ExperimentError(
+            f"cannot reach the MLflow tracking server at {uri} (no answer within {SERVER_CONNECT_TIMEOUT_S:.0f} s)"
+        )
 
 
 def _quiet_mlflow_logging() -> None:
@@ -387,9 +392,7 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
 
 
 def _job_config(cfg: DictConfig) -> DictConfig:
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)  # type: ignore[union-attr]
-    return OmegaConf.create(container)
+    return OmegaConf.create(config.plain(cfg))
 
 
 def _param_value(value: Any) -> str:

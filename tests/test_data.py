@@ -1,0 +1,169 @@
+"""Loaders on tiny files the tests write, the cache, the split, and the offline fallback."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from mnist_exp import data
+from mnist_exp.errors import ExperimentError
+from tests.conftest import learnable_digits, write_idx
+
+
+def data_cfg(name="mnist", path=None, **changes):
+    return {"name": name, "path": None if path is None else str(path), "allow_fallback": name == "mnist",
+            "val_fraction": 0.1, "cache": True, **changes}
+
+
+def test_idx_folder_loads_scaled_and_split(idx_folder, tmp_path):
+    dataset = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=tmp_path / "cache")
+    assert dataset.sizes == {"train": 270, "val": 30, "test": 100}
+    assert dataset.x_train.shape == (270, 784) and dataset.x_train.dtype == np.float32
+    assert 0.0 <= dataset.x_train.min() and dataset.x_train.max() == 1.0
+    assert dataset.name == "mnist" and dataset.source == str(idx_folder) and dataset.fallback_reason is None
+
+
+def test_npz_and_idx_with_the_same_arrays_have_the_same_digest(tmp_path):
+    x_train, y_train = learnable_digits(50, seed=5)
+    x_test, y_test = learnable_digits(20, seed=6)
+    np.savez(tmp_path / "d.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for key, stem in data.IDX_FILES.items():
+        write_idx(folder / f"{stem}.gz", locals()[key], compress=key != "y_test")
+    folder.joinpath("t10k-labels-idx1-ubyte.gz").rename(folder / "t10k-labels-idx1-ubyte")
+    assert data.decode_npz(tmp_path / "d.npz").digest() == data.decode_idx_folder(folder).digest()
+
+
+def test_split_is_deterministic_per_seed_and_disjoint():
+    labels = np.arange(1000) % 10
+    first = data.split_validation(np.arange(1000), labels, 0.2, seed=7)
+    again = data.split_validation(np.arange(1000), labels, 0.2, seed=7)
+    other = data.split_validation(np.arange(1000), labels, 0.2, seed=8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not np.array_equal(first[2], other[2])
+    assert len(first[2]) == 200 and not set(first[0]) & set(first[2])
+
+
+def test_second_load_reads_the_cache_not_the_gzip(idx_folder, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=cache)
+    monkeypatch.setattr(data, "read_idx", lambda *a, **k: pytest.fail("decoded again despite the cache"))
+    second = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=cache)
+    assert np.array_equal(first.x_train, second.x_train) and first.digest == second.digest
+    assert second.source == str(idx_folder)
+
+
+def test_cache_notices_a_changed_source(npz_file, tmp_path):
+    cache = tmp_path / "cache"
+    data.load_dataset(data_cfg(path=npz_file), seed=0, cache_dir=cache)
+    x, y = learnable_digits(30, seed=9)
+    np.savez(npz_file, x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    assert data.load_dataset(data_cfg(path=npz_file), seed=0, cache_dir=cache).sizes["test"] == 10
+
+
+def test_mnist_sample_is_stratified_and_fixed(tmp_path):
+    dataset = data.load_dataset(data_cfg("mnist_sample", allow_fallback=False), seed=0, cache_dir=tmp_path)
+    assert dataset.sizes["train"] + dataset.sizes["val"] == 4000 and dataset.sizes["test"] == 1000
+    assert np.bincount(dataset.y_test, minlength=10).tolist() == [100] * 10
+    again = data.load_dataset(data_cfg("mnist_sample", allow_fallback=False, cache=False), seed=0)
+    assert np.array_equal(dataset.y_test, again.y_test) and dataset.digest == again.digest
+
+
+def test_sample_csv_path_is_accepted(tmp_path):
+    images, labels = learnable_digits(100)
+    rows = np.hstack([images.reshape(100, -1), labels.reshape(-1, 1)])
+    path = tmp_path / "digits.csv"
+    np.savetxt(path, rows, fmt="%d", delimiter=",")
+    dataset = data.load_dataset(data_cfg("mnist_sample", path=path, allow_fallback=False), seed=0)
+    per_class_test = np.bincount(labels, minlength=10) // 5  # a fifth of each class, at most 100
+    assert np.bincount(dataset.y_test, minlength=10).tolist() == per_class_test.tolist()
+    assert dataset.sizes["train"] + dataset.sizes["val"] + dataset.sizes["test"] == 100
+
+
+def test_offline_mnist_falls_back_to_the_sample(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(data, "can_connect", lambda *a, **k: False)
+    dataset = data.load_dataset(data_cfg(), seed=0, cache_dir=tmp_path / "cache")
+    assert dataset.name == "mnist_sample" and "unreachable" in dataset.fallback_reason
+    with pytest.raises(ExperimentError, match=r"unreachable \(data.allow_fallback=false\)"):
+        data.load_dataset(data_cfg(allow_fallback=False), seed=0)
+
+
+def test_a_cached_keras_download_needs_no_network(tmp_path, monkeypatch, npz_file):
+    keras_home = tmp_path / "keras"
+    (keras_home / "datasets").mkdir(parents=True)
+    npz_file.rename(keras_home / "datasets" / "mnist.npz")
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    monkeypatch.setattr(data, "can_connect", lambda *a, **k: pytest.fail("probed the network"))
+    loaded = {}
+
+    def keras_loader(name):
+        loaded["name"] = name
+        return data.decode_npz(keras_home / "datasets" / "mnist.npz")
+
+    monkeypatch.setattr(data, "_keras_download", keras_loader)
+    dataset = data.load_dataset(data_cfg(), seed=0, cache_dir=tmp_path / "cache")
+    assert loaded == {"name": "mnist"} and dataset.name == "mnist" and dataset.sizes["test"] == 100
+
+
+@pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist_is_used_automatically(tmp_path):
+    dataset = data.load_dataset(data_cfg("fashion_mnist", allow_fallback=False), seed=0, cache_dir=tmp_path)
+    assert dataset.sizes == {"train": 54000, "val": 6000, "test": 10000}
+    assert dataset.source == str(data.DEBIAN_FASHION_MNIST) and dataset.class_names[9] == "Ankle boot"
+
+
+# --- bad files -------------------------------------------------------------------------------------------
+
+
+def corrupt(folder, stem, content: bytes):
+    target = folder / f"{stem}.gz"
+    target.write_bytes(content)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: corrupt(f, "train-images-idx3-ubyte", gzip.compress(b"")), "only 0 bytes"),
+        (lambda f: corrupt(f, "train-images-idx3-ubyte", (f / "train-images-idx3-ubyte.gz").read_bytes()[:200]),
+         "cannot be read"),
+        (lambda f: write_idx(f / "train-labels-idx1-ubyte.gz", np.zeros(300), magic=b"\x00\x00\x08\x03"),
+         "wrong IDX magic number"),
+        (lambda f: write_idx(f / "t10k-images-idx3-ubyte.gz", np.zeros((100, 28, 27))), "expected (n, 28, 28)"),
+        (lambda f: write_idx(f / "t10k-labels-idx1-ubyte.gz", np.full(100, 12)), "labels outside 0-9"),
+        (lambda f: write_idx(f / "train-labels-idx1-ubyte.gz", np.zeros(299)), "300 images but y_train has 299"),
+        (lambda f: (f / "t10k-labels-idx1-ubyte.gz").unlink(), "lacks t10k-labels-idx1-ubyte.gz"),
+        (lambda f: corrupt(f, "t10k-labels-idx1-ubyte", gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x09ab")),
+         "holds 2 data bytes but its header says (9,)"),
+    ],
+    ids=["empty", "truncated-gzip", "magic", "image-shape", "label-range", "count-mismatch", "missing", "short"],
+)
+def test_damaged_idx_files_give_one_clear_error(idx_folder, damage, message):
+    damage(idx_folder)
+    with pytest.raises(ExperimentError) as caught:
+        data.load_dataset(data_cfg(path=idx_folder), seed=0)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_npz_problems(tmp_path):
+    x, y = learnable_digits(20)
+    np.savez(tmp_path / "partial.npz", x_train=x, y_train=y)
+    with pytest.raises(ExperimentError, match="lacks the arrays x_test, y_test"):
+        data.load_dataset(data_cfg(path=tmp_path / "partial.npz"), seed=0)
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ExperimentError, match="is not a readable .npz archive"):
+        data.load_dataset(data_cfg(path=tmp_path / "broken.npz"), seed=0)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ExperimentError, match="is not a readable .npz archive"):
+        data.load_dataset(data_cfg(path=tmp_path / "empty.npz"), seed=0)
+
+
+def test_missing_and_unknown_paths(tmp_path):
+    with pytest.raises(ExperimentError, match="does not exist"):
+        data.load_dataset(data_cfg(path=tmp_path / "nope.npz"), seed=0)
+    (tmp_path / "digits.png").write_bytes(b"\x89PNG")
+    with pytest.raises(ExperimentError, match="neither a .npz file nor a folder of IDX files"):
+        data.load_dataset(data_cfg(path=tmp_path / "digits.png"), seed=0)
