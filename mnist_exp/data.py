@@ -92,6 +92,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     fallback_reason: str | None = None
+    split_digests: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -112,10 +113,16 @@ def load_dataset(data_cfg, *, seed: int, cache_dir: Path | None = None) -> Datas
         name = "mnist_sample"
         raw = _load_raw(name, None, cache_dir if data_cfg["cache"] else None)
     x_train, y_train, x_val, y_val = split_validation(raw.x_train, raw.y_train, data_cfg["val_fraction"], seed)
+    digest = raw.digest()
     return Dataset(
         name=name,
         source=raw.source,
-        digest=raw.digest(),
+        digest=digest,
+        # Each split is fixed by the source digest, the seed and the fraction, so they name it too.
+        split_digests={
+            split: hashlib.sha256(f"{digest}:{split}:{seed}:{data_cfg['val_fraction']}".encode()).hexdigest()[:16]
+            for split in ("train", "validation", "test")
+        },
         class_names=CLASS_NAMES[name],
         x_train=normalise(x_train),
         y_train=y_train,

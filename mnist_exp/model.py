@@ -36,5 +36,9 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any]):
         "adam": keras.optimizers.Adam,
         "adamw": keras.optimizers.AdamW,
     }
-    options = {key: value for key, value in optimizer_cfg.items() if key not in ("name", "lr")}
-    return classes[optimizer_cfg["name"]](learning_rate=optimizer_cfg["lr"], **options)
+    # YAML and the command line turn `lr=1` into an int; Keras insists on floats.
+    options = {
+        key: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        for key, value in optimizer_cfg.items() if key not in ("name", "lr")
+    }
+    return classes[optimizer_cfg["name"]](learning_rate=float(optimizer_cfg["lr"]), **options)

@@ -279,12 +279,12 @@ def _log_dataset(dataset: Dataset) -> None:
         ("validation", dataset.x_val, dataset.y_val),
         ("test", dataset.x_test, dataset.y_test),
     ):
-        # The digest names the decoded source data; the split is fixed by seed and val_fraction (params).
         with warnings.catch_warnings():
             # MLflow registers the local-file source under two schemes and warns that both match.
             warnings.simplefilter("ignore", UserWarning)
             entity = mlflow.data.from_numpy(
-                images, targets=labels, source=dataset.source, name=dataset.name, digest=dataset.digest
+                images, targets=labels, source=dataset.source, name=dataset.name,
+                digest=dataset.split_digests[context],
             )
         mlflow.log_input(entity, context=context)
 

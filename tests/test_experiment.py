@@ -1,0 +1,131 @@
+"""experiment.run end to end in-process: training on tiny data, recorded in a temporary MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from mnist_exp import experiment, tracking
+from mnist_exp.errors import ExperimentError, TrainingDiverged
+
+
+@pytest.fixture
+def tiny(make_cfg, npz_file):
+    """A config for 2 fast epochs on the tiny npz, without the model upload unless asked."""
+
+    def make(*overrides):
+        return make_cfg(
+            f"data.path={npz_file}", "epochs=2", "batch_size=32", "model.hidden_units=[32]",
+            "mlflow.log_model=false", *overrides,
+        )
+
+    return make
+
+
+def client_for(cfg):
+    return MlflowClient(tracking.tracking_uri(cfg))
+
+
+def all_runs(cfg):
+    client = client_for(cfg)
+    experiments = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in experiments]) if experiments else []
+
+
+def test_run_records_params_epochs_results_and_artifacts(tiny):
+    cfg = tiny("mlflow.log_model=true", "optimizer=adam")
+    outcome = experiment.run(cfg, overrides=["optimizer=adam", "epochs=2"])
+    assert outcome["val_accuracy"] > 0.5 and 0.0 <= outcome["test_accuracy"] <= 1.0
+    assert outcome["epochs_completed"] == 2
+
+    client = client_for(cfg)
+    run = client.get_run(outcome["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "optimizer=adam epochs=2"
+    params = run.data.params
+    assert params["optimizer.name"] == "adam" and params["model.hidden_units"] == "[32]"
+    assert params["dataset.name"] == "mnist" and params["dataset.test_examples"] == "100"
+    assert params["dataset.fallback"] == "false" and len(params["dataset.digest"]) == 16
+    assert run.data.tags[tracking.OVERRIDES_TAG] == "optimizer=adam epochs=2"
+
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [point.step for point in history] == [1, 2], key
+    assert run.data.metrics["test_accuracy"] == pytest.approx(outcome["test_accuracy"])
+    assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "overrides.txt"} <= artifacts
+    contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
+    assert contexts == {"train", "validation", "test"}
+
+    model = mlflow.keras.load_model(outcome["model_uri"])
+    predictions = model.predict(np.zeros((3, 784), dtype=np.float32), verbose=0)
+    assert predictions.shape == (3, 10)
+
+
+def test_same_seed_same_metrics(tiny):
+    first = experiment.run(tiny("seed=3"))
+    second = experiment.run(tiny("seed=3"))
+    client = client_for(tiny())
+    curves = [
+        [p.value for p in client.get_metric_history(o["run_id"], "val_accuracy")] for o in (first, second)
+    ]
+    assert curves[0] == curves[1]
+    assert first["test_accuracy"] == second["test_accuracy"] and first["val_loss"] == second["val_loss"]
+
+
+def test_bad_config_creates_no_run(tiny):
+    with pytest.raises(ExperimentError, match="epochs=0 is invalid"):
+        experiment.run(tiny("epochs=0"))
+    with pytest.raises(ExperimentError, match="does not exist"):
+        experiment.run(tiny("data.path=/no/such/file.npz"))
+    assert all_runs(tiny()) == []
+
+
+def test_divergence_fails_the_run_with_the_reason(tiny):
+    cfg = tiny("optimizer=sgd", "optimizer.lr=10", "model.hidden_units=[512,512]", "epochs=3")
+    with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 1"):
+        experiment.run(cfg)
+    (run,) = all_runs(cfg)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[tracking.FAILURE_TAG].startswith("TrainingDiverged: loss became ")
+
+
+def test_interrupt_marks_the_run_killed_with_the_epochs_so_far(tiny, monkeypatch):
+    original = tracking.RunRecorder.log_epoch
+
+    def interrupt_after_first(self, epoch, metrics):
+        original(self, epoch, metrics)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking.RunRecorder, "log_epoch", interrupt_after_first)
+    cfg = tiny("epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(cfg)
+    (run,) = all_runs(cfg)
+    assert run.info.status == "KILLED"
+    assert [p.step for p in client_for(cfg).get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+
+
+def test_store_that_is_not_a_database(tiny, tmp_path):
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("these are not the runs you are looking for\n")
+    with pytest.raises(ExperimentError, match="is not an SQLite database"):
+        experiment.run(tiny(f"mlflow.tracking_uri=sqlite:///{bogus}"))
+
+
+def test_runs_dir_that_cannot_be_created(tiny, tmp_path):
+    # A path under a regular file cannot be created even by root (a read-only folder would not stop root).
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ExperimentError, match="cannot create .* for the MLflow store"):
+        experiment.run(tiny(f"runs_dir={blocker}/runs"))
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny):
+    outcome = experiment.run(tiny("epochs=6", "early_stopping_patience=1", "optimizer.lr=0.05"))
+    client = client_for(tiny())
+    val_losses = [p.value for p in client.get_metric_history(outcome["run_id"], "val_loss")]
+    assert outcome["val_loss"] == pytest.approx(min(val_losses), rel=1e-4)

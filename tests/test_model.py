@@ -1,0 +1,45 @@
+"""The model and optimizer a config describes."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnist_exp.model import build_mlp, build_optimizer
+from mnist_exp.train import import_keras
+
+keras = import_keras()
+
+
+def test_default_is_dense_512_relu_then_dense_10_softmax():
+    model = build_mlp([512], "relu", 0.0)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [(d.units, d.activation.__name__) for d in dense] == [(512, "relu"), (10, "softmax")]
+    assert len(model.layers) == 2 and model.input_shape == (None, 784) and model.output_shape == (None, 10)
+    assert model.count_params() == 784 * 512 + 512 + 512 * 10 + 10
+
+
+def test_widths_activation_and_dropout():
+    model = build_mlp([256, 128], "tanh", 0.25, num_classes=10)
+    kinds = [(type(layer).__name__, getattr(layer, "units", getattr(layer, "rate", None))) for layer in model.layers]
+    assert kinds == [("Dense", 256), ("Dropout", 0.25), ("Dense", 128), ("Dropout", 0.25), ("Dense", 10)]
+    assert model.layers[0].activation.__name__ == "tanh"
+
+
+@pytest.mark.parametrize(
+    ("settings", "kind", "expected"),
+    [
+        ({"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True}, "SGD", {"momentum": 0.9, "nesterov": True}),
+        ({"name": "rmsprop", "lr": 0.001, "rho": 0.8, "momentum": 0.0, "epsilon": 1e-7}, "RMSprop", {"rho": 0.8}),
+        ({"name": "adam", "lr": 0.002, "beta_1": 0.8, "beta_2": 0.99, "epsilon": 1e-7, "amsgrad": True},
+         "Adam", {"beta_1": 0.8, "amsgrad": True}),
+        ({"name": "adamw", "lr": 0.001, "weight_decay": 0.01, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7,
+          "amsgrad": False}, "AdamW", {"weight_decay": 0.01}),
+    ],
+)
+def test_optimizer_from_config(settings, kind, expected):
+    optimizer = build_optimizer(settings)
+    config = optimizer.get_config()
+    assert type(optimizer).__name__ == kind
+    assert config["learning_rate"] == pytest.approx(settings["lr"])
+    for key, value in expected.items():
+        assert config[key] == pytest.approx(value)
