@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from mnist_exp import config
 from mnist_exp.data import load_dataset
+from mnist_exp.errors import ExperimentError
 from mnist_exp.tracking import check_store
 
 
@@ -18,11 +19,20 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
     Returns the final metrics (val_accuracy, val_loss, test_accuracy, test_loss,
     epochs_completed, train_seconds) plus run_id, model_uri, tracking_uri and
     dataset. Raises ExperimentError for bad config or data before any run is
-    created; a failure during training leaves the run FAILED with the reason.
+    created (in a sweep, a FAILED child records it); a failure during training
+    leaves the run FAILED with the reason.
     """
-    config.validate(cfg)
-    check_store(cfg)
-    dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
+    try:
+        config.validate(cfg)
+        check_store(cfg)
+        dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
+    except ExperimentError as error:
+        if parent_run_id is not None:
+            # In a sweep every job gets a child run, so the parent's table shows this one failed.
+            from mnist_exp.tracking import record_failed_job
+
+            record_failed_job(cfg, overrides, parent_run_id, error)
+        raise
 
     # Imported here, after validation: together they cost seconds. Keras first, so
     # TensorFlow is quietened before MLflow's integrations can import it.

@@ -133,6 +133,27 @@ def check_store(cfg: Mapping[str, Any]) -> None:
         _check_server_reachable(uri)
 
 
+def record_failed_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str, error: Exception) -> None:
+    """A FAILED child for a sweep job that stopped before training (bad value, bad data file)."""
+    try:
+        client, experiment_id, _ = connect(cfg)
+    except ExperimentError:
+        return  # the store itself is the problem; the job's error line says so
+    tags = {
+        OVERRIDES_TAG: " ".join(overrides),
+        FAILURE_TAG: f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH],
+        "mlflow.parentRunId": parent_run_id,
+        **_git_tags(),
+    }
+    run = client.create_run(experiment_id, run_name=run_name(overrides), tags=tags)
+    from mlflow.entities import Param
+
+    params = [Param(key, _param_value(value)[:6000]) for key, value in config.flatten(cfg).items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
 def connect(cfg: Mapping[str, Any]):
     """(client, experiment id, uri) for the configured store, or one ExperimentError saying why not."""
     _quiet_mlflow_logging()
