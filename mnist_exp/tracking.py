@@ -10,7 +10,10 @@ import contextlib
 import json
 import logging
 import os
+import shlex
+import shutil
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,7 +48,11 @@ def ui_command(uri: str) -> str:
     """The command (or address) that shows this store in the MLflow UI."""
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri}"
+    # The `mlflow` of this environment, by full path unless it is the one on PATH (e.g. outside the venv).
+    script = Path(sys.executable).parent / "mlflow"
+    found = shutil.which("mlflow")
+    program = "mlflow" if found and Path(found).resolve() == script.resolve() else str(script)
+    return f"{shlex.quote(program)} ui --backend-store-uri {shlex.quote(uri)}"
 
 
 @dataclass
@@ -167,15 +174,16 @@ def connect(cfg: Mapping[str, Any]):
     client = mlflow.MlflowClient(uri)
     name = cfg["mlflow"]["experiment"]
     try:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            experiment_id = _create_experiment(client, name, _artifact_location(cfg, uri))
-        else:
-            experiment_id = experiment.experiment_id
-            if experiment.lifecycle_stage == "deleted":
-                raise ExperimentError(
-                    f"mlflow.experiment={name} was deleted in {uri}; restore it in the UI or choose another name"
-                )
+        with _store_creation_lock(uri):
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                experiment_id = _create_experiment(client, name, _artifact_location(cfg, uri))
+            else:
+                experiment_id = experiment.experiment_id
+                if experiment.lifecycle_stage == "deleted":
+                    raise ExperimentError(
+                        f"mlflow.experiment={name} was deleted in {uri}; restore it in the UI or choose another name"
+                    )
     except MlflowException as error:
         raise ExperimentError(f"cannot use the MLflow store {uri}: {_first_line(error.message)}") from None
     except Exception as error:  # SQLAlchemy and driver errors for a file that is no MLflow database
@@ -345,6 +353,22 @@ def _artifact_location(cfg: Mapping[str, Any], uri: str) -> str | None:
         return None
     database = Path(uri.removeprefix("sqlite:///"))
     return (database.parent / "artifacts" / cfg["mlflow"]["experiment"]).as_uri()
+
+
+@contextlib.contextmanager
+def _store_creation_lock(uri: str) -> Iterator[None]:
+    """Serialise the first use of an SQLite store: parallel jobs creating its tables at once collide."""
+    if urlparse(uri).scheme != "sqlite":
+        yield
+        return
+    import fcntl
+
+    with open(f"{uri.removeprefix('sqlite:///')}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_sqlite_location(uri: str) -> None:

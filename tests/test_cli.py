@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -27,6 +31,15 @@ def store(runs_dir) -> MlflowClient:
 def runs_in(runs_dir):
     client = store(runs_dir)
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def epochs_recorded(database) -> int:
+    """Epochs in the store so far, read with plain sqlite3: an MLflow client would race the run to create tables."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_accuracy'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def test_help_lists_groups_without_importing_tensorflow_or_mlflow(tmp_path):
@@ -87,7 +100,7 @@ def test_one_epoch_run_prints_a_summary_and_records_it(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[-3].startswith("val_accuracy ") and "test_accuracy " in lines[-3]
-    assert lines[-1] == f"UI: mlflow ui --backend-store-uri sqlite:///{runs_dir}/mlflow.db"
+    assert lines[-1].startswith("UI: ") and lines[-1].endswith(f"mlflow ui --backend-store-uri sqlite:///{runs_dir}/mlflow.db")
     run_id = lines[-2].removeprefix("MLflow run ")
     run = store(runs_dir).get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("data=mnist_sample epochs=1 optimizer=sgd")
@@ -128,3 +141,30 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_failed"] == 1
     assert parent.data.tags["best_child_run_id"] == children["0.1"].info.run_id
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_interrupted_run_is_killed_with_the_epochs_so_far(tmp_path, signal_number):
+    runs_dir = tmp_path / "runs"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_exp", "data=mnist_sample", "epochs=500", f"runs_dir={runs_dir}"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+            if epochs_recorded(runs_dir / "mlflow.db"):
+                break
+        else:
+            pytest.fail("no epoch was recorded within 120 s")
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "error: interrupted; the run is recorded as KILLED"
+    (run,) = runs_in(runs_dir)
+    assert run.info.status == "KILLED"
+    epochs = [p.step for p in store(runs_dir).get_metric_history(run.info.run_id, "val_accuracy")]
+    assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) < 500
