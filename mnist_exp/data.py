@@ -232,7 +232,8 @@ def read_idx(path: Path, dims: int) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", content[:4])
     if zero != 0 or dtype_code != 0x08 or ndim != dims:
         raise ExperimentError(
-            f"{path} has the wrong IDX magic number 0x{content[:4].hex()} (expected 0x000008{dims:02x}: unsigned bytes, {dims} dimensions)"
+            f"{path} has the wrong IDX magic number 0x{content[:4].hex()} "
+            f"(expected 0x000008{dims:02x}: unsigned bytes, {dims} dimensions)"
         )
     header_end = 4 + 4 * ndim
     if len(content) < header_end:
@@ -286,7 +287,9 @@ def _checked(source: str, x_train, y_train, x_test, y_test) -> RawData:
         if labels.ndim != 1:
             raise ExperimentError(f"{source}: y_{split} has shape {labels.shape}; expected (n,)")
         if len(images) != len(labels):
-            raise ExperimentError(f"{source}: x_{split} has {len(images)} images but y_{split} has {len(labels)} labels")
+            raise ExperimentError(
+                f"{source}: x_{split} has {len(images)} images but y_{split} has {len(labels)} labels"
+            )
         if len(labels) == 0:
             raise ExperimentError(f"{source}: the {split} split is empty")
         if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES:

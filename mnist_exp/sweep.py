@@ -37,7 +37,12 @@ class MlflowSweepCallback(Callback):
         atexit.register(self._abandon, config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from mnist_exp.tracking import finish_sweep, format_table, ui_command, tracking_uri
+        from mnist_exp.tracking import (
+            finish_sweep,
+            format_table,
+            tracking_uri,
+            ui_command,
+        )
 
         if self.parent_run_id is None:
             return

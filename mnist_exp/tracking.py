@@ -87,7 +87,8 @@ class RunRecorder:
             "train_seconds": metrics["train_seconds"],
             "epochs_completed": metrics["epochs_completed"],
         }
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, self.epochs_logged) for k, v in final.items()])
+        points = [Metric(key, float(value), now, self.epochs_logged) for key, value in final.items()]
+        self.client.log_batch(self.run_id, metrics=points)
         if not log_model:
             return None
         return _log_keras_model(model, dataset)
@@ -131,7 +132,10 @@ def record_run(
 
 
 def check_store(cfg: Mapping[str, Any]) -> None:
-    """Fail fast, without importing MLflow, when the store is plainly unusable: unwritable, not a database, unreachable."""
+    """Fail fast, without importing MLflow, when the store is plainly unusable.
+
+    Catches a folder that cannot be created, a file that is no SQLite database, an unreachable server.
+    """
     uri = tracking_uri(cfg)
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":

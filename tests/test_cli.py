@@ -134,7 +134,9 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert result.stderr.strip().endswith("error: 1 of 2 jobs failed")
     runs = runs_in(runs_dir)
     (parent,) = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "true"]
-    children = {r.data.params["model.dropout"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    children = {
+        r.data.params["model.dropout"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+    }
     assert children["0.1"].info.status == "FINISHED"
     assert children["1.5"].info.status == "FAILED"
     assert "model.dropout=1.5 is invalid" in children["1.5"].data.tags["mnist_exp.failure"]

@@ -42,7 +42,7 @@ def test_split_is_deterministic_per_seed_and_disjoint():
     first = data.split_validation(np.arange(1000), labels, 0.2, seed=7)
     again = data.split_validation(np.arange(1000), labels, 0.2, seed=7)
     other = data.split_validation(np.arange(1000), labels, 0.2, seed=8)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not np.array_equal(first[2], other[2])
     assert len(first[2]) == 200 and not set(first[0]) & set(first[2])
 
