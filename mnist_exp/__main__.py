@@ -22,9 +22,8 @@ log = logging.getLogger("mnist_exp")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | dict:
     from mnist_exp import experiment
-    from mnist_exp.sweep import PARENT_RUN_ENV
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
@@ -35,17 +34,9 @@ def main(cfg: DictConfig) -> float | None:
             _fail(str(error), 2)  # here, not in cli(): Hydra would log the job's overrides first
         print(experiment.summary(outcome))
         return outcome[cfg.optimized_metric]
-    # In a sweep a failed job is recorded (FAILED in MLflow) and the others still run.
-    try:
-        outcome = experiment.run(cfg, overrides, parent_run_id=os.environ.get(PARENT_RUN_ENV))
-    except Exception as error:
-        log.error("job %s failed: %s", hydra_cfg.job.num, error)
-        return None
-    log.info(
-        "job %s done: %s val_accuracy=%.4f test_accuracy=%.4f",
-        hydra_cfg.job.num, " ".join(overrides), outcome["val_accuracy"], outcome["test_accuracy"],
-    )
-    return outcome[cfg.optimized_metric]
+    from mnist_exp.sweep import run_sweep_job
+
+    return run_sweep_job(cfg, overrides, hydra_cfg.job.num)
 
 
 def cli() -> None:

@@ -7,3 +7,7 @@ class ExperimentError(Exception):
 
 class TrainingDiverged(ExperimentError):
     """The loss became NaN or infinite; the run is recorded as FAILED with this reason."""
+
+
+class RunPruned(Exception):
+    """An Optuna pruner stopped the run early: recorded as FINISHED with state PRUNED, not as a failure."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig
@@ -11,16 +11,24 @@ from mnist_exp import config
 from mnist_exp.data import load_dataset
 from mnist_exp.errors import ExperimentError
 from mnist_exp.tracking import check_store
+from mnist_exp.train import EpochHook
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | None = None) -> dict[str, Any]:
+def run(
+    cfg: DictConfig,
+    overrides: Sequence[str] = (),
+    parent_run_id: str | None = None,
+    on_epoch: EpochHook | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Train and evaluate the experiment `cfg` describes, recorded as one MLflow run.
 
     Returns the final metrics (val_accuracy, val_loss, test_accuracy, test_loss,
     epochs_completed, train_seconds) plus run_id, model_uri, tracking_uri and
     dataset. Raises ExperimentError for bad config or data before any run is
     created (in a sweep, a FAILED child records it); a failure during training
-    leaves the run FAILED with the reason.
+    leaves the run FAILED with the reason. `on_epoch` sees every epoch's metrics
+    after they are recorded (an Optuna trial reports through it); `tags` go on the run.
     """
     try:
         config.validate(cfg)
@@ -31,7 +39,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
             # In a sweep every job gets a child run, so the parent's table shows this one failed.
             from mnist_exp.tracking import record_failed_job
 
-            record_failed_job(cfg, overrides, parent_run_id, error)
+            record_failed_job(cfg, overrides, parent_run_id, error, tags)
         raise
 
     # Imported here, after validation: together they cost seconds. Keras first, so
@@ -41,8 +49,14 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), parent_run_id: str | Non
     import_keras()
     from mnist_exp.tracking import record_run
 
-    with record_run(cfg, dataset, overrides, parent_run_id) as recorder:
-        result = train_and_evaluate(cfg, dataset, on_epoch=recorder.log_epoch)
+    with record_run(cfg, dataset, overrides, parent_run_id, tags) as recorder:
+
+        def record_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            recorder.log_epoch(epoch, metrics)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+
+        result = train_and_evaluate(cfg, dataset, on_epoch=record_epoch)
         model_uri = recorder.log_result(result.metrics, result.model, dataset, cfg.mlflow.log_model)
     return {
         **result.metrics,

@@ -1,18 +1,49 @@
-"""Hydra callback that groups a multirun under one MLflow parent run."""
+"""Multiruns: what one job does, and the Hydra callback that groups the jobs under one MLflow parent run."""
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # How jobs find their parent. Not MLFLOW_RUN_ID: MLflow would resume that run
 # instead of nesting under it (mlflow issue #15713). Inherited by launcher workers.
 PARENT_RUN_ENV = "MNIST_EXP_PARENT_RUN_ID"
+
+log = logging.getLogger("mnist_exp")
+
+
+def run_sweep_job(cfg: DictConfig, overrides: list[str], job_number: int) -> dict:
+    """One job of a multirun: a failure is recorded (FAILED in MLflow) and reported, and the sweep goes on."""
+    from mnist_exp import experiment, tuning
+    from mnist_exp.errors import RunPruned
+
+    trial = tuning.reporter_from_env()
+    tags = {"optuna.trial_number": str(trial.number)} if trial is not None else {}
+    label = f"job {job_number}" + (f" (trial {trial.number})" if trial is not None else "")
+    try:
+        outcome = experiment.run(
+            cfg, overrides, parent_run_id=os.environ.get(PARENT_RUN_ENV), on_epoch=trial, tags=tags
+        )
+    except RunPruned as pruned:
+        log.info("%s %s", label, pruned)
+        return {"state": "PRUNED", "reason": str(pruned)}
+    except Exception as error:
+        log.error("%s failed: %s", label, error)
+        return {"state": "FAIL", "reason": f"{type(error).__name__}: {error}"}
+    log.info(
+        "%s done: %s val_accuracy=%.4f test_accuracy=%.4f (%.1f s)", label, " ".join(overrides),
+        outcome["val_accuracy"], outcome["test_accuracy"], outcome["train_seconds"],
+    )
+    return {
+        "state": "COMPLETE", "value": outcome[cfg.optimized_metric], "test_accuracy": outcome["test_accuracy"],
+        "run_id": outcome["run_id"],
+    }
 
 
 class MlflowSweepCallback(Callback):
@@ -29,6 +60,10 @@ class MlflowSweepCallback(Callback):
         sweep_overrides = list(config.hydra.overrides.task)
         try:
             settings.validate(config)
+            if self._is_search(config):
+                from mnist_exp.tuning import check_settings
+
+                check_settings(OmegaConf.to_container(config.hydra.sweeper, resolve=True))
             self.parent_run_id = start_sweep(config, sweep_overrides)
         except ExperimentError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -48,16 +83,24 @@ class MlflowSweepCallback(Callback):
             return
         summary = finish_sweep(config, self.parent_run_id)
         os.environ.pop(PARENT_RUN_ENV, None)
-        print(f"\nSweep {self.parent_run_id}: {len(summary.rows)} jobs, sorted by final {summary.metric}")
-        print(format_table(summary.rows), end="")
-        if summary.best is not None:
-            print(f"best: {summary.best['run_id']}  ({summary.best['overrides'] or 'defaults'})")
+        if self._is_search(config):
+            print(f"MLflow parent run {self.parent_run_id} holds the trials table and plots")
+        else:
+            print(f"\nSweep {self.parent_run_id}: {len(summary.rows)} jobs, sorted by final {summary.metric}")
+            print(format_table(summary.rows), end="")
+            if summary.best is not None:
+                print(f"best: {summary.best['run_id']}  ({summary.best['overrides'] or 'defaults'})")
         print(f"UI: {ui_command(tracking_uri(config))}")
         self.parent_run_id = None
-        if summary.failed:
+        # Failed trials are part of a search (a diverging learning rate); a grid job that fails is not.
+        if summary.failed and (summary.best is None or not self._is_search(config)):
             print(f"error: {summary.failed} of {len(summary.rows)} jobs failed", file=sys.stderr)
             # Hydra has no other way to end a multirun with a failing status.
             raise SystemExit(1)
+
+    @staticmethod
+    def _is_search(config: DictConfig) -> bool:
+        return "search_space" in config.hydra.sweeper
 
     def _abandon(self, config: DictConfig) -> None:
         from mnist_exp.tracking import abandon_sweep

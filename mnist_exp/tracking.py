@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import config
 from mnist_exp.data import Dataset
-from mnist_exp.errors import ExperimentError
+from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.net import can_connect
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ SERVER_CONNECT_TIMEOUT_S = 5.0
 FAILURE_TAG = "mnist_exp.failure"
 OVERRIDES_TAG = "mnist_exp.overrides"
 SWEEP_TAG = "mnist_exp.sweep"
+STATE_TAG = "mnist_exp.state"
 MAX_TAG_LENGTH = 5000
 
 
@@ -100,8 +101,13 @@ def record_run(
     dataset: Dataset,
     overrides: Sequence[str] = (),
     parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> Iterator[RunRecorder]:
-    """One MLflow run around a training job: FINISHED, FAILED (with the reason) or KILLED, never left RUNNING."""
+    """One MLflow run around a training job, never left RUNNING.
+
+    Ends FINISHED, FAILED (reason in the mnist_exp.failure tag) or KILLED; the
+    mnist_exp.state tag says COMPLETE, PRUNED, FAIL or KILLED.
+    """
     import mlflow
 
     client, experiment_id, uri = connect(cfg)
@@ -110,6 +116,7 @@ def record_run(
         "mlflow.source.name": "python -m mnist_exp",
         "mlflow.source.type": "LOCAL",
         **_git_tags(),
+        **(tags or {}),
     }
     if dataset.fallback_reason:
         tags["mnist_exp.dataset_fallback"] = dataset.fallback_reason
@@ -117,17 +124,22 @@ def record_run(
         experiment_id=experiment_id, run_name=run_name(overrides), tags=tags, parent_run_id=parent_run_id
     )
     recorder = RunRecorder(client=client, run_id=run.info.run_id, uri=uri)
-    status = "KILLED"
+    status, state = "KILLED", "KILLED"
     try:
         _log_inputs(client, recorder.run_id, cfg, dataset, overrides)
         yield recorder
-        status = "FINISHED"
+        status, state = "FINISHED", "COMPLETE"
+    except RunPruned as pruned:
+        status, state = "FINISHED", "PRUNED"
+        client.set_tag(recorder.run_id, "mnist_exp.pruned", str(pruned)[:MAX_TAG_LENGTH])
+        raise
     except Exception as error:
-        status = "FAILED"
+        status, state = "FAILED", "FAIL"
         client.set_tag(recorder.run_id, FAILURE_TAG, f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH])
         raise
     finally:
-        # KeyboardInterrupt and SystemExit land here with status still KILLED.
+        # KeyboardInterrupt and SystemExit land here as KILLED.
+        client.set_tag(recorder.run_id, STATE_TAG, state)
         mlflow.end_run(status=status)
 
 
@@ -144,7 +156,10 @@ def check_store(cfg: Mapping[str, Any]) -> None:
         _check_server_reachable(uri)
 
 
-def record_failed_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: str, error: Exception) -> None:
+def record_failed_job(
+    cfg: DictConfig, overrides: Sequence[str], parent_run_id: str, error: Exception,
+    tags: Mapping[str, str] | None = None,
+) -> None:
     """A FAILED child for a sweep job that stopped before training (bad value, bad data file)."""
     try:
         client, experiment_id, _ = connect(cfg)
@@ -153,8 +168,10 @@ def record_failed_job(cfg: DictConfig, overrides: Sequence[str], parent_run_id: 
     tags = {
         OVERRIDES_TAG: " ".join(overrides),
         FAILURE_TAG: f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH],
+        STATE_TAG: "FAIL",
         "mlflow.parentRunId": parent_run_id,
         **_git_tags(),
+        **(tags or {}),
     }
     run = client.create_run(experiment_id, run_name=run_name(overrides), tags=tags)
     from mlflow.entities import Param
@@ -270,14 +287,44 @@ def abandon_sweep(cfg: DictConfig, parent_run_id: str) -> None:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A plain-text table: status, val/test accuracy, overrides, run id."""
-    lines = [f"{'status':<9} {'val_acc':>8} {'test_acc':>8}  {'run id':<32}  overrides"]
+    """A plain-text table: state, val/test accuracy, run id, overrides."""
+    lines = [f"{'state':<9} {'val_acc':>8} {'test_acc':>8}  {'run id':<32}  overrides"]
     for row in rows:
         lines.append(
-            f"{row['status']:<9} {_fmt(row.get('final_val_accuracy')):>8} {_fmt(row.get('test_accuracy')):>8}  "
+            f"{row['state'] or row['status']:<9} {_fmt(row.get('final_val_accuracy')):>8} "
+            f"{_fmt(row.get('test_accuracy')):>8}  "
             f"{row['run_id']:<32}  {row['overrides']}"
         )
     return "\n".join(lines) + "\n"
+
+
+def log_search(cfg: DictConfig, parent_run_id: str, result: Any, plots: Sequence[Path], retrain: str | None) -> None:
+    """Put an Optuna search's answer on its parent run: best value and params, all trials, plots."""
+    client, _, _ = connect(cfg)
+    rows = [
+        {"trial": t.number, "state": t.state, "value": t.value, "test_accuracy": t.test_accuracy,
+         "run_id": t.run_id, "overrides": " ".join(t.overrides), "reason": t.reason,
+         **{f"params.{k}": v for k, v in t.params.items()}}
+        for t in result.trials
+    ]
+    if rows:
+        client.log_table(parent_run_id, data=_columns(rows), artifact_file="optuna_trials.json")
+    for plot in plots:
+        client.log_artifact(parent_run_id, str(plot), artifact_path="plots")
+    client.set_tag(parent_run_id, "optuna.study_name", result.study_name)
+    client.set_tag(parent_run_id, "optuna.storage", result.storage)
+    best = result.best
+    if best is None:
+        return
+    client.log_metric(parent_run_id, "best_value", best.value)
+    if best.test_accuracy is not None:
+        client.log_metric(parent_run_id, "best_trial_test_accuracy", best.test_accuracy)
+    client.set_tag(parent_run_id, "best_trial_number", str(best.number))
+    if retrain:
+        client.set_tag(parent_run_id, "retrain_command", retrain)
+    from mlflow.entities import Param
+
+    client.log_batch(parent_run_id, params=[Param(f"best.{k}", _param_value(v)) for k, v in best.params.items()])
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
@@ -424,6 +471,7 @@ def _child_row(run) -> dict[str, Any]:
     return {
         "run_id": run.info.run_id,
         "status": run.info.status,
+        "state": run.data.tags.get(STATE_TAG, ""),
         "overrides": run.data.tags.get(OVERRIDES_TAG, ""),
         "final_val_accuracy": metrics.get("final_val_accuracy"),
         "final_val_loss": metrics.get("final_val_loss"),

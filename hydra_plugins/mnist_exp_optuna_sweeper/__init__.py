@@ -1,0 +1,1 @@
+"""mnist-exp's Optuna sweeper for Hydra: resumable studies, pruning across worker processes."""
