@@ -34,8 +34,9 @@ def run_sweep_job(cfg: DictConfig, overrides: list[str], job_number: int) -> dic
         log.info("%s %s", label, pruned)
         return {"state": "PRUNED", "reason": str(pruned)}
     except Exception as error:
-        log.error("%s failed: %s", label, error)
-        return {"state": "FAIL", "reason": f"{type(error).__name__}: {error}"}
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        log.error("%s failed: %s", label, reason)
+        return {"state": "FAIL", "reason": reason}
     log.info(
         "%s done: %s val_accuracy=%.4f test_accuracy=%.4f (%.1f s)", label, " ".join(overrides),
         outcome["val_accuracy"], outcome["test_accuracy"], outcome["train_seconds"],

@@ -195,7 +195,7 @@ def connect(cfg: Mapping[str, Any]):
     client = mlflow.MlflowClient(uri)
     name = cfg["mlflow"]["experiment"]
     try:
-        with _store_creation_lock(uri):
+        with _sqlite_store_lock(uri):
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 experiment_id = _create_experiment(client, name, _artifact_location(cfg, uri))
@@ -348,7 +348,8 @@ def _log_inputs(client, run_id: str, cfg: DictConfig, dataset: Dataset, override
         client.log_batch(run_id, params=items[start:start + 100])
     client.log_text(run_id, OmegaConf.to_yaml(_job_config(cfg)), "config.yaml")
     client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
-    _log_dataset(dataset)
+    with _sqlite_store_lock(client.tracking_uri):
+        _log_dataset(dataset)
 
 
 def _log_dataset(dataset: Dataset) -> None:
@@ -407,8 +408,9 @@ def _artifact_location(cfg: Mapping[str, Any], uri: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _store_creation_lock(uri: str) -> Iterator[None]:
-    """Serialise the first use of an SQLite store: parallel jobs creating its tables at once collide."""
+def _sqlite_store_lock(uri: str) -> Iterator[None]:
+    """Serialise writes that race in a shared SQLite store: parallel jobs creating its tables, or
+    registering the same dataset, at the same moment collide on unique constraints."""
     if urlparse(uri).scheme != "sqlite":
         yield
         return

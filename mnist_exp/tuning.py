@@ -242,7 +242,9 @@ class Search:
     n_jobs: int = 1
     max_failures: int | None = None
 
-    def run(self, fixed_overrides: Sequence[str], launch: Launch, per_job_overrides: Sequence[str] = ()) -> SearchResult:
+    def run(
+        self, fixed_overrides: Sequence[str], launch: Launch, per_job_overrides: Sequence[str] = ()
+    ) -> SearchResult:
         import optuna
 
         check_space(self.space)
@@ -425,25 +427,25 @@ def search_plots(result: SearchResult, folder) -> list:
         "param_importances": (optuna.visualization.matplotlib.plot_param_importances,
                               optuna.visualization.plot_param_importances),
     }
-    for name, (static, interactive) in plots.items():
-        try:
-            with warnings.catch_warnings():
-                # "experimental" notices, and importance estimates from few trials: the plot still says what it can.
-                warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        # "experimental" notices, and importance estimates from few trials: the plots still say what they can.
+        warnings.simplefilter("ignore")
+        for name, (static, interactive) in plots.items():
+            try:
                 axes = static(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as error:
+                # Importances need two or more completed trials whose parameters differ.
+                log.warning("no %s plot: %s", name, error)
+                continue
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.set_size_inches(9, 5)
             figure.tight_layout()
             figure.savefig(folder / f"{name}.png", dpi=100)
             plt.close(figure)
             written.append(folder / f"{name}.png")
-        except (ValueError, RuntimeError, ZeroDivisionError) as error:
-            # Importances need two or more completed trials whose parameters differ.
-            log.warning("no %s plot: %s", name, error)
-            continue
-        try:
-            interactive(study).write_html(folder / f"{name}.html", include_plotlyjs="cdn")
-            written.append(folder / f"{name}.html")
-        except ImportError:
-            pass
+            try:
+                interactive(study).write_html(folder / f"{name}.html", include_plotlyjs=True)
+                written.append(folder / f"{name}.html")
+            except ImportError:
+                pass  # plotly is optional
     return written

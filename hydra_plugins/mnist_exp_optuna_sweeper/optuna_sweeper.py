@@ -60,7 +60,8 @@ class OptunaSweeper(Sweeper):
         for override in OverridesParser.create().parse_overrides(arguments):
             if override.is_sweep_override():
                 raise ExperimentError(
-                    f"{override.input_line}: list values to search in hydra.sweeper.search_space, not on the command line"
+                    f"{override.input_line}: put values to search in hydra.sweeper.search_space, "
+                    "not on the command line"
                 )
         s = self.settings
         tuning.check_settings(s)
