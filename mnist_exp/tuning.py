@@ -249,9 +249,10 @@ class Search:
 
         check_space(self.space)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        sampler = make_sampler(self.sampler, self.space)
         study = optuna.create_study(
             storage=make_storage(self.storage), study_name=self.study_name, direction=self.direction,
-            sampler=make_sampler(self.sampler, self.space), pruner=make_pruner(self.pruner), load_if_exists=True,
+            sampler=sampler, pruner=make_pruner(self.pruner), load_if_exists=True,
         )
         if study.direction.name.lower() != self.direction:
             raise ExperimentError(
@@ -269,9 +270,13 @@ class Search:
         while True:
             finished = len(study.get_trials(deepcopy=False, states=_states(FINISHED_STATES)))
             remaining = self.n_trials - finished
-            if remaining <= 0 or failures >= failures_allowed:
-                if remaining > 0:
-                    log.warning("stopping: %d trials failed in this sweep; %d still to run", failures, remaining)
+            if remaining <= 0:
+                break
+            if failures >= failures_allowed:
+                log.warning("stopping: %d trials failed in this sweep; %d still to run", failures, remaining)
+                break
+            if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+                log.warning("stopping: every point of the grid has been tried; %d still to run", remaining)
                 break
             trials = [study.ask() for _ in range(min(self.n_jobs, remaining))]
             batch = []
@@ -302,13 +307,18 @@ class Search:
             if returned.get(key) is not None:
                 trial.set_user_attr(key if key != "reason" else "fail_reason", returned[key])
         value = returned.get("value")
-        if state == "COMPLETE" and value is not None and math.isfinite(value):
-            study.tell(trial, value)
-        elif state == "PRUNED":
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if not (state == "PRUNED" or (state == "COMPLETE" and value is not None and math.isfinite(value))):
             state = "FAIL"
+        try:
+            if state == "COMPLETE":
+                study.tell(trial, value)
+            else:
+                study.tell(trial, state=optuna.trial.TrialState[state])
+        except RuntimeError as error:
+            # GridSampler calls study.stop() once the grid is covered, which only works inside
+            # study.optimize(); the trial's state is stored before that, and run() checks is_exhausted.
+            if "Study.stop" not in str(error):
+                raise
         return state
 
 

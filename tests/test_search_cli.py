@@ -1,0 +1,119 @@
+"""`python -m mnist_exp -m hparams_search=...` for real: parallel workers, pruning, failures, resuming."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def search(*args: str, runs_dir, extra_conf=None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mnist_exp", "-m", *args, f"runs_dir={runs_dir}", "data=mnist_sample"]
+    if extra_conf is not None:
+        command.append(f"hydra.searchpath=[file://{extra_conf}]")
+    return subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+
+
+def sweep_runs(runs_dir):
+    client = MlflowClient(f"sqlite:///{runs_dir}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "true"]
+    children = {p.info.run_id: [r for r in runs if r.data.tags.get("mlflow.parentRunId") == p.info.run_id]
+                for p in parents}
+    return client, parents, children
+
+
+def test_parallel_search_with_pruning_then_resume(tmp_path):
+    runs_dir = tmp_path / "runs"
+    common = ["hparams_search=optuna", "epochs=2", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
+              "hydra.sweeper.pruner.name=threshold", "+hydra.sweeper.pruner.lower=0.6"]
+    first = search(*common, "hydra.sweeper.n_trials=4", runs_dir=runs_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    study = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=f"sqlite:///{runs_dir}/optuna.db")
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 4 and set(states) <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states
+    assert "PRUNED" in states, "seed 42 samples sgd with a small learning rate: below 0.6 after epoch 1"
+    client, (parent,), children = sweep_runs(runs_dir)
+    trials = children[parent.info.run_id]
+    assert sorted(int(c.data.tags["optuna.trial_number"]) for c in trials) == [0, 1, 2, 3]
+    for child in trials:
+        trial = study.trials[int(child.data.tags["optuna.trial_number"])]
+        assert child.data.tags["mnist_exp.state"] == trial.state.name and child.info.status == "FINISHED"
+        epochs = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert epochs == ([1] if trial.state.name == "PRUNED" else [1, 2])
+
+    best = study.best_trial
+    assert parent.data.metrics["best_value"] == pytest.approx(best.value)
+    assert parent.data.tags["best_trial_number"] == str(best.number)
+    assert parent.data.params["best.optimizer"] == best.params["optimizer"]
+    assert "best_trial_test_accuracy" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "optuna_trials.json" in artifacts and "plots/optimization_history.png" in plots
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "optuna_trials.json")).read())
+    assert len(table["data"]) == 4
+    assert f"best trial {best.number}: val_accuracy={best.value:.4f}" in first.stdout
+    retrain = next(line for line in first.stdout.splitlines() if line.startswith("retrain: "))
+    assert retrain.startswith("retrain: python -m mnist_exp hparams_search=optuna epochs=2")
+
+    second = search(*common, "hydra.sweeper.n_trials=5", runs_dir=runs_dir)
+    assert second.returncode == 0, second.stderr[-3000:]
+    study = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=f"sqlite:///{runs_dir}/optuna.db")
+    assert len(study.trials) == 5 and "1 run by this sweep" in second.stdout
+    _, parents, children = sweep_runs(runs_dir)
+    assert sorted(len(c) for c in children.values()) == [1, 4]
+
+
+GRID_WITH_A_DIVERGING_TRIAL = """\
+# @package _global_
+defaults:
+  - override /hydra/sweeper: mnist_optuna
+  - override /optimizer: sgd
+model:
+  hidden_units: [512, 512]
+  activation: linear   # with lr=10 the loss overflows to nan in the first epoch
+hydra:
+  sweeper:
+    study_name: diverge
+    n_trials: 2
+    sampler: {name: grid, seed: 0}
+    pruner: {name: none}
+    search_space:
+      optimizer.lr: {type: categorical, choices: [10.0, 0.01]}
+"""
+
+
+def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path):
+    extra = tmp_path / "conf"
+    (extra / "hparams_search").mkdir(parents=True)
+    (extra / "hparams_search" / "diverge.yaml").write_text(GRID_WITH_A_DIVERGING_TRIAL)
+    runs_dir = tmp_path / "runs"
+    result = search("hparams_search=diverge", "epochs=1", runs_dir=runs_dir, extra_conf=extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="diverge", storage=f"sqlite:///{runs_dir}/optuna.db")
+    by_lr = {t.params["optimizer.lr"]: t for t in study.trials}
+    assert by_lr[10.0].state.name == "FAIL" and "TrainingDiverged" in by_lr[10.0].user_attrs["fail_reason"]
+    assert by_lr[0.01].state.name == "COMPLETE"
+    _, (parent,), children = sweep_runs(runs_dir)
+    statuses = {c.data.params["optimizer.lr"]: c.info.status for c in children[parent.info.run_id]}
+    assert statuses == {"10.0": "FAILED", "0.01": "FINISHED"}
+    assert parent.info.status == "FINISHED"
+
+
+def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = search("hparams_search=optuna", "hydra.sweeper.search_space.model\\.dropout.low=0.9", runs_dir=runs_dir)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: hydra.sweeper.search_space.model.dropout has inverted bounds: low=0.9 > high=0.5"
+    )
+    assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
