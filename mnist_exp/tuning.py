@@ -39,6 +39,9 @@ def check_settings(sweeper: Mapping[str, Any]) -> None:
         value = sweeper.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ExperimentError(f"hydra.sweeper.{key}={value!r} is invalid: expected an integer >= 1")
+    threads = sweeper.get("threads_per_job", "auto")
+    if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise ExperimentError(f"hydra.sweeper.threads_per_job={threads!r} is invalid: expected auto or an integer >= 0")
     if not sweeper.get("study_name"):
         raise ExperimentError("hydra.sweeper.study_name is empty")
     space = sweeper.get("search_space") or {}

@@ -88,9 +88,11 @@ class OptunaSweeper(Sweeper):
     def _thread_overrides(self) -> list[str]:
         """Parallel trials split the cores: oversubscribed TensorFlow thread pools run slower than sequential ones."""
         n_jobs = self.settings["n_jobs"]
-        if n_jobs <= 1 or "joblib" not in str(self.config.hydra.launcher.get("_target_", "")):
+        threads = self.settings.get("threads_per_job", "auto")
+        if threads == 0 or n_jobs <= 1 or "joblib" not in str(self.config.hydra.launcher.get("_target_", "")):
             return []
-        threads = max(1, (os.cpu_count() or 1) // n_jobs)
+        if threads == "auto":
+            threads = max(1, (os.cpu_count() or 1) // n_jobs)
         return [f"+hydra.job.env_set.{name}={threads}" for name in (
             "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS",
         )] + ["+hydra.job.env_set.TF_NUM_INTEROP_THREADS=1"]
