@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,6 +227,29 @@ class SearchResult:
         return pick(complete, key=lambda t: t.value)
 
 
+@dataclass
+class _Job:
+    trial: Any
+    overrides: list[str]
+    index: int
+
+
+@dataclass
+class _Loop:
+    """What the launching threads share; every field is read and written under `lock`."""
+
+    study: Any
+    sampler: Any
+    fixed: list[str]
+    per_job: list[str]
+    failures_allowed: int
+    failures: int = 0
+    launched: int = 0
+    in_flight: int = 0
+    told_to_stop: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 # launch(list of override lists, index of the first job) -> per job: the dict the job returned, or an exception
 Launch = Callable[[list[list[str]], int], list[Any]]
 
@@ -246,8 +270,10 @@ class Search:
     max_failures: int | None = None
 
     def run(
-        self, fixed_overrides: Sequence[str], launch: Launch, per_job_overrides: Sequence[str] = ()
+        self, fixed_overrides: Sequence[str], launch: Launch, per_job_overrides: Sequence[str] = (),
+        concurrent: bool = False,
     ) -> SearchResult:
+        """Run the search; `concurrent` launches from n_jobs threads (for launchers that use other processes)."""
         import optuna
 
         check_space(self.space)
@@ -268,35 +294,69 @@ class Search:
         os.environ[STUDY_ENV] = json.dumps({
             "storage": self.storage, "study_name": self.study_name, "metric": self.metric, "pruner": dict(self.pruner),
         })
-        failures_allowed = self.max_failures if self.max_failures is not None else self.n_trials
-        failures, job_index = 0, 0
-        while True:
-            finished = len(study.get_trials(deepcopy=False, states=_states(FINISHED_STATES)))
-            remaining = self.n_trials - finished
-            if remaining <= 0:
-                break
-            if failures >= failures_allowed:
-                log.warning("stopping: %d trials failed in this sweep; %d still to run", failures, remaining)
-                break
-            if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
-                log.warning("stopping: every point of the grid has been tried; %d still to run", remaining)
-                break
-            trials = [study.ask() for _ in range(min(self.n_jobs, remaining))]
-            batch = []
-            for trial in trials:
-                overrides = suggest_overrides(trial, self.space)
-                trial.set_user_attr("owner", owner())
-                trial.set_user_attr("overrides", overrides)
-                batch.append([*fixed_overrides, *overrides, *per_job_overrides,
-                              f"+hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}"])
-            returns = launch(batch, job_index)
-            job_index += len(batch)
-            for trial, returned in zip(trials, returns, strict=True):
-                failures += self._tell(study, trial, returned) == "FAIL"
+        loop = _Loop(study, sampler, list(fixed_overrides), list(per_job_overrides),
+                     self.max_failures if self.max_failures is not None else self.n_trials)
+        if concurrent and self.n_jobs > 1:
+            # One thread per slot, each launching its next trial as soon as its last one ends:
+            # a long trial never holds the other slot idle behind a batch barrier.
+            workers = [threading.Thread(target=self._keep_launching, args=(loop, launch), daemon=True)
+                       for _ in range(self.n_jobs)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        else:
+            while jobs := [job for job in (self._next_job(loop) for _ in range(self.n_jobs)) if job]:
+                returns = launch([job.overrides for job in jobs], jobs[0].index)
+                for job, returned in zip(jobs, returns, strict=True):
+                    self._finish(loop, job, returned)
         result = SearchResult(self.study_name, self.storage, self.metric, self.direction, abandoned=abandoned,
-                              ran_now=job_index)
+                              ran_now=loop.launched)
         result.trials = [_outcome(t) for t in study.get_trials(deepcopy=False)]
         return result
+
+    def _next_job(self, loop: _Loop) -> _Job | None:
+        """Ask for the next trial, or None when enough trials are finished or running."""
+        import optuna
+
+        with loop.lock:
+            finished = len(loop.study.get_trials(deepcopy=False, states=_states(FINISHED_STATES)))
+            remaining = self.n_trials - finished - loop.in_flight
+            if remaining <= 0:
+                return None
+            if loop.failures >= loop.failures_allowed:
+                if not loop.told_to_stop:
+                    log.warning("stopping: %d trials failed in this sweep; %d still to run", loop.failures, remaining)
+                loop.told_to_stop = True
+                return None
+            sampler = loop.sampler
+            if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(loop.study):
+                if not loop.told_to_stop:
+                    log.warning("stopping: every point of the grid has been tried; %d still to run", remaining)
+                loop.told_to_stop = True
+                return None
+            trial = loop.study.ask()
+            overrides = suggest_overrides(trial, self.space)
+            trial.set_user_attr("owner", owner())
+            trial.set_user_attr("overrides", overrides)
+            trial_env = f"+hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}"
+            job = _Job(trial, [*loop.fixed, *overrides, *loop.per_job, trial_env], loop.launched)
+            loop.launched += 1
+            loop.in_flight += 1
+            return job
+
+    def _finish(self, loop: _Loop, job: _Job, returned: Any) -> None:
+        with loop.lock:
+            loop.in_flight -= 1
+            loop.failures += self._tell(loop.study, job.trial, returned) == "FAIL"
+
+    def _keep_launching(self, loop: _Loop, launch: Launch) -> None:
+        while job := self._next_job(loop):
+            try:
+                (returned,) = launch([job.overrides], job.index)
+            except Exception as error:  # a launcher failure fails this trial, not the search
+                returned = error
+            self._finish(loop, job, returned)
 
     @staticmethod
     def _tell(study, trial, returned: Any) -> str:

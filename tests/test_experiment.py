@@ -125,7 +125,8 @@ def test_runs_dir_that_cannot_be_created(tiny, tmp_path):
 
 
 def test_early_stopping_keeps_the_best_epoch(tiny):
-    outcome = experiment.run(tiny("epochs=6", "early_stopping_patience=1", "optimizer.lr=0.05"))
+    outcome = experiment.run(tiny("epochs=6", "early_stopping_patience=1", "optimized_metric=val_loss",
+                                  "optimizer.lr=0.05"))
     client = client_for(tiny())
     val_losses = [p.value for p in client.get_metric_history(outcome["run_id"], "val_loss")]
     assert outcome["val_loss"] == pytest.approx(min(val_losses), rel=1e-4)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 
 import optuna
 import pytest
@@ -186,3 +188,22 @@ def test_reporter_in_a_job_prunes_through_the_shared_storage(tmp_path, monkeypat
     assert result.trials[0].state == "PRUNED" and pruned["number"] == 0
     intermediate = optuna.load_study(study_name="test", storage=search.storage).trials[0].intermediate_values
     assert intermediate == {1: 0.7, 2: 0.3}
+
+
+def test_concurrent_slots_do_not_wait_for_each_other(tmp_path):
+    events, lock = [], threading.Lock()
+
+    def launch(batch, first):
+        (overrides,) = batch
+        with lock:
+            events.append(("start", first))
+        time.sleep(1.0 if first == 0 else 0.05)  # trial 0 is slow, the rest are quick
+        with lock:
+            events.append(("end", first))
+        return [{"state": "COMPLETE", "value": value_of(overrides)}]
+
+    result = make_search(tmp_path, n_trials=6, n_jobs=2).run([], launch, concurrent=True)
+    assert sorted(t.number for t in result.trials) == list(range(6)) and result.ran_now == 6
+    assert all(t.state == "COMPLETE" for t in result.trials)
+    started_before_slow_ended = [i for kind, i in events[: events.index(("end", 0))] if kind == "start"]
+    assert len(started_before_slow_ended) == 6, events

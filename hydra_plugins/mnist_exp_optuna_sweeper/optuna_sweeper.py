@@ -41,7 +41,12 @@ class OptunaSweeper(Sweeper):
         assert self.config is not None and self.launcher is not None
         try:
             search = self._search(arguments)
-            result = search.run(arguments, self._launch, per_job_overrides=self._thread_overrides())
+            # Launchers that run jobs in other processes can take one trial per thread; Hydra's basic
+            # launcher runs them in this process, one at a time.
+            concurrent = "BasicLauncher" not in type(self.launcher).__name__
+            result = search.run(
+                arguments, self._launch, per_job_overrides=self._thread_overrides(), concurrent=concurrent
+            )
         except ExperimentError as error:
             print(f"error: {error}", file=sys.stderr)
             raise SystemExit(2) from None
