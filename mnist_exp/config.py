@@ -8,6 +8,7 @@ is allowed.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 DATASETS = ("mnist", "fashion_mnist", "mnist_sample")
+BACKENDS = ("tensorflow", "jax")
 OPTIMIZED_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 # Activations Keras 3 knows by name; checked here so a typo fails before TensorFlow loads.
 ACTIVATIONS = (
@@ -68,6 +70,13 @@ def _one_of(*allowed: str) -> Check:
     return check
 
 
+def _one_of_values(*allowed: Any) -> Check:
+    def check(value: Any) -> str | None:
+        ok = any(value is option or (isinstance(option, str) and value == option) for option in allowed)
+        return None if ok else "one of " + ", ".join(_show(option) for option in allowed)
+    return check
+
+
 def _optional(check: Check) -> Check:
     def optional(value: Any) -> str | None:
         problem = check(value) if value is not None else None
@@ -107,6 +116,9 @@ TOP_LEVEL: dict[str, Check] = {
     "deterministic": _boolean,
     "optimized_metric": _one_of(*OPTIMIZED_METRICS),
     "runs_dir": _text,
+    "backend": _one_of(*BACKENDS),
+    "jit_compile": _one_of_values("auto", True, False),
+    "steps_per_execution": _integer(1, 10_000),
 }
 OPTIMIZER_KEYS: dict[str, dict[str, Check]] = {
     "sgd": {"lr": _POSITIVE_LR, "momentum": _UNIT_OPEN, "nesterov": _boolean},
@@ -164,6 +176,8 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
         problem = check(present[key])
         if problem is not None:
             raise ExperimentError(f"{key}={_show(present[key])} is invalid: expected {problem}")
+    if values["backend"] == "jax" and importlib.util.find_spec("jax") is None:
+        raise ExperimentError("backend=jax needs JAX: pip install -e '.[jax]'")
     if values["data"]["allow_fallback"] and values["data"]["name"] != "mnist":
         raise ExperimentError(
             "data.allow_fallback=true is only possible with data=mnist (the fallback is a sample of MNIST digits)"
@@ -217,4 +231,6 @@ def _leaves(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return "null" if value is None else repr(value) if isinstance(value, str) else str(value)

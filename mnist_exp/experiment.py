@@ -44,8 +44,9 @@ def run(
 
     # Imported here, after validation: together they cost seconds. Keras first, so
     # TensorFlow is quietened before MLflow's integrations can import it.
-    from mnist_exp.train import import_keras, train_and_evaluate
+    from mnist_exp.train import import_keras, select_backend, train_and_evaluate
 
+    select_backend(cfg.backend)
     import_keras()
     from mnist_exp.tracking import record_run
 

@@ -375,13 +375,14 @@ def _log_keras_model(model: Any, dataset: Dataset) -> str:
     import mlflow
     from mlflow.models import infer_signature
 
+    backend = keras.backend.backend()
     example = dataset.x_test[:5]
     signature = infer_signature(example, model.predict(example, verbose=0))
     # Explicit requirements: inferring them re-imports the model in a subprocess (seconds).
     # No input_example: mlflow.keras fails to write it (mlflow issue #16183).
     info = mlflow.keras.log_model(
         model, name="model", signature=signature,
-        pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={_version('tensorflow')}"],
+        pip_requirements=[f"keras=={keras.__version__}", f"{backend}=={_version(backend)}"],
     )
     return info.model_uri
 

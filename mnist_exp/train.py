@@ -28,10 +28,12 @@ class TrainingResult:
 
 def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: EpochHook | None = None) -> TrainingResult:
     """Fit on the train split, select on validation, score the test split once at the end."""
+    select_backend(cfg["backend"])
     keras = import_keras()
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg["seed"])
-    if cfg["deterministic"]:
+    if cfg["deterministic"] and cfg["backend"] == "tensorflow":
+        # JAX on CPU is deterministic already; TensorFlow must be told.
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
@@ -46,6 +48,8 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
         optimizer=build_optimizer(cfg["optimizer"]),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        jit_compile=cfg["jit_compile"],
+        steps_per_execution=cfg["steps_per_execution"],
     )
 
     watchdog = _divergence_watch(keras)
@@ -93,8 +97,19 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
     return TrainingResult(model=model, metrics=metrics, history=dict(history.history))
 
 
+def select_backend(backend: str) -> None:
+    """Make `backend` the one Keras loads; Keras fixes its backend at import, once per process."""
+    loaded = sys.modules.get("keras")
+    if loaded is not None and loaded.backend.backend() != backend:
+        raise ExperimentError(
+            f"backend={backend}: Keras already runs on {loaded.backend.backend()} in this process; "
+            "start a new process to switch"
+        )
+    os.environ["KERAS_BACKEND"] = backend
+
+
 def import_keras():
-    """Keras on the TensorFlow backend, imported on first use: it takes seconds."""
+    """Keras on the selected backend (TensorFlow unless select_backend said otherwise), imported on first use."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) says nothing actionable on a CPU;
     # real failures still arrive as Python exceptions.

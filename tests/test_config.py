@@ -53,7 +53,7 @@ def test_list_override_and_flattened_params(make_cfg):
         ("epochs=0", "epochs=0"),
         ("epochs=abc", "epochs='abc'"),
         ("epochs=2.5", "epochs=2.5"),
-        ("epochs=true", "epochs=True"),
+        ("epochs=true", "epochs=true"),
         ("batch_size=-1", "batch_size=-1"),
         ("optimizer.lr=0", "optimizer.lr=0"),
         ("optimizer.lr=nan", "optimizer.lr=nan"),
