@@ -113,6 +113,7 @@ TOP_LEVEL: dict[str, Check] = {
     "batch_size": _integer(1, 1_000_000),
     "seed": _integer(0, 2**32 - 1),
     "early_stopping_patience": _optional(_integer(1, 100_000)),
+    "reduce_lr_patience": _optional(_integer(1, 100_000)),
     "deterministic": _boolean,
     "optimized_metric": _one_of(*OPTIMIZED_METRICS),
     "runs_dir": _text,

@@ -54,12 +54,16 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
 
     watchdog = _divergence_watch(keras)
     callbacks = [watchdog, _epoch_reporter(keras, len(dataset.y_train), on_epoch)]
+    # Both watch the metric model selection uses; val_loss often rises while val_accuracy still improves.
+    metric = cfg["optimized_metric"]
+    mode = "max" if metric.endswith("accuracy") else "min"
+    if cfg["reduce_lr_patience"]:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor=metric, mode=mode, factor=0.5, patience=cfg["reduce_lr_patience"], verbose=0,
+        ))
     if cfg["early_stopping_patience"]:
-        # Stop on the metric model selection uses; val_loss often rises while val_accuracy still improves.
-        metric = cfg["optimized_metric"]
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor=metric, mode="max" if metric.endswith("accuracy") else "min",
-            patience=cfg["early_stopping_patience"], restore_best_weights=True,
+            monitor=metric, mode=mode, patience=cfg["early_stopping_patience"], restore_best_weights=True,
         ))
     started = time.perf_counter()
     try:

@@ -92,3 +92,19 @@ def test_relative_runs_dir_is_taken_from_the_project_root(make_cfg, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert config.runs_dir(make_cfg("runs_dir=runs")) == config.PROJECT_ROOT / "runs"
     assert config.runs_dir(make_cfg(f"runs_dir={tmp_path}/x")) == tmp_path / "x"
+
+
+def test_performance_knobs_validate(make_cfg):
+    config.validate(make_cfg("jit_compile=true", "steps_per_execution=8"))
+    config.validate(make_cfg("jit_compile=false"))
+    with pytest.raises(ExperimentError, match="jit_compile='yes' is invalid: expected one of 'auto', true, false"):
+        config.validate(make_cfg("jit_compile=yes"))
+    with pytest.raises(ExperimentError, match="backend='torch' is invalid: expected one of tensorflow, jax"):
+        config.validate(make_cfg("backend=torch"))
+
+
+def test_jax_backend_without_jax_installed(make_cfg, monkeypatch):
+    real_find_spec = config.importlib.util.find_spec
+    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None if name == "jax" else real_find_spec(name))
+    with pytest.raises(ExperimentError, match=r"backend=jax needs JAX: pip install -e '.\[jax\]'"):
+        config.validate(make_cfg("backend=jax"))
