@@ -42,8 +42,8 @@ def run(
             record_failed_job(cfg, overrides, parent_run_id, error, tags)
         raise
 
-    # Imported here, after validation: together they cost seconds. Keras first, so
-    # TensorFlow is quietened before MLflow's integrations can import it.
+    # Imported here, after validation: together they cost seconds. (Importing MLflow in a
+    # thread alongside TensorFlow saved 0.2 s of 5.8 s here: both hold the GIL.)
     from mnist_exp.train import import_keras, select_backend, train_and_evaluate
 
     select_backend(cfg.backend)

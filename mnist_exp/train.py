@@ -88,7 +88,11 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
             f"lower optimizer.lr (now {cfg['optimizer']['lr']})"
         )
 
-    val_loss, val_accuracy = model.evaluate(dataset.x_val, dataset.y_val, batch_size=1024, verbose=0)
+    if cfg["early_stopping_patience"]:
+        # The kept weights may come from an earlier epoch: score them again.
+        val_loss, val_accuracy = model.evaluate(dataset.x_val, dataset.y_val, batch_size=1024, verbose=0)
+    else:
+        val_loss, val_accuracy = history.history["val_loss"][-1], history.history["val_accuracy"][-1]
     test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test, batch_size=1024, verbose=0)
     metrics = {
         "val_loss": float(val_loss),
@@ -110,6 +114,9 @@ def select_backend(backend: str) -> None:
             "start a new process to switch"
         )
     os.environ["KERAS_BACKEND"] = backend
+    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) says nothing actionable on a CPU;
+    # real failures still arrive as Python exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def import_keras():
