@@ -21,7 +21,7 @@ log = logging.getLogger("mnist_exp")
 def run_sweep_job(cfg: DictConfig, overrides: list[str], job_number: int) -> dict:
     """One job of a multirun: a failure is recorded (FAILED in MLflow) and reported, and the sweep goes on."""
     from mnist_exp import experiment, tuning
-    from mnist_exp.errors import RunPruned
+    from mnist_exp.errors import ExperimentError, RunPruned
 
     trial = tuning.reporter_from_env()
     tags = {"optuna.trial_number": str(trial.number)} if trial is not None else {}
@@ -34,7 +34,9 @@ def run_sweep_job(cfg: DictConfig, overrides: list[str], job_number: int) -> dic
         log.info("%s %s", label, pruned)
         return {"state": "PRUNED", "reason": str(pruned)}
     except Exception as error:
-        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        # Our own errors already say what is wrong; anything else needs its type to make sense.
+        reason = first_line if isinstance(error, ExperimentError) else f"{type(error).__name__}: {first_line}"
         log.error("%s failed: %s", label, reason)
         return {"state": "FAIL", "reason": reason}
     log.info(

@@ -380,7 +380,7 @@ def _log_keras_model(model: Any, dataset: Dataset) -> str:
     backend = keras.backend.backend()
     # Written out rather than inferred: inferring runs model.predict, whose first call costs ~0.3 s of tracing.
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dataset.x_test.shape[1]), "pixels")]),
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, dataset.x_test.shape[1]), "pixels")]),
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(dataset.class_names)), "probabilities")]),
     )
     # Explicit requirements: inferring them re-imports the model in a subprocess (seconds).

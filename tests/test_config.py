@@ -105,6 +105,8 @@ def test_performance_knobs_validate(make_cfg):
 
 def test_jax_backend_without_jax_installed(make_cfg, monkeypatch):
     real_find_spec = config.importlib.util.find_spec
-    monkeypatch.setattr(config.importlib.util, "find_spec", lambda name: None if name == "jax" else real_find_spec(name))
+    monkeypatch.setattr(
+        config.importlib.util, "find_spec", lambda name: None if name == "jax" else real_find_spec(name)
+    )
     with pytest.raises(ExperimentError, match=r"backend=jax needs JAX: pip install -e '.\[jax\]'"):
         config.validate(make_cfg("backend=jax"))

@@ -20,8 +20,8 @@ def data_cfg(name="mnist", path=None, **changes):
 def test_idx_folder_loads_scaled_and_split(idx_folder, tmp_path):
     dataset = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=tmp_path / "cache")
     assert dataset.sizes == {"train": 270, "val": 30, "test": 100}
-    assert dataset.x_train.shape == (270, 784) and dataset.x_train.dtype == np.float32
-    assert 0.0 <= dataset.x_train.min() and dataset.x_train.max() == 1.0
+    assert dataset.x_train.shape == (270, 784) and dataset.x_train.dtype == np.uint8
+    assert dataset.x_train.max() == 255  # scaled to [0, 1] by the model's first layer
     assert dataset.name == "mnist" and dataset.source == str(idx_folder) and dataset.fallback_reason is None
 
 

@@ -61,7 +61,7 @@ def test_run_records_params_epochs_results_and_artifacts(tiny):
     assert contexts == {"train", "validation", "test"}
 
     model = mlflow.keras.load_model(outcome["model_uri"])
-    predictions = model.predict(np.zeros((3, 784), dtype=np.float32), verbose=0)
+    predictions = model.predict(np.zeros((3, 784), dtype=np.uint8), verbose=0)
     assert predictions.shape == (3, 10)
 
 

@@ -14,15 +14,26 @@ def test_default_is_dense_512_relu_then_dense_10_softmax():
     model = build_mlp([512], "relu", 0.0)
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert [(d.units, d.activation.__name__) for d in dense] == [(512, "relu"), (10, "softmax")]
-    assert len(model.layers) == 2 and model.input_shape == (None, 784) and model.output_shape == (None, 10)
+    assert [type(layer).__name__ for layer in model.layers] == ["Rescaling", "Dense", "Dense"]
+    assert model.input_shape == (None, 784) and model.output_shape == (None, 10)
     assert model.count_params() == 784 * 512 + 512 + 512 * 10 + 10
 
 
 def test_widths_activation_and_dropout():
     model = build_mlp([256, 128], "tanh", 0.25, num_classes=10)
     kinds = [(type(layer).__name__, getattr(layer, "units", getattr(layer, "rate", None))) for layer in model.layers]
-    assert kinds == [("Dense", 256), ("Dropout", 0.25), ("Dense", 128), ("Dropout", 0.25), ("Dense", 10)]
-    assert model.layers[0].activation.__name__ == "tanh"
+    assert kinds == [("Rescaling", None), ("Dense", 256), ("Dropout", 0.25), ("Dense", 128), ("Dropout", 0.25),
+                     ("Dense", 10)]
+    assert model.layers[1].activation.__name__ == "tanh"
+
+
+def test_pixels_are_scaled_to_unit_range_inside_the_model():
+    import numpy as np
+
+    model = build_mlp([4], "relu", 0.0)
+    scale = keras.Model(model.inputs, model.layers[0].output)
+    scaled = scale.predict(np.array([[0] * 783 + [255]], dtype=np.uint8), verbose=0)
+    assert scaled.dtype == np.float32 and scaled.min() == 0.0 and scaled.max() == 1.0
 
 
 @pytest.mark.parametrize(
