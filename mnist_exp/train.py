@@ -53,7 +53,7 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
     )
 
     watchdog = _divergence_watch(keras)
-    callbacks = [watchdog, _epoch_reporter(keras, len(dataset.y_train), on_epoch)]
+    callbacks = [watchdog]
     # Both watch the metric model selection uses; val_loss often rises while val_accuracy still improves.
     metric = cfg["optimized_metric"]
     mode = "max" if metric.endswith("accuracy") else "min"
@@ -65,6 +65,8 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=metric, mode=mode, patience=cfg["early_stopping_patience"], restore_best_weights=True,
         ))
+    # Last, so the epoch's logs include what the callbacks above add (the learning rate).
+    callbacks.append(_epoch_reporter(keras, len(dataset.y_train), on_epoch))
     started = time.perf_counter()
     try:
         history = model.fit(

@@ -124,6 +124,13 @@ def test_runs_dir_that_cannot_be_created(tiny, tmp_path):
         experiment.run(tiny(f"runs_dir={blocker}/runs"))
 
 
+def test_learning_rate_reduction_is_recorded(tiny):
+    outcome = experiment.run(tiny("epochs=4", "reduce_lr_patience=1", "optimizer.lr=0.05"))
+    rates = [p.value for p in client_for(tiny()).get_metric_history(outcome["run_id"], "learning_rate")]
+    assert len(rates) == 4 and rates[0] == pytest.approx(0.05)
+    assert all(earlier >= later for earlier, later in zip(rates, rates[1:], strict=False))
+
+
 def test_early_stopping_keeps_the_best_epoch(tiny):
     outcome = experiment.run(tiny("epochs=6", "early_stopping_patience=1", "optimized_metric=val_loss",
                                   "optimizer.lr=0.05"))
