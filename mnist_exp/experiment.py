@@ -72,9 +72,10 @@ def summary(outcome: dict[str, Any]) -> str:
     """The lines printed at the end of a run: scores, run id, how to look at it."""
     from mnist_exp.tracking import ui_command
 
+    epochs = int(outcome["epochs_completed"])
     return (
         f"val_accuracy {outcome['val_accuracy']:.4f}  test_accuracy {outcome['test_accuracy']:.4f}"
-        f"  ({outcome['dataset']}, {int(outcome['epochs_completed'])} epochs, {outcome['train_seconds']:.1f} s)\n"
+        f"  ({outcome['dataset']}, {epochs} epoch{'' if epochs == 1 else 's'}, {outcome['train_seconds']:.1f} s)\n"
         f"MLflow run {outcome['run_id']}\n"
         f"UI: {ui_command(outcome['tracking_uri'])}"
     )
