@@ -28,6 +28,7 @@ from mnist_exp import config
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.net import can_connect
+from mnist_exp.processes import is_dead, owner
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ FAILURE_TAG = "mnist_exp.failure"
 OVERRIDES_TAG = "mnist_exp.overrides"
 SWEEP_TAG = "mnist_exp.sweep"
 STATE_TAG = "mnist_exp.state"
+OWNER_TAG = "mnist_exp.owner"
 MAX_TAG_LENGTH = 5000
 
 
@@ -111,8 +113,10 @@ def record_run(
     import mlflow
 
     client, experiment_id, uri = connect(cfg)
+    kill_abandoned_runs(client, experiment_id)
     tags = {
         OVERRIDES_TAG: " ".join(overrides),
+        OWNER_TAG: owner(),
         "mlflow.source.name": "python -m mnist_exp",
         "mlflow.source.type": "LOCAL",
         **_git_tags(),
@@ -182,6 +186,21 @@ def record_failed_job(
     client.set_terminated(run.info.run_id, "FAILED")
 
 
+def kill_abandoned_runs(client, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process on this host is gone (SIGKILL, a lost worker)."""
+    running = client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000
+    )
+    abandoned = [run.info.run_id for run in running if is_dead(run.data.tags.get(OWNER_TAG, ""))]
+    for run_id in abandoned:
+        client.set_tag(run_id, FAILURE_TAG, "its process died without ending the run")
+        client.set_tag(run_id, STATE_TAG, "KILLED")
+        client.set_terminated(run_id, "KILLED")
+    if abandoned:
+        log.warning("marked KILLED %d runs left RUNNING by processes that died", len(abandoned))
+    return abandoned
+
+
 def connect(cfg: Mapping[str, Any]):
     """(client, experiment id, uri) for the configured store, or one ExperimentError saying why not."""
     _quiet_mlflow_logging()
@@ -241,7 +260,8 @@ class SweepSummary:
 def start_sweep(cfg: DictConfig, sweep_overrides: Sequence[str]) -> str:
     """Create the parent run of a multirun; returns its id."""
     client, experiment_id, _ = connect(cfg)
-    tags = {SWEEP_TAG: "true", OVERRIDES_TAG: " ".join(sweep_overrides), **_git_tags()}
+    kill_abandoned_runs(client, experiment_id)
+    tags = {SWEEP_TAG: "true", OVERRIDES_TAG: " ".join(sweep_overrides), OWNER_TAG: owner(), **_git_tags()}
     run = client.create_run(experiment_id, run_name=f"sweep {run_name(sweep_overrides)}"[:250], tags=tags)
     client.log_text(run.info.run_id, OmegaConf.to_yaml(_job_config(cfg)), "config.yaml")
     client.log_text(run.info.run_id, "\n".join(sweep_overrides) + "\n", "overrides.txt")

@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import socket
 import threading
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_exp.errors import ExperimentError, RunPruned
+from mnist_exp.processes import is_dead, owner
 
 log = logging.getLogger(__name__)
 
@@ -163,34 +163,17 @@ def make_storage(url: str):
     return optuna.storages.RDBStorage(url)
 
 
-def owner() -> str:
-    """Who runs a trial: host and process id, so a later sweep can tell abandoned trials from live ones."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def fail_abandoned_trials(study) -> list[int]:
     """Mark FAIL the RUNNING trials whose sweep process on this host has died; returns their numbers."""
     import optuna
 
-    host = socket.gethostname()
     abandoned = []
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        owner_host, _, pid = str(trial.user_attrs.get("owner", ":")).partition(":")
-        if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
+        if is_dead(str(trial.user_attrs.get("owner", ""))):
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "its sweep process died")
             study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
             abandoned.append(trial.number)
     return abandoned
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- the loop --------------------------------------------------------------------------------------------

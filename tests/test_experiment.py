@@ -137,3 +137,21 @@ def test_early_stopping_keeps_the_best_epoch(tiny):
     client = client_for(tiny())
     val_losses = [p.value for p in client.get_metric_history(outcome["run_id"], "val_loss")]
     assert outcome["val_loss"] == pytest.approx(min(val_losses), rel=1e-4)
+
+
+def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny):
+    import socket
+    import subprocess
+    import sys
+
+    cfg = tiny()
+    client, experiment_id, _ = tracking.connect(cfg)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_owner = f"{socket.gethostname()}:{dead.stdout.strip()}"
+    orphan = client.create_run(experiment_id, tags={tracking.OWNER_TAG: dead_owner})
+    elsewhere = client.create_run(experiment_id, tags={tracking.OWNER_TAG: "another-host:1"})
+
+    experiment.run(cfg)
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert "process died" in client.get_run(orphan.info.run_id).data.tags[tracking.FAILURE_TAG]
+    assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # cannot know: left alone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -152,7 +153,7 @@ def test_trials_left_running_by_a_dead_sweep_are_failed_and_not_counted(tmp_path
     study = optuna.create_study(storage=search.storage, study_name="test", direction="maximize")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     orphan = study.ask()
-    orphan.set_user_attr("owner", f"{tuning.socket.gethostname()}:{dead.stdout.strip()}")
+    orphan.set_user_attr("owner", f"{socket.gethostname()}:{dead.stdout.strip()}")
     alive = study.ask()
     alive.set_user_attr("owner", tuning.owner())  # this process: still running, must be left alone
 
