@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -132,3 +134,48 @@ def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
         "error: hydra.sweeper.search_space.model.dropout has inverted bounds: low=0.9 > high=0.5"
     )
     assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
+
+
+def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path):
+    runs_dir = tmp_path / "runs"
+    storage = f"sqlite:///{runs_dir}/optuna.db"
+    command = [sys.executable, "-m", "mnist_exp", "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=3",
+               "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none", f"runs_dir={runs_dir}"]
+    process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+            if finished_trials(storage) >= 1:
+                break
+        else:
+            pytest.fail("no trial finished within 180 s")
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    interrupted = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
+    done_before = [t.number for t in interrupted if t.state.name == "COMPLETE"]
+    assert any(t.state.name == "RUNNING" for t in interrupted) and len(done_before) < 3
+
+    rerun = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    trials = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 3
+    assert [t.number for t in trials if t.state.name == "COMPLETE"][: len(done_before)] == done_before
+    (killed,) = [t for t in trials if t.state.name == "FAIL"]
+    assert killed.user_attrs["fail_reason"] == "its sweep process died"
+    client, parents, _ = sweep_runs(runs_dir)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert sorted(p.info.status for p in parents) == ["FINISHED", "KILLED"]
+
+
+def finished_trials(storage: str) -> int:
+    try:
+        study = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage)
+    except Exception:  # the study, or its database, does not exist yet
+        return 0
+    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
