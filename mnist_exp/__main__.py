@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 
 import hydra
@@ -16,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mnist_exp import interrupts
 from mnist_exp.errors import ExperimentError
 
 log = logging.getLogger("mnist_exp")
@@ -48,7 +48,7 @@ def cli() -> None:
     # Make Hydra re-raise instead of printing its own multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # `kill` (SIGTERM) stops a run like Ctrl-C does, so it is recorded as KILLED.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupts.install()
     try:
         main()
     except ExperimentError as error:

@@ -20,9 +20,10 @@ log = logging.getLogger("mnist_exp")
 
 def run_sweep_job(cfg: DictConfig, overrides: list[str], job_number: int) -> dict:
     """One job of a multirun: a failure is recorded (FAILED in MLflow) and reported, and the sweep goes on."""
-    from mnist_exp import experiment, tuning
+    from mnist_exp import experiment, interrupts, tuning
     from mnist_exp.errors import ExperimentError, RunPruned
 
+    interrupts.check()  # a Ctrl-C that Python dropped between jobs still ends the sweep
     trial = tuning.reporter_from_env()
     tags = {"optuna.trial_number": str(trial.number)} if trial is not None else {}
     label = f"job {job_number}" + (f" (trial {trial.number})" if trial is not None else "")

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,7 +25,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import config
+from mnist_exp import config, interrupts
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.net import can_connect
@@ -60,26 +61,44 @@ def ui_command(uri: str) -> str:
 
 @dataclass
 class RunRecorder:
-    """Writes one run's epochs and results; handed to training as its per-epoch hook."""
+    """Writes one run's epochs and results; handed to training as its per-epoch hook.
 
-    client: Any
-    run_id: str
+    The run is opened in a background thread (MLflow's store takes ~1 s to start) while training
+    begins; the first call that needs the run waits for it.
+    """
+
     uri: str
+    client: Any = None
+    run_id: str | None = None
     epochs_logged: int = 0
+    _opening: threading.Thread | None = None
+    _open_error: BaseException | None = None
+
+    def wait_until_open(self) -> None:
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
+        if self._open_error is not None:
+            error, self._open_error = self._open_error, None
+            raise error
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
 
+        self.wait_until_open()
         now = int(time.time() * 1000)
         self.client.log_batch(
             self.run_id, metrics=[Metric(key, float(value), now, epoch) for key, value in metrics.items()]
         )
         self.epochs_logged = epoch
+        interrupts.check()
 
     def log_result(self, metrics: Mapping[str, float], model: Any, dataset: Dataset, log_model: bool) -> str | None:
         """Test and final validation scores, and the model; returns the model's URI."""
+        import mlflow
         from mlflow.entities import Metric
 
+        self.wait_until_open()
         now = int(time.time() * 1000)
         final = {
             "test_loss": metrics["test_loss"],
@@ -94,7 +113,9 @@ class RunRecorder:
         self.client.log_batch(self.run_id, metrics=points)
         if not log_model:
             return None
-        return _log_keras_model(model, dataset)
+        # mlflow.keras logs into the active run; record_run sets the final status afterwards.
+        with mlflow.start_run(run_id=self.run_id):
+            return _log_keras_model(model, dataset)
 
 
 @contextlib.contextmanager
@@ -110,11 +131,7 @@ def record_run(
     Ends FINISHED, FAILED (reason in the mnist_exp.failure tag) or KILLED; the
     mnist_exp.state tag says COMPLETE, PRUNED, FAIL or KILLED.
     """
-    import mlflow
-
-    client, experiment_id, uri = connect(cfg)
-    kill_abandoned_runs(client, experiment_id)
-    tags = {
+    run_tags = {
         OVERRIDES_TAG: " ".join(overrides),
         OWNER_TAG: owner(),
         "mlflow.source.name": "python -m mnist_exp",
@@ -123,28 +140,50 @@ def record_run(
         **(tags or {}),
     }
     if dataset.fallback_reason:
-        tags["mnist_exp.dataset_fallback"] = dataset.fallback_reason
-    run = mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name(overrides), tags=tags, parent_run_id=parent_run_id
-    )
-    recorder = RunRecorder(client=client, run_id=run.info.run_id, uri=uri)
+        run_tags["mnist_exp.dataset_fallback"] = dataset.fallback_reason
+    if parent_run_id:
+        run_tags["mlflow.parentRunId"] = parent_run_id
+    recorder = RunRecorder(uri=tracking_uri(cfg))
+
+    def open_run() -> None:
+        try:
+            client, experiment_id, _ = connect(cfg)
+            kill_abandoned_runs(client, experiment_id)
+            run = client.create_run(experiment_id, run_name=run_name(overrides), tags=run_tags)
+            recorder.client, recorder.run_id = client, run.info.run_id
+            _log_inputs(client, run.info.run_id, cfg, dataset, overrides)
+        except BaseException as error:  # handed to the main thread by wait_until_open
+            recorder._open_error = error
+
+    recorder._opening = threading.Thread(target=open_run, name="open-mlflow-run", daemon=True)
+    recorder._opening.start()
     status, state = "KILLED", "KILLED"
     try:
-        _log_inputs(client, recorder.run_id, cfg, dataset, overrides)
         yield recorder
+        recorder.wait_until_open()
         status, state = "FINISHED", "COMPLETE"
     except RunPruned as pruned:
         status, state = "FINISHED", "PRUNED"
-        client.set_tag(recorder.run_id, "mnist_exp.pruned", str(pruned)[:MAX_TAG_LENGTH])
+        _tag_if_open(recorder, "mnist_exp.pruned", str(pruned))
         raise
     except Exception as error:
         status, state = "FAILED", "FAIL"
-        client.set_tag(recorder.run_id, FAILURE_TAG, f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH])
+        _tag_if_open(recorder, FAILURE_TAG, f"{type(error).__name__}: {error}")
         raise
     finally:
         # KeyboardInterrupt and SystemExit land here as KILLED.
-        client.set_tag(recorder.run_id, STATE_TAG, state)
-        mlflow.end_run(status=status)
+        if recorder._opening is not None:
+            recorder._opening.join()
+        if recorder.run_id is not None:
+            recorder.client.set_tag(recorder.run_id, STATE_TAG, state)
+            recorder.client.set_terminated(recorder.run_id, status)
+
+
+def _tag_if_open(recorder: RunRecorder, key: str, value: str) -> None:
+    if recorder._opening is not None:
+        recorder._opening.join()
+    if recorder.run_id is not None:
+        recorder.client.set_tag(recorder.run_id, key, value[:MAX_TAG_LENGTH])
 
 
 def check_store(cfg: Mapping[str, Any]) -> None:
@@ -369,12 +408,15 @@ def _log_inputs(client, run_id: str, cfg: DictConfig, dataset: Dataset, override
     client.log_text(run_id, OmegaConf.to_yaml(_job_config(cfg)), "config.yaml")
     client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
     with _sqlite_store_lock(client.tracking_uri):
-        _log_dataset(dataset)
+        _log_dataset(client, run_id, dataset)
 
 
-def _log_dataset(dataset: Dataset) -> None:
+def _log_dataset(client, run_id: str, dataset: Dataset) -> None:
     import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+    inputs = []
     for context, images, labels in (
         ("train", dataset.x_train, dataset.y_train),
         ("validation", dataset.x_val, dataset.y_val),
@@ -387,7 +429,8 @@ def _log_dataset(dataset: Dataset) -> None:
                 images, targets=labels, source=dataset.source, name=dataset.name,
                 digest=dataset.split_digests[context],
             )
-        mlflow.log_input(entity, context=context)
+        inputs.append(DatasetInput(entity._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    client.log_inputs(run_id, datasets=inputs)
 
 
 def _log_keras_model(model: Any, dataset: Dataset) -> str:

@@ -6,6 +6,7 @@ The Hydra sweeper plugin (hydra_plugins/mnist_exp_optuna_sweeper) only adapts `S
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -16,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mnist_exp import interrupts
 from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.processes import is_dead, owner
 
@@ -288,6 +290,7 @@ class Search:
                 worker.start()
             for worker in workers:
                 worker.join()
+            interrupts.check()
         else:
             while jobs := [job for job in (self._next_job(loop) for _ in range(self.n_jobs)) if job]:
                 returns = launch([job.overrides for job in jobs], jobs[0].index)
@@ -302,6 +305,7 @@ class Search:
         """Ask for the next trial, or None when enough trials are finished or running."""
         import optuna
 
+        interrupts.check()
         with loop.lock:
             finished = len(loop.study.get_trials(deepcopy=False, states=_states(FINISHED_STATES)))
             remaining = self.n_trials - finished - loop.in_flight
@@ -334,6 +338,10 @@ class Search:
             loop.failures += self._tell(loop.study, job.trial, returned) == "FAIL"
 
     def _keep_launching(self, loop: _Loop, launch: Launch) -> None:
+        with contextlib.suppress(KeyboardInterrupt):  # the main thread re-raises it after the join
+            self._launch_until_done(loop, launch)
+
+    def _launch_until_done(self, loop: _Loop, launch: Launch) -> None:
         while job := self._next_job(loop):
             try:
                 (returned,) = launch([job.overrides], job.index)

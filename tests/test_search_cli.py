@@ -139,7 +139,7 @@ def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
 def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path):
     runs_dir = tmp_path / "runs"
     storage = f"sqlite:///{runs_dir}/optuna.db"
-    command = [sys.executable, "-m", "mnist_exp", "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=3",
+    command = [sys.executable, "-m", "mnist_exp", "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=60",
                "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none", f"runs_dir={runs_dir}"]
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
@@ -152,10 +152,10 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path):
         else:
             pytest.fail("no trial finished within 180 s")
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=60)
+        _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr[-3000:]
     interrupted = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
     done_before = [t.number for t in interrupted if t.state.name == "COMPLETE"]
     assert any(t.state.name == "RUNNING" for t in interrupted) and len(done_before) < 3
