@@ -56,32 +56,44 @@ def peak_rss_mib(command: list[str]) -> float:
     return int(result.stdout.strip()) / 1024
 
 
-def time_to_first_step(runs_dir: str) -> tuple[float, float]:
-    """(seconds from launch until Keras starts epoch 1, total seconds) for a 2-epoch default run."""
+def seconds_until_line(command: list[str], starts_with: str) -> float:
+    """Seconds from launching `command` until it prints a line starting with `starts_with`.
+
+    Timing a printed line, not the exit, leaves out interpreter and TensorFlow teardown.
+    """
     started = time.perf_counter()
-    process = subprocess.Popen(
-        # Keras prints "Epoch 1/N" just before the first step, and only when N > 1.
-        [PYTHON, "-m", "mnist_exp", "data=fashion_mnist", "epochs=2", f"runs_dir={runs_dir}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    first_step = float("nan")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seen: float | None = None
     for line in process.stdout:
-        if line.startswith("Epoch 1/"):
-            first_step = time.perf_counter() - started
+        if seen is None and line.startswith(starts_with):
+            seen = time.perf_counter() - started
     process.wait()
-    return first_step, time.perf_counter() - started
+    return float("nan") if seen is None else seen
+
+
+def time_to_first_step(runs_dir: str) -> float:
+    """Seconds from launch until Keras starts epoch 1 of a default Fashion-MNIST run."""
+    # Keras prints "Epoch 1/N" just before the first step, and only when N > 1.
+    return seconds_until_line(
+        [PYTHON, "-m", "mnist_exp", "data=fashion_mnist", "epochs=2", f"runs_dir={runs_dir}"], "Epoch 1/"
+    )
+
+
+def time_to_tensorflow() -> float:
+    """Seconds from launch until `import tensorflow` has returned, measured the same way."""
+    return seconds_until_line([PYTHON, "-c", "import tensorflow; print('imported')"], "imported")
 
 
 def section_startup(repeats: int) -> list[str]:
     with tempfile.TemporaryDirectory() as runs_dir:
         time_to_first_step(runs_dir)  # fills the data cache
         medians = alternate({
-            "import tensorflow": lambda: wall([PYTHON, "-c", "import tensorflow"]),
+            "import tensorflow": time_to_tensorflow,
             "--help": lambda: wall([PYTHON, "-m", "mnist_exp", "--help"]),
             "--cfg job": lambda: wall([PYTHON, "-m", "mnist_exp", "--cfg", "job"]),
             "config error (epochs=0)": lambda: wall([PYTHON, "-m", "mnist_exp", "epochs=0"]),
-            "launch to first training step": lambda: time_to_first_step(runs_dir)[0],
+            "launch to first training step": lambda: time_to_first_step(runs_dir),
         }, repeats)
     tf_import = medians["import tensorflow"]
     rows = ["| start-up | seconds | / `import tensorflow` | goal |", "|---|---:|---:|---|"]
