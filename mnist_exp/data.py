@@ -176,12 +176,14 @@ def _load_raw(name: str, path: str | None, cache_dir: Path | None) -> RawData:
     if name == "fashion_mnist" and DEBIAN_FASHION_MNIST.is_dir():
         return _cached(DEBIAN_FASHION_MNIST, name, cache_dir, lambda: decode_idx_folder(DEBIAN_FASHION_MNIST))
     keras_files = _keras_cached_files(name)
+    downloaded = None
     if not all(f.exists() for f in keras_files):
         if not can_connect(*KERAS_ORIGIN, timeout=REACHABILITY_TIMEOUT_S):
             raise OfflineError(f"{name} is not in the Keras cache and {KERAS_ORIGIN[0]} is unreachable")
-        _keras_download(name)
+        downloaded = _keras_download(name)
+    # Keyed by the files Keras keeps; a fresh download is cached as decoded, not decoded again.
     location = keras_files[0] if name == "mnist" else keras_files[0].parent
-    return _cached(location, name, cache_dir, lambda: _keras_download(name))
+    return _cached(location, name, cache_dir, lambda: downloaded or _keras_download(name))
 
 
 def _decode_local(location: Path, name: str) -> RawData:

@@ -85,7 +85,7 @@ class MlflowSweepCallback(Callback):
 
         if self.parent_run_id is None:
             return
-        summary = finish_sweep(config, self.parent_run_id)
+        summary = finish_sweep(config, self.parent_run_id, best_metrics=not self._is_search(config))
         os.environ.pop(PARENT_RUN_ENV, None)
         if self._is_search(config):
             print(f"MLflow parent run {self.parent_run_id} holds the trials table and plots")

@@ -131,18 +131,9 @@ def record_run(
     Ends FINISHED, FAILED (reason in the mnist_exp.failure tag) or KILLED; the
     mnist_exp.state tag says COMPLETE, PRUNED, FAIL or KILLED.
     """
-    run_tags = {
-        OVERRIDES_TAG: " ".join(overrides),
-        OWNER_TAG: owner(),
-        "mlflow.source.name": "python -m mnist_exp",
-        "mlflow.source.type": "LOCAL",
-        **_git_tags(),
-        **(tags or {}),
-    }
+    run_tags = _job_tags(overrides, parent_run_id, tags)
     if dataset.fallback_reason:
         run_tags["mnist_exp.dataset_fallback"] = dataset.fallback_reason
-    if parent_run_id:
-        run_tags["mlflow.parentRunId"] = parent_run_id
     recorder = RunRecorder(uri=tracking_uri(cfg))
 
     def open_run() -> None:
@@ -208,20 +199,13 @@ def record_failed_job(
         client, experiment_id, _ = connect(cfg)
     except ExperimentError:
         return  # the store itself is the problem; the job's error line says so
-    tags = {
-        OVERRIDES_TAG: " ".join(overrides),
+    run_tags = {
+        **_job_tags(overrides, parent_run_id, tags),
         FAILURE_TAG: f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH],
         STATE_TAG: "FAIL",
-        "mlflow.parentRunId": parent_run_id,
-        **_git_tags(),
-        **(tags or {}),
     }
-    run = client.create_run(experiment_id, run_name=run_name(overrides), tags=tags)
-    from mlflow.entities import Param
-
-    params = [Param(key, _param_value(value)[:6000]) for key, value in config.flatten(cfg).items()]
-    for start in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[start:start + 100])
+    run = client.create_run(experiment_id, run_name=run_name(overrides), tags=run_tags)
+    _log_params(client, run.info.run_id, config.flatten(cfg))
     client.set_terminated(run.info.run_id, "FAILED")
 
 
@@ -307,8 +291,11 @@ def start_sweep(cfg: DictConfig, sweep_overrides: Sequence[str]) -> str:
     return run.info.run_id
 
 
-def finish_sweep(cfg: DictConfig, parent_run_id: str) -> SweepSummary:
-    """Give the parent a table of its children sorted by the optimised metric, and the best child's id."""
+def finish_sweep(cfg: DictConfig, parent_run_id: str, best_metrics: bool = True) -> SweepSummary:
+    """Give the parent a table of its children sorted by the optimised metric, and the best child's id.
+
+    `best_metrics=False` leaves the best scores to the caller (an Optuna search logs its own).
+    """
     client, experiment_id, _ = connect(cfg)
     metric = cfg["optimized_metric"]
     children = client.search_runs(
@@ -329,6 +316,7 @@ def finish_sweep(cfg: DictConfig, parent_run_id: str) -> SweepSummary:
     best = summary.best
     if best is not None:
         client.set_tag(parent_run_id, "best_child_run_id", best["run_id"])
+    if best is not None and best_metrics:
         client.log_metric(parent_run_id, f"best_{metric}", best[f"final_{metric}"])
         if best.get("test_accuracy") is not None:
             client.log_metric(parent_run_id, "best_child_test_accuracy", best["test_accuracy"])
@@ -381,18 +369,14 @@ def log_search(cfg: DictConfig, parent_run_id: str, result: Any, plots: Sequence
     client.set_tag(parent_run_id, "best_trial_number", str(best.number))
     if retrain:
         client.set_tag(parent_run_id, "retrain_command", retrain)
-    from mlflow.entities import Param
-
-    client.log_batch(parent_run_id, params=[Param(f"best.{k}", _param_value(v)) for k, v in best.params.items()])
+    _log_params(client, parent_run_id, {f"best.{key}": value for key, value in best.params.items()})
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
 
 
 def _log_inputs(client, run_id: str, cfg: DictConfig, dataset: Dataset, overrides: Sequence[str]) -> None:
-    from mlflow.entities import Param
-
-    params = {key: _param_value(value) for key, value in config.flatten(cfg).items()}
+    params: dict[str, Any] = config.flatten(cfg)
     params.update({
         "dataset.name": dataset.name,
         "dataset.source": dataset.source,
@@ -402,13 +386,20 @@ def _log_inputs(client, run_id: str, cfg: DictConfig, dataset: Dataset, override
         "dataset.test_examples": str(dataset.sizes["test"]),
         "dataset.fallback": "true" if dataset.fallback_reason else "false",
     })
-    items = [Param(key, value[:6000]) for key, value in params.items()]
-    for start in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[start:start + 100])
+    _log_params(client, run_id, params)
     client.log_text(run_id, OmegaConf.to_yaml(_job_config(cfg)), "config.yaml")
     client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
     with _sqlite_store_lock(client.tracking_uri):
         _log_dataset(client, run_id, dataset)
+
+
+def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    """Params as MLflow stores them: strings of at most 6,000 characters, 100 per request."""
+    from mlflow.entities import Param
+
+    items = [Param(key, _param_value(value)[:6000]) for key, value in params.items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
 
 
 def _log_dataset(client, run_id: str, dataset: Dataset) -> None:
@@ -521,6 +512,21 @@ def _quiet_mlflow_logging() -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _job_tags(overrides: Sequence[str], parent_run_id: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """The tags every job's run starts with: overrides, owner, source, git, parent."""
+    tags = {
+        OVERRIDES_TAG: " ".join(overrides),
+        OWNER_TAG: owner(),
+        "mlflow.source.name": "python -m mnist_exp",
+        "mlflow.source.type": "LOCAL",
+        **_git_tags(),
+        **(extra or {}),
+    }
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    return tags
 
 
 def _git_tags() -> dict[str, str]:

@@ -167,3 +167,23 @@ def test_missing_and_unknown_paths(tmp_path):
     (tmp_path / "digits.png").write_bytes(b"\x89PNG")
     with pytest.raises(ExperimentError, match="neither a .npz file nor a folder of IDX files"):
         data.load_dataset(data_cfg(path=tmp_path / "digits.png"), seed=0)
+
+
+def test_a_fresh_keras_download_is_decoded_once(tmp_path, monkeypatch, npz_file):
+    keras_home = tmp_path / "keras"
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    monkeypatch.setattr(data, "can_connect", lambda *a, **k: True)
+    calls = []
+
+    def keras_loader(name):
+        calls.append(name)  # what keras.datasets.mnist.load_data does: fetch once, then decode
+        target = keras_home / "datasets" / "mnist.npz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(npz_file.read_bytes())
+        return data.decode_npz(target)
+
+    monkeypatch.setattr(data, "_keras_download", keras_loader)
+    dataset = data.load_dataset(data_cfg(), seed=0, cache_dir=tmp_path / "cache")
+    assert calls == ["mnist"] and dataset.sizes["test"] == 100
+    data.load_dataset(data_cfg(), seed=0, cache_dir=tmp_path / "cache")
+    assert calls == ["mnist"]  # the second run reads the decoded cache
