@@ -14,6 +14,9 @@ from typing import Any
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, TrainingDiverged
 from mnist_exp.model import build_mlp, build_optimizer
+from mnist_exp.pipeline import InMemoryBatches
+
+EVALUATION_BATCH = 1024
 
 # Called after every epoch with (epoch number from 1, metrics); may raise to stop training.
 EpochHook = Callable[[int, dict[str, float]], None]
@@ -66,14 +69,15 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
             monitor=metric, mode=mode, patience=cfg["early_stopping_patience"], restore_best_weights=True,
         ))
     # Last, so the epoch's logs include what the callbacks above add (the learning rate).
-    callbacks.append(_epoch_reporter(keras, len(dataset.y_train), on_epoch))
+    callbacks.append(_epoch_reporter(keras, dataset.sizes["train"], on_epoch))
+    batches = InMemoryBatches(dataset, cfg["seed"])
     started = time.perf_counter()
     try:
         history = model.fit(
-            dataset.x_train, dataset.y_train,
-            batch_size=cfg["batch_size"],
+            batches.train(cfg["batch_size"]),
             epochs=cfg["epochs"],
-            validation_data=(dataset.x_val, dataset.y_val),
+            validation_data=batches.val(cfg["batch_size"]),
+            shuffle=False,  # the pipeline shuffles, reseeded each epoch
             callbacks=callbacks,
             # A progress bar in a terminal; one line per epoch in logs and CI.
             verbose=1 if sys.stdout.isatty() else 2,
@@ -92,10 +96,10 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
 
     if cfg["early_stopping_patience"]:
         # The kept weights may come from an earlier epoch: score them again.
-        val_loss, val_accuracy = model.evaluate(dataset.x_val, dataset.y_val, batch_size=1024, verbose=0)
+        val_loss, val_accuracy = model.evaluate(batches.val(EVALUATION_BATCH), verbose=0)
     else:
         val_loss, val_accuracy = history.history["val_loss"][-1], history.history["val_accuracy"][-1]
-    test_loss, test_accuracy = model.evaluate(dataset.x_test, dataset.y_test, batch_size=1024, verbose=0)
+    test_loss, test_accuracy = model.evaluate(batches.test(EVALUATION_BATCH), verbose=0)
     metrics = {
         "val_loss": float(val_loss),
         "val_accuracy": float(val_accuracy),
@@ -129,10 +133,14 @@ def import_keras():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "keras" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] < "2":
         import keras
+        import tensorflow  # noqa: F401
     else:
         # TensorFlow >= 2.16 writes its start-up notices to fd 2 before honouring TF_CPP_MIN_LOG_LEVEL.
         with _native_stderr_discarded():
             import keras
+
+            # On every backend: TensorFlow feeds the data (mnist_exp.pipeline).
+            import tensorflow  # noqa: F401
     return keras
 
 

@@ -37,14 +37,36 @@ def test_npz_and_idx_with_the_same_arrays_have_the_same_digest(tmp_path):
     assert data.decode_npz(tmp_path / "d.npz").digest() == data.decode_idx_folder(folder).digest()
 
 
-def test_split_is_deterministic_per_seed_and_disjoint():
-    labels = np.arange(1000) % 10
-    first = data.split_validation(np.arange(1000), labels, 0.2, seed=7)
-    again = data.split_validation(np.arange(1000), labels, 0.2, seed=7)
-    other = data.split_validation(np.arange(1000), labels, 0.2, seed=8)
-    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
-    assert not np.array_equal(first[2], other[2])
-    assert len(first[2]) == 200 and not set(first[0]) & set(first[2])
+def held_out(seed, n=1000, fraction=0.2):
+    """(validation rows, training rows) as sets of original row numbers, after the in-place split."""
+    rows, labels = np.arange(n), np.arange(n) % 10
+    n_val = data.hold_out_validation(rows, labels, fraction, seed)
+    assert np.array_equal(labels, rows % 10), "images and labels moved differently"
+    return set(rows[:n_val]), set(rows[n_val:])
+
+
+def test_split_is_deterministic_per_seed_disjoint_and_complete():
+    first, again, other = held_out(seed=7), held_out(seed=7), held_out(seed=8)
+    assert first == again and first[0] != other[0]
+    assert len(first[0]) == 200 and not first[0] & first[1] and first[0] | first[1] == set(range(1000))
+
+
+def test_split_reorders_in_place_and_holds_one_aligned_copy(idx_folder, tmp_path):
+    dataset = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=tmp_path / "cache")
+    for split in (dataset.x_train, dataset.x_val, dataset.y_train, dataset.y_val):
+        assert np.shares_memory(split, dataset.images) or np.shares_memory(split, dataset.labels)
+    for array in (dataset.images, dataset.labels, dataset.x_test, dataset.y_test):
+        assert array.ctypes.data % data.BUFFER_ALIGNMENT == 0 and array.flags.writeable
+
+
+def test_aligned_copies_only_when_it_must():
+    array = data.aligned_empty((5, 784), np.uint8)
+    assert data.aligned(array) is array
+    shifted = np.zeros(5 * 784 + 1, np.uint8)[1:].reshape(5, 784)
+    for awkward in (shifted, np.asfortranarray(np.ones((5, 3), np.uint8)), np.frombuffer(bytes(64), np.uint8)):
+        copy = data.aligned(awkward)
+        assert copy.ctypes.data % data.BUFFER_ALIGNMENT == 0 and copy.flags.c_contiguous and copy.flags.writeable
+        assert np.array_equal(copy, awkward)
 
 
 def test_second_load_reads_the_cache_not_the_gzip(idx_folder, tmp_path, monkeypatch):
@@ -54,6 +76,15 @@ def test_second_load_reads_the_cache_not_the_gzip(idx_folder, tmp_path, monkeypa
     second = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=cache)
     assert np.array_equal(first.x_train, second.x_train) and first.digest == second.digest
     assert second.source == str(idx_folder)
+
+
+def test_a_truncated_cache_entry_is_decoded_again(idx_folder, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    first = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=cache)
+    (cached_images,) = cache.glob("*/x_train.npy")
+    cached_images.write_bytes(cached_images.read_bytes()[:-100])
+    second = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=cache)
+    assert np.array_equal(first.images, second.images) and "ignoring unreadable cache" in caplog.text
 
 
 def test_cache_notices_a_changed_source(npz_file, tmp_path):

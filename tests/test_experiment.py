@@ -85,7 +85,8 @@ def test_bad_config_creates_no_run(tiny):
 
 
 def test_divergence_fails_the_run_with_the_reason(tiny):
-    cfg = tiny("optimizer=sgd", "optimizer.lr=10", "model.hidden_units=[512,512]", "epochs=3")
+    cfg = tiny("optimizer=sgd", "optimizer.lr=10", "model.activation=linear", "model.hidden_units=[512,512]",
+               "epochs=3")
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 1"):
         experiment.run(cfg)
     (run,) = all_runs(cfg)

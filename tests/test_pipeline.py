@@ -1,0 +1,52 @@
+"""The batches Keras trains on: every row once per epoch, reshuffled, read from the loader's arrays in place."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_exp import data
+from mnist_exp.pipeline import InMemoryBatches
+from mnist_exp.train import import_keras
+from tests.test_data import data_cfg
+
+import_keras()
+
+
+@pytest.fixture
+def dataset(idx_folder, tmp_path):
+    # Each image carries its row number in its first two pixels, so each batch row can be traced back.
+    loaded = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=tmp_path / "cache")
+    for images in (loaded.images, loaded.x_test):
+        images[:, 0], images[:, 1] = np.divmod(np.arange(len(images)), 256)
+    return loaded
+
+
+def epoch_rows(batches) -> list[int]:
+    return [int(high) * 256 + int(low) for images, _ in batches for high, low in images[:, :2].numpy()]
+
+
+def test_each_epoch_sees_every_training_row_once_in_a_new_order(dataset):
+    train = InMemoryBatches(dataset, seed=3).train(32)
+    first, second = epoch_rows(train), epoch_rows(train)
+    expected = list(range(dataset.val_examples, len(dataset.labels)))  # 30..299
+    assert sorted(first) == sorted(second) == expected
+    assert first != second and first != expected
+    assert first == epoch_rows(InMemoryBatches(dataset, seed=3).train(32)), "the same seed, the same order"
+    assert len(train) == -(-len(expected) // 32), "Keras needs the number of batches"
+
+
+def test_validation_and_test_batches_are_in_order_with_their_labels(dataset):
+    batches = InMemoryBatches(dataset, seed=3)
+    assert epoch_rows(batches.val(7)) == list(range(dataset.val_examples))
+    assert epoch_rows(batches.test(1024)) == list(range(len(dataset.y_test)))
+    labels = np.concatenate([y.numpy() for _, y in batches.test(64)])
+    assert np.array_equal(labels, dataset.y_test)
+
+
+def test_batches_read_the_loaders_arrays_in_place(dataset):
+    """No copy of the data: a change to the numpy array shows up in the next epoch's batches."""
+    train = InMemoryBatches(dataset, seed=3).train(32)
+    epoch_rows(train)  # a copying pipeline would have taken its copy by now
+    dataset.images[:, 2] = 201
+    assert {int(v) for images, _ in train for v in images[:, 2].numpy()} == {201}
