@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,7 @@ TOP_LEVEL: dict[str, Check] = {
     "backend": _one_of(*BACKENDS),
     "jit_compile": _one_of_values("auto", True, False),
     "steps_per_execution": _integer(1, 10_000),
+    "plots": _boolean,
 }
 OPTIMIZER_KEYS: dict[str, dict[str, Check]] = {
     "sgd": {"lr": _POSITIVE_LR, "momentum": _UNIT_OPEN, "nesterov": _boolean},
@@ -147,6 +149,7 @@ MLFLOW_KEYS: dict[str, Check] = {
     "tracking_uri": _tracking_uri,
     "experiment": _text,
     "log_model": _boolean,
+    "registered_model": _optional(_text),
 }
 
 
@@ -188,6 +191,12 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
 def flatten(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Every leaf of the config under a dotted key, e.g. {'optimizer.lr': 0.001, 'model.hidden_units': [512]}."""
     return dict(_leaves(plain(cfg)))
+
+
+def store_for_reading() -> str:
+    """The store the reading commands (predict, runs) open by default: $MLFLOW_TRACKING_URI, else the default
+    config's SQLite file (runs/mlflow.db in the project)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'runs' / 'mlflow.db'}"
 
 
 def runs_dir(cfg: DictConfig | Mapping[str, Any]) -> Path:

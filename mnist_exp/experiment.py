@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -59,6 +61,8 @@ def run(
 
         result = train_and_evaluate(cfg, dataset, on_epoch=record_epoch)
         model_uri = recorder.log_result(result.metrics, result.model, dataset, cfg.mlflow.log_model)
+        if result.test_predictions is not None:
+            _log_run_plots(recorder, result, dataset)
     return {
         **result.metrics,
         "run_id": recorder.run_id,
@@ -66,6 +70,17 @@ def run(
         "tracking_uri": recorder.uri,
         "dataset": dataset.name,
     }
+
+
+def _log_run_plots(recorder, result, dataset) -> None:
+    from mnist_exp.plots import write_run_plots
+
+    with tempfile.TemporaryDirectory(prefix="mnist-exp-plots-") as folder:
+        write_run_plots(
+            Path(folder), result.history, dataset.x_test, dataset.y_test, result.test_predictions,
+            dataset.class_names,
+        )
+        recorder.log_artifacts(Path(folder), "plots")
 
 
 def summary(outcome: dict[str, Any]) -> str:

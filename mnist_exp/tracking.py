@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -116,6 +117,11 @@ class RunRecorder:
         # mlflow.keras logs into the active run; record_run sets the final status afterwards.
         with mlflow.start_run(run_id=self.run_id):
             return _log_keras_model(model, dataset)
+
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.wait_until_open()
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
 
 
 @contextlib.contextmanager
@@ -313,6 +319,8 @@ def finish_sweep(cfg: DictConfig, parent_run_id: str, best_metrics: bool = True)
     if rows:
         client.log_table(parent_run_id, data=_columns(rows), artifact_file="sweep_summary.json")
         client.log_text(parent_run_id, format_table(rows), "sweep_summary.txt")
+        if cfg["plots"]:
+            _log_sweep_plot(client, parent_run_id, rows, metric)
     best = summary.best
     if best is not None:
         client.set_tag(parent_run_id, "best_child_run_id", best["run_id"])
@@ -323,6 +331,15 @@ def finish_sweep(cfg: DictConfig, parent_run_id: str, best_metrics: bool = True)
     client.log_metric(parent_run_id, "jobs_failed", summary.failed)
     client.set_terminated(parent_run_id, "FINISHED" if best is not None or not rows else "FAILED")
     return summary
+
+
+def _log_sweep_plot(client, parent_run_id: str, rows: Sequence[Mapping[str, Any]], metric: str) -> None:
+    from mnist_exp.plots import sweep_parameters
+
+    with tempfile.TemporaryDirectory(prefix="mnist-exp-plots-") as folder:
+        plot = sweep_parameters(Path(folder) / f"{metric}_by_parameter.png", rows, metric)
+        if plot is not None:
+            client.log_artifact(parent_run_id, str(plot), artifact_path="plots")
 
 
 def abandon_sweep(cfg: DictConfig, parent_run_id: str) -> None:
@@ -345,8 +362,13 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_search(cfg: DictConfig, parent_run_id: str, result: Any, plots: Sequence[Path], retrain: str | None) -> None:
-    """Put an Optuna search's answer on its parent run: best value and params, all trials, plots."""
+def log_search(
+    cfg: DictConfig, parent_run_id: str, result: Any, plots: Sequence[Path], retrain: str | None
+) -> str | None:
+    """Put an Optuna search's answer on its parent run: best value and params, all trials, plots.
+
+    Registers the best trial's model as mlflow.registered_model@champion; returns 'NAME/VERSION'.
+    """
     client, _, _ = connect(cfg)
     rows = [
         {"trial": t.number, "state": t.state, "value": t.value, "test_accuracy": t.test_accuracy,
@@ -362,7 +384,7 @@ def log_search(cfg: DictConfig, parent_run_id: str, result: Any, plots: Sequence
     client.set_tag(parent_run_id, "optuna.storage", result.storage)
     best = result.best
     if best is None:
-        return
+        return None
     client.log_metric(parent_run_id, "best_value", best.value)
     if best.test_accuracy is not None:
         client.log_metric(parent_run_id, "best_trial_test_accuracy", best.test_accuracy)
@@ -370,6 +392,116 @@ def log_search(cfg: DictConfig, parent_run_id: str, result: Any, plots: Sequence
     if retrain:
         client.set_tag(parent_run_id, "retrain_command", retrain)
     _log_params(client, parent_run_id, {f"best.{key}": value for key, value in best.params.items()})
+    champion = register_champion(cfg, best.run_id) if best.run_id else None
+    if champion is not None:
+        client.set_tag(parent_run_id, "champion_model_version", champion)
+    return champion
+
+
+# --- reading the store: models and runs ------------------------------------------------------------------
+
+
+def open_store(uri: str):
+    """An MLflow client for an existing store, or one ExperimentError saying why not."""
+    _quiet_mlflow_logging()
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ExperimentError(f"no MLflow store at {uri}; train a model first, or pass --tracking-uri")
+    check_store({"mlflow": {"tracking_uri": uri}, "runs_dir": "."})
+
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None = None) -> tuple[Any, str]:
+    """(Keras model, name of the dataset it was trained on) for a run's model or a models:/ URI."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = open_store(uri)
+    try:
+        if model_uri is None:
+            run = client.get_run(run_id)
+            models = client.search_logged_models(
+                experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+            )
+            if not models:
+                raise ExperimentError(f"run {run_id} has no logged model (was it run with mlflow.log_model=false?)")
+            model_uri = models[0].model_uri
+        else:
+            run_id = _model_run_id(client, model_uri)
+            run = client.get_run(run_id)
+        model = mlflow.keras.load_model(model_uri)
+    except MlflowException as error:
+        raise ExperimentError(f"cannot load {model_uri or 'the model of run ' + str(run_id)}: "
+                              f"{_first_line(error.message)}") from None
+    return model, run.data.params.get("dataset.name", "mnist")
+
+
+def _model_run_id(client, model_uri: str) -> str:
+    """The run behind models:/NAME@ALIAS, models:/NAME/VERSION or models:/MODEL_ID."""
+    reference = model_uri.removeprefix("models:/")
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        return client.get_model_version_by_alias(name, alias).run_id
+    if "/" in reference:
+        name, version = reference.split("/", 1)
+        return client.get_model_version(name, version).run_id
+    if model_uri.startswith("models:/"):
+        return client.get_logged_model(reference).source_run_id
+    raise ExperimentError(f"--model {model_uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/ID")
+
+
+def register_champion(cfg: Mapping[str, Any], run_id: str) -> str | None:
+    """Register `run_id`'s model under mlflow.registered_model with the alias champion; returns 'NAME/VERSION'."""
+    name = cfg["mlflow"]["registered_model"]
+    if not name:
+        return None
+    client, experiment_id, _ = connect(cfg)
+    models = client.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
+    if not models:
+        log.warning("not registering %s: run %s logged no model (mlflow.log_model=false)", name, run_id)
+        return None
+    from mlflow.exceptions import MlflowException
+
+    with _sqlite_store_lock(tracking_uri(cfg)):
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, description="MLPs trained by mnist-exp; @champion is the best search")
+    version = client.create_model_version(name, models[0].model_uri, run_id=run_id, tags={"mnist_exp.source": "search"})
+    client.set_registered_model_alias(name, "champion", version.version)
+    return f"{name}/{version.version}"
+
+
+def recent_runs(uri: str, limit: int, experiment: str | None = None) -> list[dict[str, Any]]:
+    """The newest training runs (not sweep parents), newest first, as table rows."""
+    client = open_store(uri)
+    experiments = [e for e in client.search_experiments() if experiment is None or e.name == experiment]
+    if experiment is not None and not experiments:
+        raise ExperimentError(f"no experiment named {experiment} in {uri}")
+    names = {e.experiment_id: e.name for e in experiments}
+    runs, page_token = [], None
+    while names and len(runs) < limit:
+        page = client.search_runs(
+            list(names), order_by=["attributes.start_time DESC"], max_results=1000, page_token=page_token
+        )
+        runs += [run for run in page if run.data.tags.get(SWEEP_TAG) != "true"]
+        page_token = page.token
+        if not page_token:
+            break
+    rows = []
+    for run in runs[:limit]:
+        row = _child_row(run)
+        ended = run.info.end_time or int(time.time() * 1000)
+        row.update(experiment=names[run.info.experiment_id], name=run.info.run_name,
+                   seconds=(ended - run.info.start_time) / 1000, started=run.info.start_time)
+        rows.append(row)
+    return rows
 
 
 # --- helpers ---------------------------------------------------------------------------------------------

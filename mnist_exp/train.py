@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, TrainingDiverged
 from mnist_exp.model import build_mlp, build_optimizer
@@ -27,6 +29,8 @@ class TrainingResult:
     model: Any
     metrics: dict[str, float]
     history: dict[str, list[float]] = field(default_factory=dict)
+    # The class predicted for each test image, when cfg.plots asks for pictures of the run.
+    test_predictions: np.ndarray | None = None
 
 
 def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: EpochHook | None = None) -> TrainingResult:
@@ -108,7 +112,11 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
         "epochs_completed": float(len(history.history.get("loss", []))),
         "train_seconds": train_seconds,
     }
-    return TrainingResult(model=model, metrics=metrics, history=dict(history.history))
+    predictions = None
+    if cfg["plots"]:
+        probabilities = model.predict(batches.test(EVALUATION_BATCH), verbose=0)
+        predictions = np.asarray(probabilities).argmax(axis=1).astype(np.uint8)
+    return TrainingResult(model=model, metrics=metrics, history=dict(history.history), test_predictions=predictions)
 
 
 def select_backend(backend: str) -> None:

@@ -13,12 +13,12 @@ from mnist_exp.errors import ExperimentError, TrainingDiverged
 
 @pytest.fixture
 def tiny(make_cfg, npz_file):
-    """A config for 2 fast epochs on the tiny npz, without the model upload unless asked."""
+    """A config for 2 fast epochs on the tiny npz, without the model upload or plots unless asked."""
 
     def make(*overrides):
         return make_cfg(
             f"data.path={npz_file}", "epochs=2", "batch_size=32", "model.hidden_units=[32]",
-            "mlflow.log_model=false", *overrides,
+            "mlflow.log_model=false", "plots=false", *overrides,
         )
 
     return make
@@ -35,7 +35,7 @@ def all_runs(cfg):
 
 
 def test_run_records_params_epochs_results_and_artifacts(tiny):
-    cfg = tiny("mlflow.log_model=true", "optimizer=adam")
+    cfg = tiny("mlflow.log_model=true", "optimizer=adam", "plots=true")
     outcome = experiment.run(cfg, overrides=["optimizer=adam", "epochs=2"])
     assert outcome["val_accuracy"] > 0.5 and 0.0 <= outcome["test_accuracy"] <= 1.0
     assert outcome["epochs_completed"] == 2
@@ -56,13 +56,21 @@ def test_run_records_params_epochs_results_and_artifacts(tiny):
     assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "overrides.txt"} <= artifacts
+    assert {"config.yaml", "overrides.txt", "plots"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/misclassified.png"}
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
     assert contexts == {"train", "validation", "test"}
 
     model = mlflow.keras.load_model(outcome["model_uri"])
     predictions = model.predict(np.zeros((3, 784), dtype=np.uint8), verbose=0)
     assert predictions.shape == (3, 10)
+
+
+def test_plots_false_draws_nothing(tiny):
+    cfg = tiny()
+    outcome = experiment.run(cfg)
+    assert "plots" not in {a.path for a in client_for(cfg).list_artifacts(outcome["run_id"])}
 
 
 def test_same_seed_same_metrics(tiny):

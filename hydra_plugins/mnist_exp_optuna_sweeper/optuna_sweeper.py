@@ -55,7 +55,10 @@ class OptunaSweeper(Sweeper):
         parent_run_id = os.environ.get(PARENT_RUN_ENV)
         if parent_run_id:
             plots = tuning.search_plots(result, config.runs_dir(self.config) / "optuna" / result.study_name)
-            tracking.log_search(self.config, parent_run_id, result, plots, retrain)
+            champion = tracking.log_search(self.config, parent_run_id, result, plots, retrain)
+            if champion is not None:
+                name, version = champion.split("/")
+                print(f"registered models:/{name}@champion (version {version}): the best trial's model")
         return result
 
     def _search(self, arguments: list[str]):

@@ -1,0 +1,147 @@
+"""Pictures of a run (learning curves, confusion matrix, misclassified images) and of a sweep, as PNG files.
+
+Drawn after training with matplotlib's Agg backend, imported on first use; no MLflow here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_MISCLASSIFIED = 36
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit, safe in worker threads
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_run_plots(
+    folder: Path,
+    history: Mapping[str, Sequence[float]],
+    images: np.ndarray,
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    class_names: Sequence[str],
+) -> list[Path]:
+    """learning_curves.png, confusion_matrix.png and misclassified.png for one run, in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return [
+        learning_curves(folder / "learning_curves.png", history),
+        confusion_matrix(folder / "confusion_matrix.png", labels, predictions, class_names),
+        misclassified(folder / "misclassified.png", images, labels, predictions, class_names),
+    ]
+
+
+def learning_curves(path: Path, history: Mapping[str, Sequence[float]]) -> Path:
+    """Loss and accuracy per epoch, training against validation."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
+            values = history.get(key) or []
+            axis.plot(range(1, len(values) + 1), values, style, label=label, markersize=4)
+        axis.set(title=metric, xlabel="epoch")
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    return _save(figure, path)
+
+
+def confusion_counts(labels: np.ndarray, predictions: np.ndarray, classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (labels.astype(np.int64), predictions.astype(np.int64)), 1)
+    return counts
+
+
+def confusion_matrix(path: Path, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]) -> Path:
+    """Test-set counts, true class by row, predicted class by column."""
+    plt = _pyplot()
+    counts = confusion_counts(labels, predictions, len(class_names))
+    figure, axis = plt.subplots(figsize=(8, 7))
+    shown = axis.imshow(counts, cmap="Blues")
+    figure.colorbar(shown, ax=axis, fraction=0.046)
+    ticks = range(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axis.set_yticks(ticks, class_names)
+    axis.set(xlabel="predicted", ylabel="true",
+             title=f"test set: {int(np.trace(counts))} of {int(counts.sum())} correct")
+    threshold = counts.max() / 2
+    for (true, predicted), count in np.ndenumerate(counts):
+        axis.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
+                  color="white" if count > threshold else "black")
+    return _save(figure, path)
+
+
+def misclassified(
+    path: Path, images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]
+) -> Path:
+    """Up to MAX_MISCLASSIFIED wrongly classified test images, each titled 'true -> predicted'."""
+    plt = _pyplot()
+    wrong = np.flatnonzero(labels != predictions)[:MAX_MISCLASSIFIED]
+    columns = 6
+    rows = max(1, math.ceil(len(wrong) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.7, rows * 1.9), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, index in zip(axes.flat, wrong, strict=False):
+        axis.imshow(images[index].reshape(28, 28), cmap="gray_r", vmin=0, vmax=255)
+        axis.set_title(f"{class_names[labels[index]]}\n-> {class_names[predictions[index]]}", fontsize=8)
+    if not len(wrong):
+        axes.flat[0].text(0, 0.5, "no misclassified test images", fontsize=12)
+    figure.suptitle(f"misclassified test images (true -> predicted): {int((labels != predictions).sum())} in all")
+    return _save(figure, path)
+
+
+def sweep_parameters(path: Path, rows: Sequence[Mapping[str, Any]], metric: str) -> Path | None:
+    """`metric` of each finished job against every parameter that varies across the sweep; None if none varies."""
+    finished = [row for row in rows if row.get(f"final_{metric}") is not None]
+    keys = sorted({key for row in finished for key in row if key.startswith("params.")})
+    swept = [key for key in keys if len({row.get(key) for row in finished}) > 1]
+    if not swept:
+        return None
+    plt = _pyplot()
+    columns = min(3, len(swept))
+    grid_rows = math.ceil(len(swept) / columns)
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(4.5 * columns, 3.6 * grid_rows), squeeze=False)
+    for axis in axes.flat[len(swept):]:
+        axis.axis("off")
+    for axis, key in zip(axes.flat, swept, strict=False):
+        values = [row.get(key) for row in finished]
+        scores = [row[f"final_{metric}"] for row in finished]
+        numbers = _as_numbers(values)
+        if numbers is not None:
+            axis.scatter(numbers, scores)
+            if min(numbers) > 0 and max(numbers) / min(numbers) >= 100:
+                axis.set_xscale("log")
+        else:
+            categories = sorted({str(v) for v in values})
+            axis.scatter([categories.index(str(v)) for v in values], scores)
+            axis.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        axis.set(xlabel=key.removeprefix("params."), ylabel=metric)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"{metric} of {len(finished)} finished jobs against each swept parameter")
+    return _save(figure, path)
+
+
+def _as_numbers(values: Sequence[Any]) -> list[float] | None:
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def _save(figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    _pyplot().close(figure)
+    return path

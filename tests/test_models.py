@@ -1,0 +1,97 @@
+"""Using trained models: predictions on picture files, the registry's champion, and the runs table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_exp import data, experiment, predict, runs, tracking
+
+SAMPLES = 12
+
+
+@pytest.fixture
+def trained(make_cfg, tmp_path):
+    """A model trained for 3 epochs on the 5,000 real MNIST digits, logged in a temporary store."""
+    cfg = make_cfg("data=mnist_sample", "epochs=3", "plots=false", "mlflow.log_model=true")
+    outcome = experiment.run(cfg, overrides=["data=mnist_sample", "epochs=3"])
+    return cfg, outcome
+
+
+def photographed_digits(folder, count=SAMPLES):
+    """Real test digits as a person's picture would be: dark ink on light grey paper, 4x larger, RGB."""
+    sample = data.load_dataset({"name": "mnist_sample", "path": None, "cache": False, "allow_fallback": False,
+                                "val_fraction": 0.1}, seed=0)
+    paths = []
+    for index in range(count):
+        digit = sample.x_test[index].reshape(28, 28)
+        paper = (235 - digit.astype(np.int32) * 220 // 255).astype(np.uint8)
+        picture = Image.fromarray(np.pad(paper, 10, constant_values=235)).resize((192, 192)).convert("RGB")
+        path = folder / f"digit{index}-{sample.y_test[index]}.png"
+        picture.save(path)
+        paths.append(path)
+    return paths, [str(label) for label in sample.y_test[:count]]
+
+
+def predicted_classes(output: str) -> list[str]:
+    return [line.split(": ", 1)[1].split()[0] for line in output.splitlines()]
+
+
+def test_predict_reads_pictures_and_names_digits(trained, tmp_path, capsys):
+    cfg, outcome = trained
+    paths, truth = photographed_digits(tmp_path)
+    uri = tracking.tracking_uri(cfg)
+    assert predict.main([*map(str, paths), "--run", outcome["run_id"], "--tracking-uri", uri]) == 0
+    output = capsys.readouterr().out
+    assert len(output.splitlines()) == SAMPLES and "(top 3: " in output
+    correct = sum(p == t for p, t in zip(predicted_classes(output), truth, strict=True))
+    assert correct >= SAMPLES - 2, output
+
+
+def test_the_champion_alias_serves_predictions(trained, tmp_path, capsys):
+    cfg, outcome = trained
+    assert tracking.register_champion(cfg, outcome["run_id"]) == "mnist-mlp/1"
+    assert tracking.register_champion(cfg, outcome["run_id"]) == "mnist-mlp/2", "a new version moves the alias"
+    paths, _ = photographed_digits(tmp_path, count=2)
+    uri = tracking.tracking_uri(cfg)
+    assert predict.main([*map(str, paths), "--model", "models:/mnist-mlp@champion", "--tracking-uri", uri]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_predict_errors_are_one_line(trained, tmp_path, capsys):
+    cfg, outcome = trained
+    uri = tracking.tracking_uri(cfg)
+    (tmp_path / "notes.png").write_text("not a picture")
+    paths, _ = photographed_digits(tmp_path, count=1)
+    cases = [
+        ([str(tmp_path / "notes.png"), "--run", outcome["run_id"]], "notes.png: not a readable image"),
+        ([str(paths[0]), "--run", "0" * 32], "cannot load"),
+        ([str(paths[0]), "--model", "models:/nobody@champion"], "cannot load models:/nobody@champion"),
+        ([str(paths[0]), "--run", outcome["run_id"], "--tracking-uri", f"sqlite:///{tmp_path}/none.db"],
+         "no MLflow store"),
+    ]
+    for args, message in cases:
+        if "--tracking-uri" not in args:
+            args += ["--tracking-uri", uri]
+        assert predict.main(args) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_runs_lists_newest_first_and_the_best_per_experiment(trained, make_cfg, capsys):
+    cfg, first = trained
+    second = experiment.run(make_cfg("data=mnist_sample", "epochs=1", "plots=false", "mlflow.log_model=false"))
+    uri = tracking.tracking_uri(cfg)
+    capsys.readouterr()  # training's progress lines
+    assert runs.main(["--tracking-uri", uri]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["run", "id", "experiment", "name"]
+    assert [line.split()[0] for line in lines[1:]] == [second["run_id"], first["run_id"]]
+    assert f"{first['val_accuracy']:.4f}" in lines[2] and "mnist_sample" in lines[2]
+    assert runs.main(["--tracking-uri", uri, "--best"]) == 0
+    best = capsys.readouterr().out.splitlines()
+    winner = max((first, second), key=lambda o: o["val_accuracy"])
+    assert len(best) == 2 and best[1].split()[0] == winner["run_id"]
+    assert runs.main(["--tracking-uri", uri, "--experiment", "nope"]) == 2
+    assert "no experiment named nope" in capsys.readouterr().err
