@@ -570,12 +570,34 @@ def _log_keras_model(model: Any, dataset: Dataset) -> str:
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(dataset.class_names)), "probabilities")]),
     )
     # Explicit requirements: inferring them re-imports the model in a subprocess (seconds).
-    # No input_example: mlflow.keras fails to write it (mlflow issue #16183).
-    info = mlflow.keras.log_model(
-        model, name="model", signature=signature,
-        pip_requirements=[f"keras=={keras.__version__}", f"{backend}=={_version(backend)}"],
-    )
+    with _keras_input_example_fixed():
+        info = mlflow.keras.log_model(
+            model, name="model", signature=signature, input_example=dataset.x_test[:2],
+            pip_requirements=[f"keras=={keras.__version__}", f"{backend}=={_version(backend)}"],
+        )
     return info.model_uri
+
+
+@contextlib.contextmanager
+def _keras_input_example_fixed() -> Iterator[None]:
+    """mlflow.keras writes the input example before it creates the model folder and fails
+    (FileNotFoundError, mlflow issue #16183); create the folder first."""
+    import mlflow.keras.save as keras_save
+
+    original = keras_save._save_example
+
+    def save_example(mlflow_model, input_example, path, *args, **kwargs):
+        os.makedirs(path, exist_ok=True)
+        return original(mlflow_model, input_example, path, *args, **kwargs)
+
+    keras_save._save_example = save_example
+    try:
+        with warnings.catch_warnings():
+            # MLflow checks the example by calling the model with a list where Keras expects the named input.
+            warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+            yield
+    finally:
+        keras_save._save_example = original
 
 
 def _create_experiment(client, name: str, artifact_location: str | None) -> str:

@@ -62,6 +62,8 @@ def test_run_records_params_epochs_results_and_artifacts(tiny):
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
     assert contexts == {"train", "validation", "test"}
 
+    info = mlflow.models.get_model_info(outcome["model_uri"])
+    assert info.signature.inputs.inputs[0].name == "pixels" and info.saved_input_example_info is not None
     model = mlflow.keras.load_model(outcome["model_uri"])
     predictions = model.predict(np.zeros((3, 784), dtype=np.uint8), verbose=0)
     assert predictions.shape == (3, 10)

@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
 import numpy as np
 import pytest
 from PIL import Image
@@ -95,3 +105,54 @@ def test_runs_lists_newest_first_and_the_best_per_experiment(trained, make_cfg, 
     assert len(best) == 2 and best[1].split()[0] == winner["run_id"]
     assert runs.main(["--tracking-uri", uri, "--experiment", "nope"]) == 2
     assert "no experiment named nope" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_serves_the_champion_over_http(trained):
+    """`mlflow models serve -m models:/mnist-mlp@champion` answers a batch of real digits as the model does."""
+    cfg, outcome = trained
+    tracking.register_champion(cfg, outcome["run_id"])
+    port = free_port()
+    venv_bin = Path(sys.executable).parent
+    # MLflow starts `uvicorn` from PATH: the environment's bin folder must be on it (as in an activated venv).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(
+        [str(venv_bin / "mlflow"), "models", "serve", "-m", "models:/mnist-mlp@champion",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the model server did not start:\n{server.stdout.read() if server.poll() else ''}")
+            time.sleep(1)
+        sample = data.load_dataset({"name": "mnist_sample", "path": None, "cache": False, "allow_fallback": False,
+                                    "val_fraction": 0.1}, seed=0)
+        batch, truth = sample.x_test[:20], sample.y_test[:20]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": batch.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as reply:
+            served = np.asarray(json.load(reply)["predictions"])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert served.shape == (20, 10)
+    local = mlflow.keras.load_model(outcome["model_uri"]).predict(batch, verbose=0)
+    assert np.array_equal(served.argmax(axis=1), local.argmax(axis=1))
+    assert (served.argmax(axis=1) == truth).sum() >= 16
