@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from mnist_exp.data import load_dataset
 from mnist_exp.errors import ExperimentError
 from mnist_exp.tracking import check_store
 from mnist_exp.train import EpochHook
+
+log = logging.getLogger(__name__)
 
 
 def run(
@@ -52,6 +56,11 @@ def run(
     import_keras()
     from mnist_exp.tracking import record_run
 
+    if cfg.plots:
+        from mnist_exp.plots import preload
+
+        # matplotlib's import overlaps training, which leaves the GIL free.
+        threading.Thread(target=preload, name="import-matplotlib", daemon=True).start()
     with record_run(cfg, dataset, overrides, parent_run_id, tags) as recorder:
 
         def record_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -60,9 +69,16 @@ def run(
                 on_epoch(epoch, metrics)
 
         result = train_and_evaluate(cfg, dataset, on_epoch=record_epoch)
-        model_uri = recorder.log_result(result.metrics, result.model, dataset, cfg.mlflow.log_model)
+        drawing = None
         if result.test_predictions is not None:
-            _log_run_plots(recorder, result, dataset)
+            # Drawn while the model is saved: much of either waits on files and SQLite, not the GIL.
+            drawing = threading.Thread(target=_log_run_plots, args=(recorder, result, dataset), name="plots")
+            drawing.start()
+        try:
+            model_uri = recorder.log_result(result.metrics, result.model, dataset, cfg.mlflow.log_model)
+        finally:
+            if drawing is not None:
+                drawing.join()
     return {
         **result.metrics,
         "run_id": recorder.run_id,
@@ -73,14 +89,18 @@ def run(
 
 
 def _log_run_plots(recorder, result, dataset) -> None:
+    """The run's pictures as artifacts under plots/; a failure to draw them costs the run nothing but a warning."""
     from mnist_exp.plots import write_run_plots
 
-    with tempfile.TemporaryDirectory(prefix="mnist-exp-plots-") as folder:
-        write_run_plots(
-            Path(folder), result.history, dataset.x_test, dataset.y_test, result.test_predictions,
-            dataset.class_names,
-        )
-        recorder.log_artifacts(Path(folder), "plots")
+    try:
+        with tempfile.TemporaryDirectory(prefix="mnist-exp-plots-") as folder:
+            write_run_plots(
+                Path(folder), result.history, dataset.x_test, dataset.y_test, result.test_predictions,
+                dataset.class_names,
+            )
+            recorder.log_artifacts(Path(folder), "plots")
+    except Exception as error:  # a bug or a full disk must not fail a trained, recorded run
+        log.warning("no plots for run %s: %s: %s", recorder.run_id, type(error).__name__, error)
 
 
 def summary(outcome: dict[str, Any]) -> str:

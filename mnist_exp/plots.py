@@ -15,6 +15,11 @@ import numpy as np
 MAX_MISCLASSIFIED = 36
 
 
+def preload() -> None:
+    """Import matplotlib now (~0.4 s): called in a thread while training runs, it costs the run nothing."""
+    _pyplot()
+
+
 def _pyplot():
     import matplotlib
 
@@ -87,18 +92,25 @@ def misclassified(
 ) -> Path:
     """Up to MAX_MISCLASSIFIED wrongly classified test images, each titled 'true -> predicted'."""
     plt = _pyplot()
-    wrong = np.flatnonzero(labels != predictions)[:MAX_MISCLASSIFIED]
-    columns = 6
-    rows = max(1, math.ceil(len(wrong) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(columns * 1.7, rows * 1.9), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, index in zip(axes.flat, wrong, strict=False):
-        axis.imshow(images[index].reshape(28, 28), cmap="gray_r", vmin=0, vmax=255)
-        axis.set_title(f"{class_names[labels[index]]}\n-> {class_names[predictions[index]]}", fontsize=8)
-    if not len(wrong):
-        axes.flat[0].text(0, 0.5, "no misclassified test images", fontsize=12)
-    figure.suptitle(f"misclassified test images (true -> predicted): {int((labels != predictions).sum())} in all")
+    wrong = np.flatnonzero(labels != predictions)
+    shown = wrong[:MAX_MISCLASSIFIED]
+    columns, cell, caption = 6, 28 + 4, 12
+    rows = max(1, math.ceil(len(shown) / columns))
+    # One picture of all tiles: a single image draws several times faster than a grid of axes.
+    montage = np.zeros((rows * (cell + caption), columns * cell), dtype=np.uint8)
+    for slot, index in enumerate(shown):
+        top, left = (slot // columns) * (cell + caption) + caption, (slot % columns) * cell
+        montage[top + 2:top + 30, left + 2:left + 30] = images[index].reshape(28, 28)
+    figure, axis = plt.subplots(figsize=(columns * 1.3, rows * 1.45 + 0.6))
+    axis.imshow(montage, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    axis.axis("off")
+    for slot, index in enumerate(shown):
+        axis.text((slot % columns) * cell + cell / 2, (slot // columns) * (cell + caption) + caption - 1,
+                  f"{class_names[labels[index]]} -> {class_names[predictions[index]]}",
+                  ha="center", va="bottom", fontsize=7, color="white")
+    if not len(shown):
+        axis.text(columns * cell / 2, caption, "no misclassified test images", ha="center", fontsize=10, color="white")
+    axis.set_title(f"misclassified test images, true -> predicted: {len(wrong)} of {len(labels)}", fontsize=9)
     return _save(figure, path)
 
 

@@ -75,6 +75,19 @@ def test_plots_false_draws_nothing(tiny):
     assert "plots" not in {a.path for a in client_for(cfg).list_artifacts(outcome["run_id"])}
 
 
+def test_a_plot_that_fails_leaves_a_finished_run_and_a_warning(tiny, monkeypatch, caplog):
+    from mnist_exp import plots
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "write_run_plots", broken)
+    cfg = tiny("plots=true")
+    outcome = experiment.run(cfg)
+    assert client_for(cfg).get_run(outcome["run_id"]).info.status == "FINISHED"
+    assert "no plots for run" in caplog.text and "No space left on device" in caplog.text
+
+
 def test_same_seed_same_metrics(tiny):
     first = experiment.run(tiny("seed=3"))
     second = experiment.run(tiny("seed=3"))
