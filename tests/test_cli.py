@@ -122,8 +122,14 @@ def test_multirun_groups_jobs_under_one_parent(tmp_path):
     best = max(children, key=lambda c: c.data.metrics["final_val_accuracy"])
     assert parent.data.tags["best_child_run_id"] == best.info.run_id
     artifacts = {a.path for a in store(runs_dir).list_artifacts(parent.info.run_id)}
-    assert {"sweep_summary.json", "sweep_summary.txt"} <= artifacts
+    assert {"sweep_summary.json", "sweep_summary.txt", "plots"} <= artifacts
+    plots = {a.path for a in store(runs_dir).list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/val_accuracy_by_parameter.png"}
+    assert all({a.path for a in store(runs_dir).list_artifacts(c.info.run_id, "plots")} for c in children)
     assert f"best: {best.info.run_id}" in result.stdout
+    # One line per finished job (number, overrides, scores, time), then the table.
+    done = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if " done: " in line]
+    assert len(done) == 2 and all("val_accuracy=" in line for line in done), result.stderr
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):

@@ -66,6 +66,10 @@ def test_parallel_search_with_pruning_then_resume(tmp_path):
     assert f"best trial {best.number}: val_accuracy={best.value:.4f}" in first.stdout
     retrain = next(line for line in first.stdout.splitlines() if line.startswith("retrain: "))
     assert retrain.startswith("retrain: python -m mnist_exp hparams_search=optuna epochs=2")
+    champion = client.get_model_version_by_alias("mnist-mlp", "champion")
+    best_run = next(c for c in trials if c.data.tags["optuna.trial_number"] == str(best.number))
+    assert str(champion.version) == "1" and champion.run_id == best_run.info.run_id
+    assert "registered models:/mnist-mlp@champion (version 1)" in first.stdout
 
     second = search(*common, "hydra.sweeper.n_trials=5", runs_dir=runs_dir)
     assert second.returncode == 0, second.stderr[-3000:]
