@@ -144,7 +144,7 @@ def record_run(
 
     def open_run() -> None:
         try:
-            client, experiment_id, _ = connect(cfg)
+            client, experiment_id, _ = _connect_beside_training(cfg)
             kill_abandoned_runs(client, experiment_id)
             run = client.create_run(experiment_id, run_name=run_name(overrides), tags=run_tags)
             recorder.client, recorder.run_id = client, run.info.run_id
@@ -174,6 +174,22 @@ def record_run(
         if recorder.run_id is not None:
             recorder.client.set_tag(recorder.run_id, STATE_TAG, state)
             recorder.client.set_terminated(recorder.run_id, status)
+
+
+def _connect_beside_training(cfg: DictConfig):
+    """connect(), from a thread that imports MLflow while TensorFlow traces the first step.
+
+    CPython 3.11 can fail an import with "SystemError: AST constructor recursion depth mismatch"
+    when two threads build ASTs at once (cpython gh-106905; TensorFlow's autograph parses source
+    while it traces); seen once in 8 parallel runs. The import is safe to try again.
+    """
+    try:
+        return connect(cfg)
+    except SystemError as error:
+        if "recursion depth mismatch" not in str(error):
+            raise
+        log.debug("retrying the MLflow import after %s", error)
+        return connect(cfg)
 
 
 def _tag_if_open(recorder: RunRecorder, key: str, value: str) -> None:
@@ -240,10 +256,11 @@ def connect(cfg: Mapping[str, Any]):
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(uri)
-    client = mlflow.MlflowClient(uri)
     name = cfg["mlflow"]["experiment"]
     try:
         with _sqlite_store_lock(uri):
+            # The client builds the store at once: on a new file, tables and migrations, which race.
+            client = mlflow.MlflowClient(uri)
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 experiment_id = _create_experiment(client, name, _artifact_location(cfg, uri))
