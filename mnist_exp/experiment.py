@@ -69,16 +69,20 @@ def run(
                 on_epoch(epoch, metrics)
 
         result = train_and_evaluate(cfg, dataset, on_epoch=record_epoch)
-        drawing = None
+        drawing, plot_errors = None, []
         if result.test_predictions is not None:
             # Drawn while the model is saved: much of either waits on files and SQLite, not the GIL.
-            drawing = threading.Thread(target=_log_run_plots, args=(recorder, result, dataset), name="plots")
+            drawing = threading.Thread(
+                target=_log_run_plots, args=(recorder, result, dataset, plot_errors), name="plots"
+            )
             drawing.start()
         try:
             model_uri = recorder.log_result(result.metrics, result.model, dataset, cfg.mlflow.log_model)
         finally:
             if drawing is not None:
                 drawing.join()
+        for error in plot_errors:  # only when the run succeeded: a failed run's own error says enough
+            log.warning("no plots for run %s: %s: %s", recorder.run_id, type(error).__name__, error)
     return {
         **result.metrics,
         "run_id": recorder.run_id,
@@ -88,8 +92,8 @@ def run(
     }
 
 
-def _log_run_plots(recorder, result, dataset) -> None:
-    """The run's pictures as artifacts under plots/; a failure to draw them costs the run nothing but a warning."""
+def _log_run_plots(recorder, result, dataset, errors: list[Exception]) -> None:
+    """The run's pictures as artifacts under plots/; a failure is kept in `errors` and costs the run nothing."""
     from mnist_exp.plots import write_run_plots
 
     try:
@@ -100,7 +104,7 @@ def _log_run_plots(recorder, result, dataset) -> None:
             )
             recorder.log_artifacts(Path(folder), "plots")
     except Exception as error:  # a bug or a full disk must not fail a trained, recorded run
-        log.warning("no plots for run %s: %s: %s", recorder.run_id, type(error).__name__, error)
+        errors.append(error)
 
 
 def summary(outcome: dict[str, Any]) -> str:

@@ -115,9 +115,14 @@ class RunRecorder:
         if not log_model:
             return None
         # mlflow.keras logs into the active run; record_run sets the final status afterwards.
-        with mlflow.start_run(run_id=self.run_id):
-            return _log_keras_model(model, dataset)
-
+        try:
+            with mlflow.start_run(run_id=self.run_id):
+                return _log_keras_model(model, dataset)
+        except OSError as error:  # a full disk, a read-only or vanished artifact folder
+            location = self.client.get_run(self.run_id).info.artifact_uri
+            raise ExperimentError(
+                f"cannot save the model of run {self.run_id} in {location}: {error.strerror or error}"
+            ) from None
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         self.wait_until_open()
@@ -667,6 +672,27 @@ def _check_sqlite_location(uri: str) -> None:
         with open(database, "rb") as stream:
             if database.stat().st_size and not stream.read(16).startswith(b"SQLite format 3"):
                 raise ExperimentError(f"{database} is not an SQLite database (mlflow.tracking_uri={uri})")
+        foreign = _foreign_tables(database)
+        if foreign:
+            # MLflow would add its tables to someone else's database.
+            raise ExperimentError(
+                f"{database} is an SQLite database but not an MLflow store (it holds {', '.join(foreign[:3])}); "
+                "choose another file"
+            )
+
+
+def _foreign_tables(database: Path) -> list[str]:
+    """The tables of a database MLflow did not create: [] for an empty file or an MLflow store."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as connection:
+            tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.Error as error:
+        raise ExperimentError(f"{database} cannot be read as an SQLite database ({error})") from None
+    if not tables or {"alembic_version", "experiments"} <= set(tables):
+        return []
+    return sorted(tables)
 
 
 def _check_server_reachable(uri: str) -> None:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from mlflow import MlflowClient
@@ -45,3 +43,35 @@ def test_eight_processes_on_one_sqlite_store_lose_nothing(tmp_path):
             steps = [point.step for point in client.get_metric_history(run.info.run_id, key)]
             assert steps == list(range(1, EPOCHS + 1)), (run.info.run_id, key, steps)
         assert {"test_accuracy", "final_val_accuracy"} <= run.data.metrics.keys()
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder, size="256k"):
+    """A tiny file system mounted at `folder` (root only), so writes there fail with ENOSPC."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_fails_the_run_with_the_reason_and_the_store_stays_readable(tmp_path):
+    runs_dir = tmp_path / "runs"
+    # The store stays on the real disk; the artifacts (the model is ~5 MB) go to a 256 kB file system.
+    with small_tmpfs(runs_dir / "artifacts"):
+        result = subprocess.run(
+            [sys.executable, "-m", "mnist_exp", "data=mnist_sample", "epochs=1", f"runs_dir={runs_dir}"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "No space left on device" in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        client = MlflowClient(f"sqlite:///{runs_dir}/mlflow.db")
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert run.info.status == "FAILED"
+        assert "No space left on device" in run.data.tags["mnist_exp.failure"]
+        assert [p.step for p in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]

@@ -140,7 +140,9 @@ def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
     assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
 
 
-def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path):
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number):
+    """Ctrl-C, or SIGKILL (nothing can clean up), mid-trial; the same command again finishes the study."""
     runs_dir = tmp_path / "runs"
     storage = f"sqlite:///{runs_dir}/optuna.db"
     command = [sys.executable, "-m", "mnist_exp", "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=60",
@@ -155,11 +157,11 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path):
                 break
         else:
             pytest.fail("no trial finished within 180 s")
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal_number)
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == (130 if signal_number == signal.SIGINT else -signal.SIGKILL), stderr[-3000:]
     interrupted = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
     done_before = [t.number for t in interrupted if t.state.name == "COMPLETE"]
     assert any(t.state.name == "RUNNING" for t in interrupted) and len(done_before) < 3
