@@ -230,10 +230,12 @@ class _Loop:
     failures_allowed: int
     failures: int = 0
     launched: int = 0
-    in_flight: int = 0
+    running: dict[int, _Job] = field(default_factory=dict)  # by trial number
     told_to_stop: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+
+INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM)"
 
 # launch(list of override lists, index of the first job) -> per job: the dict the job returned, or an exception
 Launch = Callable[[list[list[str]], int], list[Any]]
@@ -281,21 +283,30 @@ class Search:
         })
         loop = _Loop(study, sampler, list(fixed_overrides), list(per_job_overrides),
                      self.max_failures if self.max_failures is not None else self.n_trials)
-        if concurrent and self.n_jobs > 1:
-            # One thread per slot, each launching its next trial as soon as its last one ends:
-            # a long trial never holds the other slot idle behind a batch barrier.
-            workers = [threading.Thread(target=self._keep_launching, args=(loop, launch), daemon=True)
-                       for _ in range(self.n_jobs)]
-            for worker in workers:
-                worker.start()
-            for worker in workers:
-                worker.join()
-            interrupts.check()
-        else:
-            while jobs := [job for job in (self._next_job(loop) for _ in range(self.n_jobs)) if job]:
-                returns = launch([job.overrides for job in jobs], jobs[0].index)
-                for job, returned in zip(jobs, returns, strict=True):
-                    self._finish(loop, job, returned)
+        try:
+            if concurrent and self.n_jobs > 1:
+                # One thread per slot, each launching its next trial as soon as its last one ends:
+                # a long trial never holds the other slot idle behind a batch barrier.
+                workers = [threading.Thread(target=self._keep_launching, args=(loop, launch), daemon=True)
+                           for _ in range(self.n_jobs)]
+                for worker in workers:
+                    worker.start()
+                for worker in workers:
+                    worker.join()
+                interrupts.check()
+            else:
+                while jobs := [job for job in (self._next_job(loop) for _ in range(self.n_jobs)) if job]:
+                    returns = launch([job.overrides for job in jobs], jobs[0].index)
+                    for job, returned in zip(jobs, returns, strict=True):
+                        self._finish(loop, job, returned)
+        except KeyboardInterrupt:
+            # Ctrl-C or SIGTERM: the trials in flight end now, as FAIL, so a rerun starts clean.
+            with loop.lock:
+                for job in loop.running.values():
+                    with contextlib.suppress(Exception):
+                        self._tell(loop.study, job.trial, {"state": "FAIL", "reason": INTERRUPTED_REASON})
+                loop.running.clear()
+            raise
         result = SearchResult(self.study_name, self.storage, self.metric, self.direction, abandoned=abandoned,
                               ran_now=loop.launched)
         result.trials = [_outcome(t) for t in study.get_trials(deepcopy=False)]
@@ -308,7 +319,7 @@ class Search:
         interrupts.check()
         with loop.lock:
             finished = len(loop.study.get_trials(deepcopy=False, states=_states(FINISHED_STATES)))
-            remaining = self.n_trials - finished - loop.in_flight
+            remaining = self.n_trials - finished - len(loop.running)
             if remaining <= 0:
                 return None
             if loop.failures >= loop.failures_allowed:
@@ -329,12 +340,12 @@ class Search:
             trial_env = f"+hydra.job.env_set.{TRIAL_ENV}={trial._trial_id}"
             job = _Job(trial, [*loop.fixed, *overrides, *loop.per_job, trial_env], loop.launched)
             loop.launched += 1
-            loop.in_flight += 1
+            loop.running[trial.number] = job
             return job
 
     def _finish(self, loop: _Loop, job: _Job, returned: Any) -> None:
         with loop.lock:
-            loop.in_flight -= 1
+            loop.running.pop(job.trial.number, None)
             loop.failures += self._tell(loop.study, job.trial, returned) == "FAIL"
 
     def _keep_launching(self, loop: _Loop, launch: Launch) -> None:
