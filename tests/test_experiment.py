@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+
 import mlflow
 import numpy as np
 import pytest
@@ -88,6 +91,15 @@ def test_a_plot_that_fails_leaves_a_finished_run_and_a_warning(tiny, monkeypatch
     assert "no plots for run" in caplog.text and "No space left on device" in caplog.text
 
 
+def test_same_config_and_seed_give_identical_scores_on_real_digits(make_cfg):
+    cfg = make_cfg("data=mnist_sample", "epochs=2", "plots=false", "mlflow.log_model=false", "seed=7")
+    first, second = experiment.run(cfg), experiment.run(cfg)
+    client = client_for(cfg)
+    curves = [[p.value for p in client.get_metric_history(o["run_id"], "val_accuracy")] for o in (first, second)]
+    assert len(curves[0]) == 2 and curves[0] == curves[1]
+    assert first["test_accuracy"] == second["test_accuracy"]
+
+
 def test_same_seed_same_metrics(tiny):
     first = experiment.run(tiny("seed=3"))
     second = experiment.run(tiny("seed=3"))
@@ -138,6 +150,17 @@ def test_store_that_is_not_a_database(tiny, tmp_path):
     bogus.write_text("these are not the runs you are looking for\n")
     with pytest.raises(ExperimentError, match="is not an SQLite database"):
         experiment.run(tiny(f"mlflow.tracking_uri=sqlite:///{bogus}"))
+
+
+def test_an_sqlite_file_of_something_else_is_refused_and_left_alone(tiny, tmp_path):
+    other = tmp_path / "inventory.db"
+    with contextlib.closing(sqlite3.connect(other)) as connection:
+        connection.execute("CREATE TABLE parts (name TEXT)")
+        connection.commit()
+    before = other.read_bytes()
+    with pytest.raises(ExperimentError, match="is an SQLite database but not an MLflow store .it holds parts."):
+        experiment.run(tiny(f"mlflow.tracking_uri=sqlite:///{other}"))
+    assert other.read_bytes() == before
 
 
 def test_runs_dir_that_cannot_be_created(tiny, tmp_path):
