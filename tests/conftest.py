@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import socket
 import struct
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +69,24 @@ def npz_file(tmp_path) -> Path:
     path = tmp_path / "mnist.npz"
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_http(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll `url` until it answers; fail with the server's output if it exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            output = server.stdout.read() if server.poll() is not None and server.stdout else ""
+            pytest.fail(f"{url} did not answer within {timeout:.0f} s:\n{output}")
+        time.sleep(0.5)

@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from mnist_exp import experiment, tracking
-from tests.conftest import PROJECT_ROOT
-from tests.test_models import free_port
+from tests.conftest import PROJECT_ROOT, free_port, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -43,15 +40,7 @@ def ui(make_cfg):
     )
     address = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{address}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow ui did not start:\n{server.stdout.read() if server.poll() else ''}")
-                time.sleep(0.5)
+        wait_for_http(f"{address}/health", server)
         client, experiment_id, _ = tracking.connect(cfg)
         yield address, experiment_id, client.get_run(outcome["run_id"])
     finally:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from PIL import Image
 
 from mnist_exp import data, experiment, predict, runs, tracking
+from tests.conftest import free_port, wait_for_http
 
 SAMPLES = 12
 
@@ -107,12 +106,6 @@ def test_runs_lists_newest_first_and_the_best_per_experiment(trained, make_cfg, 
     assert "no experiment named nope" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_serves_the_champion_over_http(trained):
     """`mlflow models serve -m models:/mnist-mlp@champion` answers a batch of real digits as the model does."""
@@ -129,17 +122,7 @@ def test_mlflow_serves_the_champion_over_http(trained):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the model server did not start:\n{server.stdout.read() if server.poll() else ''}")
-            time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server)
         sample = data.load_dataset({"name": "mnist_sample", "path": None, "cache": False, "allow_fallback": False,
                                     "val_fraction": 0.1}, seed=0)
         batch, truth = sample.x_test[:20], sample.y_test[:20]
