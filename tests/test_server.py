@@ -1,0 +1,106 @@
+"""A team's set-up for real: PostgreSQL as MLflow's backend store, `mlflow server --serve-artifacts`, a multirun."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import PROJECT_ROOT, free_port, wait_for_http
+
+pytestmark = pytest.mark.slow
+
+POSTGRES_BIN = next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)), None)
+
+
+def as_postgres(*command: str, **kwargs) -> subprocess.CompletedProcess:
+    """PostgreSQL refuses to run as root: its commands run as the `postgres` user Debian's package creates."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *command], check=True, capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """PostgreSQL and an MLflow server on 127.0.0.1, both in a temporary folder; their URL."""
+    if POSTGRES_BIN is None:
+        pytest.skip("needs Debian's postgresql (scripts/install-system-packages.sh)")
+    pytest.importorskip("psycopg", reason="needs psycopg (pip install -e '.[test]')")
+    artifacts = tmp_path_factory.mktemp("server") / "artifacts"
+    # Not under pytest's folder: that is private to root, and PostgreSQL runs as `postgres`.
+    root = Path(tempfile.mkdtemp(prefix="mnist-exp-postgres-"))
+    data, socket_dir = root / "pgdata", root / "socket"
+    for folder in (data, socket_dir):
+        folder.mkdir()
+    if os.geteuid() == 0:
+        for folder in (root, data, socket_dir):
+            shutil.chown(folder, "postgres")
+    pg_port, mlflow_port = free_port(), free_port()
+    as_postgres(f"{POSTGRES_BIN}/initdb", "-D", str(data), "--auth=trust", "-U", "postgres")
+    as_postgres(f"{POSTGRES_BIN}/pg_ctl", "-D", str(data), "-l", str(root / "postgres.log"), "-w", "start",
+                "-o", f"-h 127.0.0.1 -p {pg_port} -k {socket_dir}")
+    try:
+        as_postgres(f"{POSTGRES_BIN}/createdb", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "mlflow")
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server",
+             "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
+             "--serve-artifacts", "--artifacts-destination", str(artifacts),
+             "--host", "127.0.0.1", "--port", str(mlflow_port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{mlflow_port}"
+            wait_for_http(f"{url}/health", server)
+            yield url, artifacts
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    finally:
+        as_postgres(f"{POSTGRES_BIN}/pg_ctl", "-D", str(data), "-m", "fast", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path):
+    url, artifacts = tracking_server
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_exp", "-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=2",
+         "mlflow=server", f"mlflow.tracking_uri={url}", f"runs_dir={tmp_path / 'runs'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "runs" / "mlflow.db").exists(), "nothing goes to the local store"
+    client = MlflowClient(url)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    (parent,) = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "true"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and {c.data.params["optimizer.name"] for c in children} == {"sgd", "adam"}
+    assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+    for child in children:
+        assert child.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
+        for key in ("loss", "val_accuracy", "epoch_seconds"):
+            assert [p.step for p in client.get_metric_history(child.info.run_id, key)] == [1, 2]
+        paths = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "plots"} <= paths
+        models = client.search_logged_models([child.info.experiment_id],
+                                             filter_string=f"source_run_id = '{child.info.run_id}'")
+        assert len(models) == 1
+    assert any(artifacts.rglob("confusion_matrix.png")), "the server stored the files"
+    assert parent.data.tags["best_child_run_id"] in {c.info.run_id for c in children}
+
+
+def test_an_unreachable_server_is_one_line_before_training(tmp_path):
+    port = free_port()  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_exp", "mlflow=server", f"mlflow.tracking_uri=http://127.0.0.1:{port}",
+         f"runs_dir={tmp_path / 'runs'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: cannot reach the MLflow tracking server at http://127.0.0.1:{port}")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Epoch" not in result.stdout
