@@ -319,7 +319,10 @@ class Search:
         interrupts.check()
         with loop.lock:
             finished = len(loop.study.get_trials(deepcopy=False, states=_states(FINISHED_STATES)))
-            remaining = self.n_trials - finished - len(loop.running)
+            # RUNNING trials of any process sharing the study (this one's, and other workers'): several
+            # sweeps on one storage stop together at n_trials instead of each running its own last ones.
+            running = len(loop.study.get_trials(deepcopy=False, states=_states(("RUNNING",))))
+            remaining = self.n_trials - finished - max(running, len(loop.running))
             if remaining <= 0:
                 return None
             if loop.failures >= loop.failures_allowed:

@@ -189,3 +189,25 @@ def finished_trials(storage: str) -> int:
     except Exception:  # the study, or its database, does not exist yet
         return 0
     return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+
+
+def test_independent_searches_on_one_storage_share_one_study(tmp_path):
+    """Two `python -m mnist_exp -m hparams_search=...` processes, one study: no trial twice, none lost."""
+    runs_dir = tmp_path / "runs"
+    storage = f"sqlite:///{tmp_path / 'shared-optuna.db'}"
+    command = [sys.executable, "-m", "mnist_exp", "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=1",
+               "hydra.sweeper.n_trials=6", "hydra.sweeper.pruner.name=none", f"hydra.sweeper.storage={storage}",
+               f"runs_dir={runs_dir}"]
+    workers = [subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [worker.communicate(timeout=600) for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+
+    trials = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
+    assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 6
+    client, parents, children = sweep_runs(runs_dir)
+    assert len(parents) == 2 and all(children.values()), "each worker ran trials"
+    numbers = [int(run.data.tags["optuna.trial_number"]) for runs in children.values() for run in runs]
+    assert sorted(numbers) == [t.number for t in trials], "every trial exactly once in MLflow"
+    run_ids = {t.user_attrs["run_id"] for t in trials}
+    assert run_ids == {run.info.run_id for runs in children.values() for run in runs}
