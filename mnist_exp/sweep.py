@@ -29,7 +29,7 @@ def run_sweep_job(cfg: DictConfig, overrides: list[str], job_number: int) -> dic
     label = f"job {job_number}" + (f" (trial {trial.number})" if trial is not None else "")
     try:
         outcome = experiment.run(
-            cfg, overrides, parent_run_id=os.environ.get(PARENT_RUN_ENV), on_epoch=trial, tags=tags
+            cfg, overrides, parent_run_id=os.environ.get(PARENT_RUN_ENV) or None, on_epoch=trial, tags=tags
         )
     except RunPruned as pruned:
         log.info("%s %s", label, pruned)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -26,6 +27,8 @@ class OptunaSweeper(Sweeper):
         }
         self.config: DictConfig | None = None
         self.launcher = None
+        self._set_up_lock = threading.Lock()
+        self._launcher_set_up = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -84,6 +87,10 @@ class OptunaSweeper(Sweeper):
         )
 
     def _launch(self, batch: list[list[str]], first_index: int) -> list[Any]:
+        with self._set_up_lock:
+            if not self._launcher_set_up:
+                self._set_up_launcher()
+                self._launcher_set_up = True
         returns = self.launcher.launch(batch, initial_job_idx=first_index)
         outcomes = []
         for job in returns:
@@ -93,13 +100,41 @@ class OptunaSweeper(Sweeper):
                 outcomes.append(error)
         return outcomes
 
+    def _set_up_launcher(self) -> None:
+        """One-time launcher set-up that is not safe from two slot threads at once: Ray's init."""
+        ray_settings = getattr(self.launcher, "ray_cfg", None)
+        if ray_settings is None:
+            return
+        from hydra_plugins.hydra_ray_launcher._launcher_util import start_ray
+
+        from mnist_exp.sweep import PARENT_RUN_ENV
+        from mnist_exp.tuning import STUDY_ENV
+
+        # Ray workers do not inherit this process's environment, and the launcher's config was resolved
+        # before the search set it: hand the parent run and the study to the jobs now.
+        init = OmegaConf.to_container(ray_settings.init, resolve=True) if OmegaConf.is_config(ray_settings.init) \
+            else dict(ray_settings.init)
+        runtime_env = dict(init.get("runtime_env") or {})
+        runtime_env["env_vars"] = {
+            **(runtime_env.get("env_vars") or {}),
+            **{name: os.environ.get(name, "") for name in (PARENT_RUN_ENV, STUDY_ENV)},
+        }
+        init["runtime_env"] = runtime_env
+        ray_settings.init = OmegaConf.create(init)
+        start_ray(ray_settings.init)
+
     def _thread_overrides(self) -> list[str]:
         """Parallel trials split the cores: oversubscribed TensorFlow thread pools run slower than sequential ones."""
         n_jobs = self.settings["n_jobs"]
         threads = self.settings.get("threads_per_job", "auto")
-        if threads == 0 or n_jobs <= 1 or "joblib" not in str(self.config.hydra.launcher.get("_target_", "")):
+        launcher = self.config.hydra.launcher
+        target = str(launcher.get("_target_", ""))
+        if threads == 0 or n_jobs <= 1 or not ("joblib" in target or "ray" in target):
             return []
-        if threads == "auto":
+        if threads == "auto" and "ray" in target:
+            # A Ray job gets the CPUs it reserved, on whichever machine runs it.
+            threads = int((launcher.get("ray") or {}).get("remote", {}).get("num_cpus") or 1)
+        elif threads == "auto":
             threads = max(1, (os.cpu_count() or 1) // n_jobs)
         return [f"+hydra.job.env_set.{name}={threads}" for name in (
             "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS",
