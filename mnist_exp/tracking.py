@@ -495,7 +495,9 @@ def register_champion(cfg: Mapping[str, Any], run_id: str) -> str | None:
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name, description="MLPs trained by mnist-exp; @champion is the best search")
-    version = client.create_model_version(name, models[0].model_uri, run_id=run_id, tags={"mnist_exp.source": "search"})
+    version = client.create_model_version(
+        name, models[0].model_uri, run_id=run_id, tags={"mnist_exp.source": "search"}, model_id=models[0].model_id
+    )
     client.set_registered_model_alias(name, "champion", version.version)
     return f"{name}/{version.version}"
 

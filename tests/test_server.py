@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from mnist_exp import tracking
 from tests.conftest import PROJECT_ROOT, free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
@@ -66,7 +67,7 @@ def tracking_server(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path):
+def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path, make_cfg):
     url, artifacts = tracking_server
     result = subprocess.run(
         [sys.executable, "-m", "mnist_exp", "-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=2",
@@ -91,7 +92,12 @@ def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path):
                                              filter_string=f"source_run_id = '{child.info.run_id}'")
         assert len(models) == 1
     assert any(artifacts.rglob("confusion_matrix.png")), "the server stored the files"
-    assert parent.data.tags["best_child_run_id"] in {c.info.run_id for c in children}
+    best = parent.data.tags["best_child_run_id"]
+    assert best in {c.info.run_id for c in children}
+
+    # The registry lives on the server too: what a search does with its best trial.
+    assert tracking.register_champion(make_cfg("mlflow=server", f"mlflow.tracking_uri={url}"), best) == "mnist-mlp/1"
+    assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == best
 
 
 def test_an_unreachable_server_is_one_line_before_training(tmp_path):
