@@ -56,14 +56,15 @@ def run(
     import_keras()
     from mnist_exp.tracking import record_run
 
-    if cfg.plots:
-        from mnist_exp.plots import preload
-
-        # matplotlib's import overlaps training, which leaves the GIL free.
-        threading.Thread(target=preload, name="import-matplotlib", daemon=True).start()
     with record_run(cfg, dataset, overrides, parent_run_id, tags) as recorder:
 
         def record_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if epoch == 1 and cfg.plots:
+                from mnist_exp.plots import preload
+
+                # matplotlib's import overlaps the next epochs, which leave the GIL free; not the
+                # first, whose tracing is Python too.
+                threading.Thread(target=preload, name="import-matplotlib", daemon=True).start()
             recorder.log_epoch(epoch, metrics)
             if on_epoch is not None:
                 on_epoch(epoch, metrics)
