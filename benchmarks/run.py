@@ -112,17 +112,21 @@ def section_overhead(repeats: int) -> list[str]:
         command = [PYTHON, "-m", "mnist_exp", "data=fashion_mnist", f"runs_dir={runs_dir}"]
         wall(command)  # fills the data cache and creates the store, as any second run finds them
         peak_mib = peak_rss_mib(command)
+        # Like for like: the plain script draws no pictures; the default run also draws three (plots=true).
         medians = alternate({
-            "plain Keras script": lambda: wall([PYTHON, "benchmarks/plain_keras.py"]),
-            "python -m mnist_exp data=fashion_mnist": lambda: wall(command),
+            "plain": lambda: wall([PYTHON, "benchmarks/plain_keras.py"]),
+            "same work": lambda: wall([*command, "plots=false"]),
+            "default": lambda: wall(command),
         }, repeats)
-    plain, ours = medians["plain Keras script"], medians["python -m mnist_exp data=fashion_mnist"]
+    plain = medians["plain"]
     return [
-        "| 5 epochs, default model, wall time | seconds |", "|---|---:|",
-        f"| plain Keras script (no Hydra, no MLflow) | {plain:.2f} |",
-        f"| `python -m mnist_exp data=fashion_mnist` (MLflow on) | {ours:.2f} |",
-        f"| ratio (goal <= 1.05) | {ours / plain:.3f} |",
-        f"| peak RSS of `python -m mnist_exp data=fashion_mnist` | {peak_mib:.0f} MiB |",
+        "| 5 epochs, default model, wall time | seconds | / plain Keras |", "|---|---:|---:|",
+        f"| plain Keras script (no Hydra, no MLflow) | {plain:.2f} | 1.000 |",
+        f"| `python -m mnist_exp data=fashion_mnist plots=false` (MLflow on; goal <= 1.05) "
+        f"| {medians['same work']:.2f} | {medians['same work'] / plain:.3f} |",
+        f"| `python -m mnist_exp data=fashion_mnist` (also draws the run's pictures) "
+        f"| {medians['default']:.2f} | {medians['default'] / plain:.3f} |",
+        f"| peak RSS of `python -m mnist_exp data=fashion_mnist` | {peak_mib:.0f} MiB | |",
     ]
 
 
