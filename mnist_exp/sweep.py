@@ -50,6 +50,28 @@ def run_sweep_job(cfg: DictConfig, overrides: list[str], job_number: int) -> dic
     }
 
 
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_ray_cluster(config: DictConfig) -> None:
+    """With the Ray launcher and a cluster address, fail in seconds when nothing answers there:
+    Ray itself retries for minutes."""
+    from mnist_exp.errors import ExperimentError
+    from mnist_exp.net import can_connect
+
+    launcher = config.hydra.launcher
+    if "ray" not in str(launcher.get("_target_", "")):
+        return
+    address = str(((launcher.get("ray") or {}).get("init") or {}).get("address") or "")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # none (a local Ray) or "auto": Ray finds it on this machine
+    if not can_connect(host, int(port), timeout=RAY_CONNECT_TIMEOUT_S):
+        raise ExperimentError(
+            f"cannot reach the Ray cluster at {address} (RAY_ADDRESS or hydra.launcher.ray.init.address)"
+        )
+
+
 class MlflowSweepCallback(Callback):
     """Opens the parent run before the first job and closes it with a summary after the last."""
 
@@ -64,6 +86,7 @@ class MlflowSweepCallback(Callback):
         sweep_overrides = list(config.hydra.overrides.task)
         try:
             settings.validate(config)
+            _check_ray_cluster(config)
             if self._is_search(config):
                 from mnist_exp.tuning import check_settings
 

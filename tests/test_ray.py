@@ -77,3 +77,18 @@ def test_a_grid_sweep_runs_its_jobs_on_ray(ray_cluster, tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(c.data.params["optimizer.name"] for c in children) == ["adam", "sgd"]
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+
+
+def test_an_unreachable_cluster_is_one_line_before_anything_starts(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs pip install -e '.[ray]'")
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_exp", "-m", "hydra/launcher=ray_cluster", "optimizer=sgd,adam",
+         f"runs_dir={tmp_path / 'runs'}"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "RAY_ADDRESS": address},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"error: cannot reach the Ray cluster at {address} (RAY_ADDRESS or hydra.launcher.ray.init.address)"
+    )
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
