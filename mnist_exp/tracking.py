@@ -209,7 +209,10 @@ def check_store(cfg: Mapping[str, Any]) -> None:
 
     Catches a folder that cannot be created, a file that is no SQLite database, an unreachable server.
     """
-    uri = tracking_uri(cfg)
+    _check_store_uri(tracking_uri(cfg))
+
+
+def _check_store_uri(uri: str) -> None:
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
         _check_sqlite_location(uri)
@@ -429,7 +432,7 @@ def open_store(uri: str):
     scheme = urlparse(uri).scheme
     if scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ExperimentError(f"no MLflow store at {uri}; train a model first, or pass --tracking-uri")
-    check_store({"mlflow": {"tracking_uri": uri}, "runs_dir": "."})
+    _check_store_uri(uri)
 
     import mlflow
 
@@ -446,9 +449,7 @@ def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None
     try:
         if model_uri is None:
             run = client.get_run(run_id)
-            models = client.search_logged_models(
-                experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
-            )
+            models = _logged_models(client, run.info.experiment_id, run_id)
             if not models:
                 raise ExperimentError(f"run {run_id} has no logged model (was it run with mlflow.log_model=false?)")
             model_uri = models[0].model_uri
@@ -482,9 +483,7 @@ def register_champion(cfg: Mapping[str, Any], run_id: str) -> str | None:
     if not name:
         return None
     client, experiment_id, _ = connect(cfg)
-    models = client.search_logged_models(
-        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'"
-    )
+    models = _logged_models(client, experiment_id, run_id)
     if not models:
         log.warning("not registering %s: run %s logged no model (mlflow.log_model=false)", name, run_id)
         return None
@@ -500,6 +499,11 @@ def register_champion(cfg: Mapping[str, Any], run_id: str) -> str | None:
     )
     client.set_registered_model_alias(name, "champion", version.version)
     return f"{name}/{version.version}"
+
+
+def _logged_models(client, experiment_id: str, run_id: str) -> list:
+    """The models a run logged (mnist-exp logs one: `model`)."""
+    return client.search_logged_models(experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'")
 
 
 def recent_runs(uri: str, limit: int, experiment: str | None = None) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,21 @@ def wait_for_http(url: str, server: subprocess.Popen, timeout: float = 180) -> N
             output = server.stdout.read() if server.poll() is not None and server.stdout else ""
             pytest.fail(f"{url} did not answer within {timeout:.0f} s:\n{output}")
         time.sleep(0.5)
+
+
+def signal_when(process: subprocess.Popen, ready: Callable[[], bool], signal_number: int, timeout: float,
+                waiting_for: str) -> str:
+    """Send `signal_number` once `ready()` holds; the process's stderr after it exits."""
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.5)
+            if ready():
+                break
+        else:
+            pytest.fail(f"{waiting_for} within {timeout:.0f} s")
+        process.send_signal(signal_number)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    return stderr

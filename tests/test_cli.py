@@ -7,12 +7,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, signal_when
 
 pytestmark = pytest.mark.slow
 
@@ -161,18 +160,8 @@ def test_interrupted_run_is_killed_with_the_epochs_so_far(tmp_path, signal_numbe
         [sys.executable, "-m", "mnist_exp", "data=mnist_sample", "epochs=500", f"runs_dir={runs_dir}"],
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.5)
-            if epochs_recorded(runs_dir / "mlflow.db"):
-                break
-        else:
-            pytest.fail("no epoch was recorded within 120 s")
-        process.send_signal(signal_number)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    stderr = signal_when(process, lambda: epochs_recorded(runs_dir / "mlflow.db") > 0, signal_number, 120,
+                         "no epoch was recorded")
     assert process.returncode == 130
     assert stderr.strip().splitlines()[-1] == "error: interrupted; the run is recorded as KILLED"
     (run,) = runs_in(runs_dir)

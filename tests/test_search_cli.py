@@ -6,13 +6,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, signal_when
 
 pytestmark = pytest.mark.slow
 
@@ -149,18 +148,7 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number)
                "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none", f"runs_dir={runs_dir}"]
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.5)
-            if finished_trials(storage) >= 1:
-                break
-        else:
-            pytest.fail("no trial finished within 180 s")
-        process.send_signal(signal_number)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    stderr = signal_when(process, lambda: finished_trials(storage) >= 1, signal_number, 180, "no trial finished")
     assert process.returncode == (130 if signal_number == signal.SIGINT else -signal.SIGKILL), stderr[-3000:]
     interrupted = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
     done_before = [t.number for t in interrupted if t.state.name == "COMPLETE"]
