@@ -7,6 +7,7 @@ which `--help` and config errors should not pay.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -609,7 +610,7 @@ def _log_keras_model(model: Any, dataset: Dataset) -> str:
 @contextlib.contextmanager
 def _keras_input_example_fixed() -> Iterator[None]:
     """mlflow.keras writes the input example before it creates the model folder and fails
-    (FileNotFoundError, mlflow issue #16183); create the folder first."""
+    (FileNotFoundError, mlflow issue #16183); create the folder first. Quietly."""
     import mlflow.keras.save as keras_save
 
     original = keras_save._save_example
@@ -620,8 +621,9 @@ def _keras_input_example_fixed() -> Iterator[None]:
 
     keras_save._save_example = save_example
     try:
-        with warnings.catch_warnings():
-            # MLflow checks the example by calling the model with a list where Keras expects the named input.
+        # MLflow checks the example by calling model.predict, whose progress bar would follow the
+        # run's epoch lines, and with a list where Keras expects the named input (a warning).
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
             yield
     finally:

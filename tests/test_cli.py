@@ -101,6 +101,8 @@ def test_one_epoch_run_prints_a_summary_and_records_it(tmp_path):
     result = mnist_exp("data=mnist_sample", "epochs=1", "optimizer=sgd", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
+    # The epoch's line, then the summary: no other output (no progress bars after training).
+    assert "val_accuracy:" in lines[0] and len(lines) == 4, result.stdout
     assert lines[-3].startswith("val_accuracy ") and "test_accuracy " in lines[-3]
     assert lines[-1].startswith("UI: ") and lines[-1].endswith(f"mlflow ui --backend-store-uri sqlite:///{runs_dir}/mlflow.db")
     run_id = lines[-2].removeprefix("MLflow run ")
