@@ -1,14 +1,12 @@
 """`python -m mnist_exp [overrides]`: the Hydra entry point and nothing else.
 
-All logic lives in mnist_exp.experiment.run(cfg); this file turns its errors
-into one line on stderr and a non-zero exit.
+All logic lives in mnist_exp.experiment.run(cfg) (and, in a multirun, mnist_exp.sweep_job); this file
+turns errors into one line on stderr and an exit code.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,27 +14,25 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_exp import interrupts
-from mnist_exp.errors import ExperimentError
-
-log = logging.getLogger("mnist_exp")
+from mnist_exp.errors import BAD_INPUT, INTERRUPTED, ExperimentError, exit_with
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float | dict:
-    from mnist_exp import experiment
-
+def main(cfg: DictConfig):
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
-    if hydra_cfg.mode != RunMode.MULTIRUN:
-        try:
-            outcome = experiment.run(cfg, overrides)
-        except ExperimentError as error:
-            _fail(str(error), 2)  # here, not in cli(): Hydra would log the job's overrides first
-        print(experiment.summary(outcome))
-        return outcome[cfg.optimized_metric]
-    from mnist_exp.sweep import run_sweep_job
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        from mnist_exp.sweep_job import run_job
 
-    return run_sweep_job(cfg, overrides, hydra_cfg.job.num)
+        return run_job(cfg, overrides, hydra_cfg.job.num)
+    from mnist_exp import experiment
+
+    try:
+        outcome = experiment.run(cfg, overrides)
+    except ExperimentError as error:
+        exit_with(str(error))  # here, not in cli(): Hydra would log the job's overrides first
+    print(experiment.summary(outcome))
+    return outcome[cfg.optimized_metric]
 
 
 def cli() -> None:
@@ -52,13 +48,13 @@ def cli() -> None:
     try:
         main()
     except ExperimentError as error:
-        _fail(str(error), 2)
+        exit_with(str(error), BAD_INPUT)
     except (HydraException, OmegaConfBaseException) as error:
         if show_tracebacks:
             raise
-        _fail(_hydra_message(error), 2)
+        exit_with(_hydra_message(error), BAD_INPUT)
     except KeyboardInterrupt:
-        _fail("interrupted; the run is recorded as KILLED", 130)
+        exit_with("interrupted; the run is recorded as KILLED", INTERRUPTED)
 
 
 def _hydra_message(error: Exception) -> str:
@@ -72,11 +68,6 @@ def _hydra_message(error: Exception) -> str:
     if cause is not None and str(cause).strip():
         lines.append(str(cause).strip().splitlines()[0])
     return " ".join(dict.fromkeys(lines))
-
-
-def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 if __name__ == "__main__":

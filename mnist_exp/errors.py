@@ -1,4 +1,14 @@
-"""The one exception type users see: a message that says what to fix."""
+"""The exception types users see, and the one way an error reaches them: a line on stderr and an exit code."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+# Exit codes: bad input or an unusable environment; some jobs of a sweep failed; Ctrl-C or `kill`.
+BAD_INPUT = 2
+JOBS_FAILED = 1
+INTERRUPTED = 130
 
 
 class ExperimentError(Exception):
@@ -11,3 +21,14 @@ class TrainingDiverged(ExperimentError):
 
 class RunPruned(Exception):
     """An Optuna pruner stopped the run early: recorded as FINISHED with state PRUNED, not as a failure."""
+
+
+def exit_with(message: str, code: int = BAD_INPUT) -> NoReturn:
+    """Print `error: message` on stderr and leave with `code`."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of an error text: what a one-line report shows of a library's message."""
+    return (str(text).strip().splitlines() or [""])[0]

@@ -1,89 +1,46 @@
-"""One experiment, start to finish: check the config, load data, train inside an MLflow run."""
+"""One experiment, start to finish: validate -> data -> open run -> train -> publish."""
 
 from __future__ import annotations
 
 import logging
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
-from mnist_exp import config
-from mnist_exp.data import load_dataset
+from mnist_exp import config, interrupts
+from mnist_exp.data import Dataset, load_dataset
 from mnist_exp.errors import ExperimentError
-from mnist_exp.tracking import check_store
-from mnist_exp.train import EpochHook
+from mnist_exp.run_record import RunContext, RunRecorder
+from mnist_exp.store import check_store
 
 log = logging.getLogger(__name__)
 
 
-def run(
-    cfg: DictConfig,
-    overrides: Sequence[str] = (),
-    parent_run_id: str | None = None,
-    on_epoch: EpochHook | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
+def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = RunContext()) -> dict[str, Any]:
     """Train and evaluate the experiment `cfg` describes, recorded as one MLflow run.
 
-    Returns the final metrics (val_accuracy, val_loss, test_accuracy, test_loss,
-    epochs_completed, train_seconds) plus run_id, model_uri, tracking_uri and
-    dataset. Raises ExperimentError for bad config or data before any run is
-    created (in a sweep, a FAILED child records it); a failure during training
-    leaves the run FAILED with the reason. `on_epoch` sees every epoch's metrics
-    after they are recorded (an Optuna trial reports through it); `tags` go on the run.
+    Returns the final metrics (val_accuracy, val_loss, test_accuracy, test_loss, epochs_completed,
+    train_seconds) plus run_id, model_uri, tracking_uri and dataset. Raises ExperimentError for bad
+    config or data before any run is created (under a parent run, a FAILED child records it); a failure
+    during training leaves the run FAILED with the reason. `context` places the run under a parent run,
+    adds tags, and lets another party see every epoch (an Optuna trial reports through it).
     """
-    try:
-        config.validate(cfg)
-        check_store(cfg)
-        dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
-    except ExperimentError as error:
-        if parent_run_id is not None:
-            # In a sweep every job gets a child run, so the parent's table shows this one failed.
-            from mnist_exp.tracking import record_failed_job
+    with interrupts.scope():
+        dataset = _validated_data(cfg, overrides, context)
+        # Imported here, after validation: together they cost seconds.
+        from mnist_exp.keras_backend import import_keras, select_backend
+        from mnist_exp.run_record import record_run
+        from mnist_exp.train import train_and_evaluate
 
-            record_failed_job(cfg, overrides, parent_run_id, error, tags)
-        raise
-
-    # Imported here, after validation: together they cost seconds. (Importing MLflow in a
-    # thread alongside TensorFlow saved 0.2 s of 5.8 s here: both hold the GIL.)
-    from mnist_exp.train import import_keras, select_backend, train_and_evaluate
-
-    select_backend(cfg.backend)
-    import_keras()
-    from mnist_exp.tracking import record_run
-
-    with record_run(cfg, dataset, overrides, parent_run_id, tags) as recorder:
-
-        def record_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            if epoch == 1 and cfg.plots:
-                from mnist_exp.plots import preload
-
-                # matplotlib's import overlaps the next epochs, which leave the GIL free; not the
-                # first, whose tracing is Python too.
-                threading.Thread(target=preload, name="import-matplotlib", daemon=True).start()
-            recorder.log_epoch(epoch, metrics)
-            if on_epoch is not None:
-                on_epoch(epoch, metrics)
-
-        result = train_and_evaluate(cfg, dataset, on_epoch=record_epoch)
-        drawing, plot_errors = None, []
-        if result.test_predictions is not None:
-            # Drawn while the model is saved: much of either waits on files and SQLite, not the GIL.
-            drawing = threading.Thread(
-                target=_log_run_plots, args=(recorder, result, dataset, plot_errors), name="plots"
-            )
-            drawing.start()
-        try:
-            model_uri = recorder.log_result(result.metrics, result.model, dataset, cfg.mlflow.log_model)
-        finally:
-            if drawing is not None:
-                drawing.join()
-        for error in plot_errors:  # only when the run succeeded: a failed run's own error says enough
-            log.warning("no plots for run %s: %s: %s", recorder.run_id, type(error).__name__, error)
+        select_backend(cfg.backend)
+        import_keras()
+        with record_run(cfg, dataset, overrides, context) as recorder:
+            result = train_and_evaluate(cfg, dataset, on_epoch=_epoch_hook(cfg, recorder, context))
+            model_uri = _publish(cfg, recorder, result, dataset)
     return {
         **result.metrics,
         "run_id": recorder.run_id,
@@ -93,7 +50,56 @@ def run(
     }
 
 
-def _log_run_plots(recorder, result, dataset, errors: list[Exception]) -> None:
+def _validated_data(cfg: DictConfig, overrides: Sequence[str], context: RunContext) -> Dataset:
+    try:
+        config.validate(cfg)
+        check_store(cfg)
+        return load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
+    except ExperimentError as error:
+        if context.parent_run_id is not None:
+            # Every job of a sweep gets a child run, so the parent's table shows this one failed.
+            from mnist_exp.run_record import record_failed_job
+
+            record_failed_job(cfg, overrides, context, error)
+        raise
+
+
+def _epoch_hook(cfg: DictConfig, recorder: RunRecorder, context: RunContext):
+    def record_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 1 and cfg.plots:
+            from mnist_exp.plots import preload
+
+            # matplotlib's import overlaps the next epochs, which leave the GIL free; not the
+            # first, whose tracing is Python too.
+            threading.Thread(target=preload, name="import-matplotlib", daemon=True).start()
+        recorder.log_epoch(epoch, metrics)
+        if context.on_epoch is not None:
+            context.on_epoch(epoch, metrics)
+
+    return record_epoch
+
+
+def _publish(cfg: DictConfig, recorder: RunRecorder, result, dataset: Dataset) -> str | None:
+    """Final scores, the model and the pictures; returns the model's URI (None with mlflow.log_model=false)."""
+    recorder.log_final(result.metrics)
+    drawing, plot_errors = None, []
+    if result.test_predictions is not None:
+        # Drawn while the model is saved: much of either waits on files and SQLite, not the GIL.
+        drawing = threading.Thread(
+            target=_log_run_plots, args=(recorder, result, dataset, plot_errors), name="plots"
+        )
+        drawing.start()
+    try:
+        model_uri = recorder.log_model(result.model, dataset) if cfg.mlflow.log_model else None
+    finally:
+        if drawing is not None:
+            drawing.join()
+    for error in plot_errors:  # only when the run succeeded: a failed run's own error says enough
+        log.warning("no plots for run %s: %s: %s", recorder.run_id, type(error).__name__, error)
+    return model_uri
+
+
+def _log_run_plots(recorder: RunRecorder, result, dataset: Dataset, errors: list[Exception]) -> None:
     """The run's pictures as artifacts under plots/; a failure is kept in `errors` and costs the run nothing."""
     from mnist_exp.plots import write_run_plots
 
@@ -110,7 +116,7 @@ def _log_run_plots(recorder, result, dataset, errors: list[Exception]) -> None:
 
 def summary(outcome: dict[str, Any]) -> str:
     """The lines printed at the end of a run: scores, run id, how to look at it."""
-    from mnist_exp.tracking import ui_command
+    from mnist_exp.store import ui_command
 
     epochs = int(outcome["epochs_completed"])
     return (

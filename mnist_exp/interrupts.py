@@ -1,16 +1,26 @@
-"""Ctrl-C and `kill`, remembered.
+"""Ctrl-C and `kill`, remembered for as long as the work they interrupt.
 
 Python raises KeyboardInterrupt wherever the main thread happens to be, and when that is inside
 a garbage-collector callback the exception is printed and dropped. The handler below also
 records the request, and long loops (epochs, trials) check it, so an interrupt is never lost.
+
+The record belongs to the outermost `scope()` that is open (a run, a search): it is forgotten when
+that scope ends, so a long-lived process (a notebook) runs normally after one interrupted run.
+`deferred()` holds an interrupt back while a few store writes that belong together complete
+(asking for a trial and recording who runs it), then raises it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 _requested = threading.Event()
+_state = threading.local()
+_scopes = 0
+_scopes_lock = threading.Lock()
 
 
 def install() -> None:
@@ -20,11 +30,45 @@ def install() -> None:
 
 
 def check() -> None:
-    """Raise KeyboardInterrupt if an interrupt was requested, even one Python dropped."""
+    """Raise KeyboardInterrupt if an interrupt was requested in the current scope, even one Python dropped."""
     if _requested.is_set():
         raise KeyboardInterrupt
 
 
+def requested() -> bool:
+    return _requested.is_set()
+
+
+@contextlib.contextmanager
+def scope() -> Iterator[None]:
+    """The work an interrupt applies to; the outermost scope forgets the interrupt when it ends."""
+    global _scopes
+    with _scopes_lock:
+        _scopes += 1
+    try:
+        yield
+    finally:
+        with _scopes_lock:
+            _scopes -= 1
+            if _scopes == 0:
+                _requested.clear()
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Run the block whole: an interrupt during it is raised when it ends (main thread only)."""
+    depth = getattr(_state, "deferring", 0)
+    _state.deferring = depth + 1
+    try:
+        yield
+    finally:
+        _state.deferring = depth
+    if depth == 0:
+        check()
+
+
 def _on_signal(signum, frame) -> None:
     _requested.set()
+    if getattr(_state, "deferring", 0):
+        return  # raised when the deferred block ends
     raise KeyboardInterrupt

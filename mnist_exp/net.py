@@ -5,8 +5,11 @@ from __future__ import annotations
 import socket
 import threading
 
+# How long a store, a tracking server, a Ray head or a download host gets to answer before we say it does not.
+CONNECT_TIMEOUT_S = 5.0
 
-def can_connect(host: str, port: int, timeout: float) -> bool:
+
+def can_connect(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> bool:
     """True when a TCP connection to host:port opens within `timeout` seconds, name lookup included."""
     outcome: list[bool] = []
 

@@ -1,10 +1,11 @@
-"""Pictures of a run (learning curves, confusion matrix, misclassified images) and of a sweep, as PNG files.
+"""Pictures of a run (learning curves, confusion matrix, misclassified images), of a sweep and of a search.
 
 Drawn after training with matplotlib's Agg backend, imported on first use; no MLflow here.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 MAX_MISCLASSIFIED = 36
 
 
@@ -157,3 +159,41 @@ def _save(figure, path: Path) -> Path:
     figure.savefig(path, dpi=100)
     _pyplot().close(figure)
     return path
+
+
+def search_plots(result: Any, folder: Path) -> list[Path]:
+    """An Optuna search's optimisation history and parameter importances, as PNG and interactive HTML."""
+    import warnings
+
+    import optuna
+
+    from mnist_exp.search_space import make_storage
+
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    study = optuna.load_study(study_name=result.study_name, storage=make_storage(result.storage))
+    written = []
+    plots = {
+        "optimization_history": (optuna.visualization.matplotlib.plot_optimization_history,
+                                 optuna.visualization.plot_optimization_history),
+        "param_importances": (optuna.visualization.matplotlib.plot_param_importances,
+                              optuna.visualization.plot_param_importances),
+    }
+    with warnings.catch_warnings():
+        # "experimental" notices, and importance estimates from few trials: the plots still say what they can.
+        warnings.simplefilter("ignore")
+        for name, (static, interactive) in plots.items():
+            try:
+                axes = static(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as error:
+                # Importances need two or more completed trials whose parameters differ.
+                log.warning("no %s plot: %s", name, error)
+                continue
+            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figure.set_size_inches(9, 5)
+            figure.tight_layout()
+            figure.savefig(folder / f"{name}.png", dpi=100)
+            plt.close(figure)
+            interactive(study).write_html(folder / f"{name}.html", include_plotlyjs=True)
+            written += [folder / f"{name}.png", folder / f"{name}.html"]
+    return written

@@ -1,0 +1,119 @@
+"""Models in MLflow: a run's Keras model logged with its signature, loaded back, and registered as champion."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Mapping
+from importlib.metadata import version
+from typing import Any
+
+from mnist_exp.errors import ExperimentError, first_line
+from mnist_exp.store import connect, open_store, sqlite_store_lock, tracking_uri
+
+log = logging.getLogger(__name__)
+CHAMPION_ALIAS = "champion"
+MODEL_NAME = "model"  # the name of the one model each run logs
+
+
+def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
+    """Log `model` into run `run_id` with a signature and an input example; returns the model's URI."""
+    import keras
+    import mlflow
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from mnist_exp.workarounds import keras_input_example_folder_created
+
+    backend = keras.backend.backend()
+    # Written out rather than inferred: inferring runs model.predict, whose first call costs a tracing.
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, dataset.x_test.shape[1]), "pixels")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(dataset.class_names)), "probabilities")]),
+    )
+    # mlflow.keras logs into the active run; record_run sets the final status afterwards.
+    with mlflow.start_run(run_id=run_id), keras_input_example_folder_created(), _quiet_example_check():
+        # Explicit requirements: inferring them re-imports the model in a subprocess (seconds).
+        info = mlflow.keras.log_model(
+            model, name=MODEL_NAME, signature=signature, input_example=dataset.x_test[:2],
+            pip_requirements=[f"keras=={keras.__version__}", f"{backend}=={version(backend)}"],
+        )
+    return info.model_uri
+
+
+@contextlib.contextmanager
+def _quiet_example_check():
+    """MLflow checks the input example by calling model.predict, whose progress bar would follow the
+    run's epoch lines, and with a list where Keras expects the named input (a warning)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+        yield
+
+
+def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None = None) -> tuple[Any, dict[str, str]]:
+    """(Keras model, the params of the run that trained it) for a run's model or a models:/ URI."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = open_store(uri)
+    try:
+        if model_uri is None:
+            run = client.get_run(run_id)
+            models = logged_models(client, run.info.experiment_id, run_id)
+            if not models:
+                raise ExperimentError(f"run {run_id} has no logged model (was it run with mlflow.log_model=false?)")
+            model_uri = models[0].model_uri
+        else:
+            run = client.get_run(_model_run_id(client, model_uri))
+        model = mlflow.keras.load_model(model_uri)
+    except MlflowException as error:
+        raise ExperimentError(f"cannot load {model_uri or 'the model of run ' + str(run_id)}: "
+                              f"{first_line(error.message)}") from None
+    return model, dict(run.data.params)
+
+
+def _model_run_id(client, model_uri: str) -> str:
+    """The run behind models:/NAME@ALIAS, models:/NAME/VERSION or models:/MODEL_ID."""
+    reference = model_uri.removeprefix("models:/")
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        return client.get_model_version_by_alias(name, alias).run_id
+    if "/" in reference:
+        name, model_version = reference.split("/", 1)
+        return client.get_model_version(name, model_version).run_id
+    if model_uri.startswith("models:/"):
+        return client.get_logged_model(reference).source_run_id
+    raise ExperimentError(f"--model {model_uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/ID")
+
+
+def register_champion(cfg: Mapping[str, Any], run_id: str) -> str | None:
+    """Register `run_id`'s model under mlflow.registered_model with the alias champion; returns 'NAME/VERSION'."""
+    name = cfg["mlflow"]["registered_model"]
+    if not name:
+        return None
+    store = connect(cfg)
+    models = logged_models(store.client, store.experiment_id, run_id)
+    if not models:
+        log.warning("not registering %s: run %s logged no model (mlflow.log_model=false)", name, run_id)
+        return None
+    from mlflow.exceptions import MlflowException
+
+    client = store.client
+    with sqlite_store_lock(tracking_uri(cfg)):
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name, description="MLPs trained by mnist-exp; @champion is the best search")
+    model_version = client.create_model_version(
+        name, models[0].model_uri, run_id=run_id, tags={"mnist_exp.source": "search"}, model_id=models[0].model_id
+    )
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, model_version.version)
+    return f"{name}/{model_version.version}"
+
+
+def logged_models(client, experiment_id: str, run_id: str) -> list:
+    """The models a run logged (mnist-exp logs one: `model`)."""
+    return client.search_logged_models(experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}'")

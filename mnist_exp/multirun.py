@@ -1,0 +1,149 @@
+"""The MLflow parent run of a multirun, grid sweep or Optuna search alike: opened, filled and closed here alone.
+
+The sweepers (hydra_plugins/) open it before the first job and close it after the last; jobs learn its
+id from their JobContext and nest their runs under it; nothing else writes to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mnist_exp import run_tags, tables
+from mnist_exp.processes import owner
+from mnist_exp.run_record import kill_abandoned_runs, log_config, log_params, source_tags
+from mnist_exp.store import Store, connect
+
+
+@dataclass
+class SweepSummary:
+    """The children of a parent run, best first by the optimised metric."""
+
+    metric: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    champion: str | None = None  # 'NAME/VERSION' of the model a search registered
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return tables.best(self.rows, self.metric, self._value, tables.row_state)
+
+    @property
+    def failed(self) -> int:
+        return sum(row["status"] != "FINISHED" for row in self.rows)
+
+    def _value(self, row: Mapping[str, Any]) -> float | None:
+        return row.get(f"final_{self.metric}")
+
+
+class MultirunParent:
+    """One parent run: `open` creates it, `close_grid` or `close_search` fills and ends it, `abandon` ends it
+    KILLED when the multirun stops early (Ctrl-C, a crash)."""
+
+    def __init__(self, cfg: DictConfig, store: Store, run_id: str) -> None:
+        self.cfg, self.store, self.run_id = cfg, store, run_id
+        self.metric: str = cfg["optimized_metric"]
+
+    @classmethod
+    def open(cls, cfg: DictConfig, sweep_overrides: Sequence[str]) -> MultirunParent:
+        store = connect(cfg)
+        kill_abandoned_runs(store)
+        tags = {run_tags.SWEEP_TAG: "true", run_tags.OVERRIDES_TAG: " ".join(sweep_overrides),
+                run_tags.OWNER_TAG: owner(), **source_tags()}
+        name = f"sweep {run_tags.run_name(sweep_overrides)}"[:run_tags.MAX_RUN_NAME_LENGTH]
+        run = store.client.create_run(store.experiment_id, run_name=name, tags=tags)
+        log_config(store.client, run.info.run_id, cfg, sweep_overrides)
+        return cls(cfg, store, run.info.run_id)
+
+    def close_grid(self) -> SweepSummary:
+        """The children's table and plot, the best child's id and scores; FINISHED unless no job finished."""
+        summary = self._log_children()
+        best, client = summary.best, self.store.client
+        if best is not None:
+            client.log_metric(self.run_id, f"best_{self.metric}", best[f"final_{self.metric}"])
+            if best.get("test_accuracy") is not None:
+                client.log_metric(self.run_id, "best_child_test_accuracy", best["test_accuracy"])
+        self._end(summary)
+        return summary
+
+    def close_search(self, result: Any, plots: Sequence[Path], retrain: str | None) -> SweepSummary:
+        """Also the search's answer (mnist_exp.search.SearchResult): best value and params, all trials, plots."""
+        from mnist_exp.logged_models import register_champion
+
+        summary = self._log_children()
+        client = self.store.client
+        rows = [
+            {"trial": t.number, "state": t.state, "value": t.value, "test_accuracy": t.test_accuracy,
+             "run_id": t.run_id, "overrides": " ".join(t.overrides), "reason": t.reason,
+             **{f"params.{k}": v for k, v in t.params.items()}}
+            for t in result.trials
+        ]
+        if rows:
+            client.log_table(self.run_id, data=_columns(rows), artifact_file="optuna_trials.json")
+        for plot in plots:
+            client.log_artifact(self.run_id, str(plot), artifact_path="plots")
+        client.set_tag(self.run_id, "optuna.study_name", result.study_name)
+        client.set_tag(self.run_id, "optuna.storage", result.storage)
+        best = result.best
+        if best is not None:
+            client.log_metric(self.run_id, "best_value", best.value)
+            if best.test_accuracy is not None:
+                client.log_metric(self.run_id, "best_trial_test_accuracy", best.test_accuracy)
+            client.set_tag(self.run_id, "best_trial_number", str(best.number))
+            if retrain:
+                client.set_tag(self.run_id, "retrain_command", retrain)
+            log_params(client, self.run_id, {f"best.{key}": value for key, value in best.params.items()})
+            summary.champion = register_champion(self.cfg, best.run_id) if best.run_id else None
+            if summary.champion is not None:
+                client.set_tag(self.run_id, "champion_model_version", summary.champion)
+        self._end(summary)
+        return summary
+
+    def abandon(self) -> None:
+        """KILLED, if the multirun ended without closing it."""
+        with contextlib.suppress(Exception):
+            client = self.store.client
+            if client.get_run(self.run_id).info.status == "RUNNING":
+                client.set_tag(self.run_id, run_tags.STATE_TAG, "KILLED")
+                client.set_terminated(self.run_id, "KILLED")
+
+    def _log_children(self) -> SweepSummary:
+        from mnist_exp.queries import children, run_row
+
+        client = self.store.client
+        rows = [run_row(child) for child in children(client, self.store.experiment_id, self.run_id)]
+        summary = SweepSummary(self.metric, tables.best_first(
+            rows, self.metric, lambda row: row.get(f"final_{self.metric}"), tables.row_state
+        ))
+        if rows:
+            client.log_table(self.run_id, data=_columns(summary.rows), artifact_file="sweep_summary.json")
+            client.log_text(self.run_id, tables.sweep_table(summary.rows), "sweep_summary.txt")
+            if self.cfg["plots"]:
+                self._log_sweep_plot(summary.rows)
+        if summary.best is not None:
+            client.set_tag(self.run_id, "best_child_run_id", summary.best["run_id"])
+        client.log_metric(self.run_id, "jobs_failed", summary.failed)
+        return summary
+
+    def _log_sweep_plot(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        from mnist_exp.plots import sweep_parameters
+
+        with tempfile.TemporaryDirectory(prefix="mnist-exp-plots-") as folder:
+            plot = sweep_parameters(Path(folder) / f"{self.metric}_by_parameter.png", rows, self.metric)
+            if plot is not None:
+                self.store.client.log_artifact(self.run_id, str(plot), artifact_path="plots")
+
+    def _end(self, summary: SweepSummary) -> None:
+        finished = summary.best is not None or not summary.rows
+        self.store.client.set_tag(self.run_id, run_tags.STATE_TAG, "COMPLETE" if finished else "FAIL")
+        self.store.client.set_terminated(self.run_id, "FINISHED" if finished else "FAILED")
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return {key: [row.get(key) for row in rows] for key in keys}

@@ -1,0 +1,64 @@
+"""Reading the store: a run as a table row, the children of a sweep, the newest runs. Writes nothing."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mnist_exp import run_tags
+from mnist_exp.errors import ExperimentError
+from mnist_exp.store import open_store
+
+PAGE_SIZE = 1000
+MAX_CHILDREN = 50_000
+
+
+def run_row(run) -> dict[str, Any]:
+    """A run as a flat row: ids, status and state, final scores, failure, and every param as params.<key>."""
+    metrics = run.data.metrics
+    return {
+        "run_id": run.info.run_id,
+        "status": run.info.status,
+        "state": run.data.tags.get(run_tags.STATE_TAG, ""),
+        "overrides": run.data.tags.get(run_tags.OVERRIDES_TAG, ""),
+        "final_val_accuracy": metrics.get("final_val_accuracy"),
+        "final_val_loss": metrics.get("final_val_loss"),
+        "test_accuracy": metrics.get("test_accuracy"),
+        "test_loss": metrics.get("test_loss"),
+        "epochs": metrics.get("epochs_completed"),
+        "failure": run.data.tags.get(run_tags.FAILURE_TAG, ""),
+        **{f"params.{key}": value for key, value in sorted(run.data.params.items())},
+    }
+
+
+def children(client, experiment_id: str, parent_run_id: str) -> list:
+    """The runs whose parent is `parent_run_id`."""
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=MAX_CHILDREN
+    )
+
+
+def recent_runs(uri: str, limit: int, experiment: str | None = None) -> list[dict[str, Any]]:
+    """The newest training runs (not sweep parents), newest first, as rows with experiment, name and seconds."""
+    client = open_store(uri)
+    experiments = [e for e in client.search_experiments() if experiment is None or e.name == experiment]
+    if experiment is not None and not experiments:
+        raise ExperimentError(f"no experiment named {experiment} in {uri}")
+    names = {e.experiment_id: e.name for e in experiments}
+    runs, page_token = [], None
+    while names and len(runs) < limit:
+        page = client.search_runs(
+            list(names), order_by=["attributes.start_time DESC"], max_results=PAGE_SIZE, page_token=page_token
+        )
+        runs += [run for run in page if run.data.tags.get(run_tags.SWEEP_TAG) != "true"]
+        page_token = page.token
+        if not page_token:
+            break
+    rows = []
+    for run in runs[:limit]:
+        row = run_row(run)
+        ended = run.info.end_time or int(time.time() * 1000)
+        row.update(experiment=names[run.info.experiment_id], name=run.info.run_name,
+                   seconds=(ended - run.info.start_time) / 1000, started=run.info.start_time)
+        rows.append(row)
+    return rows

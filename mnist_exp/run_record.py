@@ -1,0 +1,286 @@
+"""One training run in MLflow: opened beside training, fed every epoch, closed with a final state.
+
+A run ends FINISHED, FAILED (reason in the mnist_exp.failure tag) or KILLED, never RUNNING; its
+mnist_exp.state tag says COMPLETE, PRUNED, FAIL or KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import subprocess
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_exp import config, interrupts, run_tags
+from mnist_exp.data import Dataset
+from mnist_exp.errors import ExperimentError, RunPruned
+from mnist_exp.processes import is_dead, owner
+from mnist_exp.store import Store, connect, sqlite_store_lock, tracking_uri
+
+log = logging.getLogger(__name__)
+MAX_PARAM_LENGTH = 6000
+PARAMS_PER_REQUEST = 100
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run is part of: its parent run (a sweep's), extra tags, and who else watches its epochs."""
+
+    parent_run_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # Called after each epoch is recorded, with (epoch from 1, metrics); may raise RunPruned.
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+
+
+@dataclass
+class RunRecorder:
+    """Writes one run's epochs and results; handed to training as its per-epoch hook.
+
+    The run is opened in a background thread (MLflow's store takes ~1 s to start) while training
+    begins; the first call that needs the run waits for it.
+    """
+
+    uri: str
+    store: Store | None = None
+    run_id: str | None = None
+    epochs_logged: int = 0
+    _opening: threading.Thread | None = None
+    _open_error: BaseException | None = None
+
+    @property
+    def client(self):
+        return self.store.client if self.store is not None else None
+
+    def wait_until_open(self) -> None:
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
+        if self._open_error is not None:
+            error, self._open_error = self._open_error, None
+            raise error
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.wait_until_open()
+        self._log_metrics(metrics, step=epoch)
+        self.epochs_logged = epoch
+        interrupts.check()
+
+    def log_final(self, metrics: Mapping[str, float]) -> None:
+        """Test and final validation scores, at the step of the last epoch."""
+        self.wait_until_open()
+        self._log_metrics({
+            "test_loss": metrics["test_loss"],
+            "test_accuracy": metrics["test_accuracy"],
+            # Scores of the model that was kept (the best epoch when early stopping restored it).
+            "final_val_loss": metrics["val_loss"],
+            "final_val_accuracy": metrics["val_accuracy"],
+            "train_seconds": metrics["train_seconds"],
+            "epochs_completed": metrics["epochs_completed"],
+        }, step=self.epochs_logged)
+
+    def log_model(self, model: Any, dataset: Dataset) -> str:
+        """The Keras model as this run's logged model; returns its URI."""
+        from mnist_exp.logged_models import log_keras_model
+
+        self.wait_until_open()
+        try:
+            return log_keras_model(self.run_id, model, dataset)
+        except OSError as error:  # a full disk, a read-only or vanished artifact folder
+            location = self.client.get_run(self.run_id).info.artifact_uri
+            raise ExperimentError(
+                f"cannot save the model of run {self.run_id} in {location}: {error.strerror or error}"
+            ) from None
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.wait_until_open()
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def _log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        points = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=points)
+
+    def _tag(self, key: str, value: str) -> None:
+        if self._opening is not None:
+            self._opening.join()
+        if self.run_id is not None:
+            self.client.set_tag(self.run_id, key, value[:run_tags.MAX_TAG_LENGTH])
+
+
+@contextlib.contextmanager
+def record_run(
+    cfg: DictConfig, dataset: Dataset, overrides: Sequence[str] = (), context: RunContext = RunContext()
+) -> Iterator[RunRecorder]:
+    """One MLflow run around a training job, never left RUNNING."""
+    tags = _job_tags(overrides, context)
+    if dataset.fallback_reason:
+        tags[run_tags.FALLBACK_TAG] = dataset.fallback_reason
+    recorder = RunRecorder(uri=tracking_uri(cfg))
+
+    def open_run() -> None:
+        try:
+            store = connect(cfg)
+            kill_abandoned_runs(store)
+            run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
+            recorder.store, recorder.run_id = store, run.info.run_id
+            _log_inputs(store, run.info.run_id, cfg, dataset, overrides)
+        except BaseException as error:  # handed to the main thread by wait_until_open
+            recorder._open_error = error
+
+    recorder._opening = threading.Thread(target=open_run, name="open-mlflow-run", daemon=True)
+    recorder._opening.start()
+    status, state = "KILLED", "KILLED"
+    try:
+        yield recorder
+        recorder.wait_until_open()
+        status, state = "FINISHED", "COMPLETE"
+    except RunPruned as pruned:
+        status, state = "FINISHED", "PRUNED"
+        recorder._tag(run_tags.PRUNED_TAG, str(pruned))
+        raise
+    except Exception as error:
+        status, state = "FAILED", "FAIL"
+        recorder._tag(run_tags.FAILURE_TAG, f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        # KeyboardInterrupt and SystemExit land here as KILLED. The closing writes are not interrupted.
+        with interrupts.deferred():
+            if recorder._opening is not None:
+                recorder._opening.join()
+            if recorder.run_id is not None:
+                recorder.client.set_tag(recorder.run_id, run_tags.STATE_TAG, state)
+                recorder.client.set_terminated(recorder.run_id, status)
+
+
+def record_failed_job(cfg: DictConfig, overrides: Sequence[str], context: RunContext, error: Exception) -> None:
+    """A FAILED child for a sweep job that stopped before training (bad value, bad data file)."""
+    try:
+        store = connect(cfg)
+    except ExperimentError:
+        return  # the store itself is the problem; the job's error line says so
+    tags = {
+        **_job_tags(overrides, context),
+        run_tags.FAILURE_TAG: f"{type(error).__name__}: {error}"[:run_tags.MAX_TAG_LENGTH],
+        run_tags.STATE_TAG: "FAIL",
+    }
+    run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
+    log_params(store.client, run.info.run_id, config.flatten(cfg))
+    store.client.set_terminated(run.info.run_id, "FAILED")
+
+
+def kill_abandoned_runs(store: Store) -> list[str]:
+    """Mark KILLED the RUNNING runs whose process is gone (SIGKILL, a lost worker)."""
+    running = store.client.search_runs(
+        [store.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000
+    )
+    abandoned = [run.info.run_id for run in running if is_dead(run.data.tags.get(run_tags.OWNER_TAG, ""))]
+    for run_id in abandoned:
+        store.client.set_tag(run_id, run_tags.FAILURE_TAG, "its process died without ending the run")
+        store.client.set_tag(run_id, run_tags.STATE_TAG, "KILLED")
+        store.client.set_terminated(run_id, "KILLED")
+    if abandoned:
+        log.warning("marked KILLED %d runs left RUNNING by processes that died", len(abandoned))
+    return abandoned
+
+
+def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    """Params as MLflow stores them: strings of limited length, a limited number per request."""
+    from mlflow.entities import Param
+
+    items = [Param(key, _param_value(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+    for start in range(0, len(items), PARAMS_PER_REQUEST):
+        client.log_batch(run_id, params=items[start:start + PARAMS_PER_REQUEST])
+
+
+def log_config(client, run_id: str, cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """config.yaml (the composed config) and overrides.txt, as artifacts of the run."""
+    client.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(config.plain(cfg))), "config.yaml")
+    client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
+
+
+def source_tags() -> dict[str, str]:
+    """The commit the code ran from, and whether the checkout had uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, run_tags.GIT_DIRTY_TAG: str(dirty).lower()}
+
+
+def _log_inputs(store: Store, run_id: str, cfg: DictConfig, dataset: Dataset, overrides: Sequence[str]) -> None:
+    params: dict[str, Any] = config.flatten(cfg)
+    params.update({
+        "dataset.name": dataset.name,
+        "dataset.source": dataset.source,
+        "dataset.digest": dataset.digest,
+        "dataset.train_examples": str(dataset.sizes["train"]),
+        "dataset.val_examples": str(dataset.sizes["val"]),
+        "dataset.test_examples": str(dataset.sizes["test"]),
+        "dataset.fallback": "true" if dataset.fallback_reason else "false",
+    })
+    log_params(store.client, run_id, params)
+    log_config(store.client, run_id, cfg, overrides)
+    with sqlite_store_lock(store.uri):
+        _log_dataset(store.client, run_id, dataset)
+
+
+def _log_dataset(client, run_id: str, dataset: Dataset) -> None:
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from mnist_exp.workarounds import dataset_input_entity
+
+    inputs = []
+    for context, images, labels in (
+        ("train", dataset.x_train, dataset.y_train),
+        ("validation", dataset.x_val, dataset.y_val),
+        ("test", dataset.x_test, dataset.y_test),
+    ):
+        with warnings.catch_warnings():
+            # MLflow registers the local-file source under two schemes and warns that both match.
+            warnings.simplefilter("ignore", UserWarning)
+            entity = dataset_input_entity(mlflow.data.from_numpy(
+                images, targets=labels, source=dataset.source, name=dataset.name,
+                digest=dataset.split_digests[context],
+            ))
+        if entity is None:
+            return
+        inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def _job_tags(overrides: Sequence[str], context: RunContext) -> dict[str, str]:
+    """The tags every job's run starts with: overrides, owner, source, git, parent."""
+    tags = {
+        run_tags.OVERRIDES_TAG: " ".join(overrides),
+        run_tags.OWNER_TAG: owner(),
+        "mlflow.source.name": "python -m mnist_exp",
+        "mlflow.source.type": "LOCAL",
+        **source_tags(),
+        **context.tags,
+    }
+    if context.parent_run_id:
+        tags["mlflow.parentRunId"] = context.parent_run_id
+    return tags
+
+
+def _param_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (bool, list, type(None))) else str(value)

@@ -1,0 +1,296 @@
+"""The Optuna search loop: ask, launch, tell, until the study holds `n_trials` finished trials.
+
+Safe against interrupts at any moment: asking for a trial and recording it as ours, and telling its
+result, each complete whole; a Ctrl-C or SIGTERM ends every trial in flight as FAIL before it
+propagates. Trials of a process that died (SIGKILL) are failed by the next search on that study.
+The Hydra sweeper plugin adapts this to Hydra; the job side is mnist_exp.trial_reporter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import math
+import shlex
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mnist_exp import interrupts, tables
+from mnist_exp.errors import ExperimentError
+from mnist_exp.job_context import JobOutcome
+from mnist_exp.processes import is_dead, owner
+from mnist_exp.search_space import check_space, make_pruner, make_sampler, make_storage, suggest_overrides
+
+log = logging.getLogger(__name__)
+
+FINISHED_STATES = ("COMPLETE", "PRUNED")
+INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM)"
+DIED_REASON = "its sweep process died"
+OWNER_ATTR = "owner"
+# A RUNNING trial without an owner was asked for by a process that died before stamping it (the two
+# writes are milliseconds apart); one this old cannot be in that gap any more.
+UNSTAMPED_GRACE = datetime.timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial to launch: its number, the overrides of its job (fixed ones first), and the job's index."""
+
+    number: int
+    overrides: list[str]
+    index: int
+
+
+# launch(jobs, index of the first job) -> per job: its outcome, or the exception that stopped it
+Launch = Callable[[list[TrialJob], int], list[Any]]
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    overrides: list[str]
+    test_accuracy: float | None = None
+    run_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    storage: str
+    metric: str
+    direction: str
+    trials: list[TrialOutcome] = field(default_factory=list)
+    ran_now: int = 0
+    abandoned: list[int] = field(default_factory=list)
+
+    @property
+    def best(self) -> TrialOutcome | None:
+        return tables.best(self.trials, self.metric, lambda t: t.value, lambda t: t.state)
+
+    def retrain_command(self, prefix: Sequence[str]) -> str | None:
+        """The single-run command that trains the best trial's configuration again."""
+        if self.best is None:
+            return None
+        return " ".join(["python -m mnist_exp", *(shlex.quote(a) for a in [*prefix, *self.best.overrides])])
+
+
+@dataclass
+class _Loop:
+    """What the launching threads share; every field is read and written under `lock`."""
+
+    study: Any
+    storage: Any
+    sampler: Any
+    fixed: list[str]
+    failures_allowed: int
+    failures: int = 0
+    launched: int = 0
+    running: dict[int, Any] = field(default_factory=dict)  # trial number -> optuna Trial
+    stopped: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Search:
+    """Ask-and-tell until `n_trials` trials of the study have finished (COMPLETE or PRUNED)."""
+
+    storage: str
+    study_name: str
+    metric: str
+    direction: str
+    space: Mapping[str, Mapping[str, Any]]
+    sampler: Mapping[str, Any]
+    pruner: Mapping[str, Any]
+    n_trials: int
+    n_jobs: int = 1
+    max_failures: int | None = None
+    _study: Any = field(default=None, init=False, repr=False)
+    _storage: Any = field(default=None, init=False, repr=False)
+    _sampler: Any = field(default=None, init=False, repr=False)
+
+    def open_study(self):
+        """Create or load the study, and check it can take this search; ExperimentError if not."""
+        import optuna
+
+        if self._study is not None:
+            return self._study
+        check_space(self.space)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self._sampler = make_sampler(self.sampler, self.space)
+        self._storage = make_storage(self.storage)
+        study = optuna.create_study(
+            storage=self._storage, study_name=self.study_name, direction=self.direction,
+            sampler=self._sampler, pruner=make_pruner(self.pruner), load_if_exists=True,
+        )
+        if study.direction.name.lower() != self.direction:
+            raise ExperimentError(
+                f"study {self.study_name} in {self.storage} was created to {study.direction.name.lower()}, "
+                f"not {self.direction}; choose another hydra.sweeper.study_name"
+            )
+        self._study = study
+        return study
+
+    def run(self, fixed_overrides: Sequence[str], launch: Launch, concurrent: bool = False) -> SearchResult:
+        """Run the search; `concurrent` launches from n_jobs threads (for launchers that use other processes)."""
+        study = self.open_study()
+        abandoned = fail_abandoned_trials(study, self._storage)
+        if abandoned:
+            log.warning("marked FAIL trials %s, left RUNNING by a sweep that died", abandoned)
+        loop = _Loop(study, self._storage, self._sampler, list(fixed_overrides),
+                     self.max_failures if self.max_failures is not None else self.n_trials)
+        with interrupts.scope():
+            try:
+                if concurrent and self.n_jobs > 1:
+                    self._run_slots(loop, launch)
+                else:
+                    while jobs := [job for job in (self._next_job(loop) for _ in range(self.n_jobs)) if job]:
+                        returns = launch(jobs, jobs[0].index)
+                        for job, returned in zip(jobs, returns, strict=True):
+                            self._finish(loop, job, returned)
+            except KeyboardInterrupt:
+                self._fail_running(loop)
+                raise
+        result = SearchResult(self.study_name, self.storage, self.metric, self.direction, abandoned=abandoned,
+                              ran_now=loop.launched)
+        result.trials = [_outcome(t) for t in study.get_trials(deepcopy=False)]
+        return result
+
+    def _run_slots(self, loop: _Loop, launch: Launch) -> None:
+        # One thread per slot, each launching its next trial as soon as its last one ends:
+        # a long trial never holds the other slot idle behind a batch barrier.
+        workers = [threading.Thread(target=self._keep_launching, args=(loop, launch), daemon=True)
+                   for _ in range(self.n_jobs)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        interrupts.check()
+
+    def _next_job(self, loop: _Loop) -> TrialJob | None:
+        """Ask for the next trial, or None when enough trials are finished or running."""
+        import optuna
+
+        interrupts.check()
+        # Asked for, stamped with its owner and registered as running, or none of it.
+        with loop.lock, interrupts.deferred():
+            if loop.stopped:
+                return None
+            finished = len(loop.study.get_trials(deepcopy=False, states=_states(FINISHED_STATES)))
+            # RUNNING trials of any process sharing the study (this one's, and other workers'): several
+            # sweeps on one storage stop together at n_trials instead of each running its own last ones.
+            running = len(loop.study.get_trials(deepcopy=False, states=_states(("RUNNING",))))
+            remaining = self.n_trials - finished - max(running, len(loop.running))
+            if remaining <= 0:
+                return None
+            if loop.failures >= loop.failures_allowed:
+                log.warning("stopping: %d trials failed in this sweep; %d still to run", loop.failures, remaining)
+                loop.stopped = True
+                return None
+            if isinstance(loop.sampler, optuna.samplers.GridSampler) and loop.sampler.is_exhausted(loop.study):
+                log.warning("stopping: every point of the grid has been tried; %d still to run", remaining)
+                loop.stopped = True
+                return None
+            trial = loop.study.ask()
+            trial.set_user_attr(OWNER_ATTR, owner())
+            overrides = suggest_overrides(trial, self.space)
+            trial.set_user_attr("overrides", overrides)
+            job = TrialJob(trial.number, [*loop.fixed, *overrides], loop.launched)
+            loop.launched += 1
+            loop.running[trial.number] = trial
+            return job
+
+    def _finish(self, loop: _Loop, job: TrialJob, returned: Any) -> None:
+        with loop.lock, interrupts.deferred():
+            trial = loop.running.get(job.number)
+            if trial is None:
+                return  # already ended as FAIL by an interrupt
+            loop.failures += _tell(loop.study, trial, returned) == "FAIL"
+            del loop.running[job.number]
+
+    def _fail_running(self, loop: _Loop) -> None:
+        """Ctrl-C or SIGTERM: the trials in flight end now, as FAIL, so a rerun starts clean."""
+        with loop.lock, interrupts.deferred():
+            loop.stopped = True
+            for trial in loop.running.values():
+                with contextlib.suppress(Exception):
+                    _tell(loop.study, trial, JobOutcome("FAIL", reason=INTERRUPTED_REASON))
+            loop.running.clear()
+
+    def _keep_launching(self, loop: _Loop, launch: Launch) -> None:
+        with contextlib.suppress(KeyboardInterrupt):  # the main thread re-raises it after the join
+            while job := self._next_job(loop):
+                try:
+                    (returned,) = launch([job], job.index)
+                except Exception as error:  # a launcher failure fails this trial, not the search
+                    returned = error
+                self._finish(loop, job, returned)
+
+
+def fail_abandoned_trials(study, storage, now: datetime.datetime | None = None) -> list[int]:
+    """Mark FAIL the RUNNING trials whose sweep process has died; returns their numbers.
+
+    A trial stamped with a dead owner, or with none long after it started (its process died between
+    asking for it and stamping it), is abandoned. Trials of live processes, here or elsewhere, are left alone.
+    """
+    import optuna
+
+    now = now or datetime.datetime.now()
+    study_id = storage.get_study_id_from_name(study.study_name)
+    abandoned = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        stamp = trial.user_attrs.get(OWNER_ATTR)
+        unstamped_long = stamp is None and trial.datetime_start is not None and \
+            now - trial.datetime_start > UNSTAMPED_GRACE
+        if unstamped_long or (stamp is not None and is_dead(str(stamp))):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            storage.set_trial_user_attr(trial_id, "fail_reason", DIED_REASON)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            abandoned.append(trial.number)
+    return abandoned
+
+
+def _tell(study, trial, returned: Any) -> str:
+    """Record a job's outcome (or the exception that stopped it) on its trial; returns the state told."""
+    import optuna
+
+    if not isinstance(returned, JobOutcome):
+        reason = f"{type(returned).__name__}: {returned}" if isinstance(returned, BaseException) else "no result"
+        returned = JobOutcome("FAIL", reason=reason)
+    for key, value in (("run_id", returned.run_id), ("test_accuracy", returned.test_accuracy),
+                       ("fail_reason", returned.reason)):
+        if value is not None:
+            trial.set_user_attr(key, value)
+    state, value = returned.state, returned.value
+    if not (state == "PRUNED" or (state == "COMPLETE" and value is not None and math.isfinite(value))):
+        state = "FAIL"
+    if state == "COMPLETE":
+        study.tell(trial, value)
+    else:
+        study.tell(trial, state=optuna.trial.TrialState[state])
+    return state
+
+
+def _states(names: Sequence[str]):
+    import optuna
+
+    return tuple(optuna.trial.TrialState[name] for name in names)
+
+
+def _outcome(trial) -> TrialOutcome:
+    return TrialOutcome(
+        number=trial.number,
+        state=trial.state.name,
+        value=trial.value if trial.state.name == "COMPLETE" else None,
+        params=dict(trial.params),
+        overrides=list(trial.user_attrs.get("overrides", [])),
+        test_accuracy=trial.user_attrs.get("test_accuracy"),
+        run_id=trial.user_attrs.get("run_id"),
+        reason=trial.user_attrs.get("fail_reason"),
+    )

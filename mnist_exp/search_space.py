@@ -1,0 +1,153 @@
+"""An Optuna search as configured under hydra.sweeper: settings checked up front, the space sampled as
+Hydra overrides, samplers, pruners and storages made by name. No search loop here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mnist_exp.errors import ExperimentError
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "hyperband", "threshold", "none")
+PARAM_TYPES = ("categorical", "float", "int", "layers")
+SQLITE_LOCK_TIMEOUT_S = 60
+
+
+def check_settings(sweeper: Mapping[str, Any]) -> None:
+    """Raise ExperimentError for sweeper settings that cannot work, before anything is created."""
+    for key in ("n_trials", "n_jobs"):
+        value = sweeper.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ExperimentError(f"hydra.sweeper.{key}={value!r} is invalid: expected an integer >= 1")
+    threads = sweeper.get("threads_per_job", "auto")
+    if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
+        raise ExperimentError(f"hydra.sweeper.threads_per_job={threads!r} is invalid: expected auto or an integer >= 0")
+    if not sweeper.get("study_name"):
+        raise ExperimentError("hydra.sweeper.study_name is empty")
+    space = sweeper.get("search_space") or {}
+    check_space(space)
+    make_sampler(sweeper.get("sampler") or {}, space)
+    make_pruner(sweeper.get("pruner") or {})
+
+
+def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
+    """Raise ExperimentError for a search space that cannot be sampled (unknown type, inverted bounds, ...)."""
+    if not space:
+        raise ExperimentError("hydra.sweeper.search_space is empty; choose hparams_search=optuna or add parameters")
+    for name, spec in space.items():
+        where = f"hydra.sweeper.search_space.{name}"
+        kind = spec.get("type")
+        if kind not in PARAM_TYPES:
+            raise ExperimentError(f"{where}.type={kind!r} is invalid: expected one of {', '.join(PARAM_TYPES)}")
+        if kind == "categorical":
+            if not spec.get("choices"):
+                raise ExperimentError(f"{where}.choices must be a non-empty list")
+            continue
+        low, high = spec.get("low"), spec.get("high")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+            raise ExperimentError(f"{where} needs numeric low and high, got low={low!r} high={high!r}")
+        if low > high:
+            raise ExperimentError(f"{where} has inverted bounds: low={low} > high={high}")
+        if spec.get("log") and low <= 0:
+            raise ExperimentError(f"{where} is on a log scale, so low must be > 0 (got {low})")
+        if kind == "layers":
+            least, most = spec.get("min_layers", 1), spec.get("max_layers", 1)
+            if not (isinstance(least, int) and isinstance(most, int) and 1 <= least <= most):
+                raise ExperimentError(
+                    f"{where} needs 1 <= min_layers <= max_layers, got min_layers={least} max_layers={most}"
+                )
+            if low < 1:
+                raise ExperimentError(f"{where} layer widths must be >= 1 (got low={low})")
+
+
+def suggest_overrides(trial, space: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Sample one point of the space from an Optuna trial, as Hydra command-line overrides."""
+    overrides = []
+    for name, spec in space.items():
+        kind = spec["type"]
+        if kind == "categorical":
+            value = trial.suggest_categorical(name, list(spec["choices"]))
+        elif kind == "float":
+            value = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False),
+                                        step=spec.get("step"))
+        elif kind == "int":
+            value = trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False),
+                                      step=spec.get("step", 1))
+        else:
+            layers = trial.suggest_int(f"{name}.layers", spec.get("min_layers", 1), spec.get("max_layers", 1))
+            value = [
+                trial.suggest_int(f"{name}.width_{i}", int(spec["low"]), int(spec["high"]), log=spec.get("log", False))
+                for i in range(1, layers + 1)
+            ]
+        overrides.append(f"{name}={format_value(value)}")
+    return overrides
+
+
+def format_value(value: Any) -> str:
+    """A value as Hydra's override grammar reads it back unchanged."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]):
+    import optuna
+
+    name = spec.get("name", "tpe")
+    seed = spec.get("seed")
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.get("n_startup_trials", 10))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        if any(p["type"] != "categorical" for p in space.values()):
+            raise ExperimentError("hydra.sweeper.sampler.name=grid needs a search space of categorical parameters only")
+        return _grid_sampler_class()({k: list(p["choices"]) for k, p in space.items()}, seed=seed)
+    raise ExperimentError(f"hydra.sweeper.sampler.name={name!r} is invalid: expected one of {', '.join(SAMPLERS)}")
+
+
+def _grid_sampler_class():
+    import optuna
+
+    class GridSampler(optuna.samplers.GridSampler):
+        """Optuna's grid, without the study.stop() its after_trial calls once the grid is covered: that only
+        works inside study.optimize(), and this project's ask-and-tell loop checks is_exhausted() itself."""
+
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
+
+    return GridSampler
+
+
+def make_pruner(spec: Mapping[str, Any]):
+    import optuna
+
+    name = spec.get("name", "median")
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=spec.get("n_startup_trials", 5), n_warmup_steps=spec.get("n_warmup_steps", 1)
+        )
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=spec.get("min_resource", 1), max_resource=spec.get("max_resource", "auto"),
+            reduction_factor=spec.get("reduction_factor", 3),
+        )
+    if name == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=spec.get("lower"), upper=spec.get("upper"))
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise ExperimentError(f"hydra.sweeper.pruner.name={name!r} is invalid: expected one of {', '.join(PRUNERS)}")
+
+
+def make_storage(url: str):
+    import optuna
+
+    if url.startswith("sqlite:"):
+        # Parallel workers write to one SQLite file: wait for its lock rather than fail at once.
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}})
+    return optuna.storages.RDBStorage(url)

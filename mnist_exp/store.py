@@ -1,0 +1,217 @@
+"""The MLflow store: where it is, whether it can be used, and a client for it.
+
+MLflow is imported inside functions only: it costs ~2 s, which `--help` and config errors should not pay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from mnist_exp import config
+from mnist_exp.errors import ExperimentError, first_line
+from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
+
+STORE_FILE = "mlflow.db"
+
+
+@dataclass(frozen=True)
+class Store:
+    """A client on a usable store, and the experiment runs are recorded in."""
+
+    client: Any
+    experiment_id: str
+    uri: str
+
+
+def tracking_uri(cfg: Mapping[str, Any]) -> str:
+    """The configured URI, or SQLite at <runs_dir>/mlflow.db."""
+    uri = cfg["mlflow"]["tracking_uri"]
+    return uri if uri else f"sqlite:///{config.runs_dir(cfg) / STORE_FILE}"
+
+
+def reading_uri() -> str:
+    """The store the reading commands (predict, runs) open by default: $MLFLOW_TRACKING_URI, else the store
+    a run with the default config writes to."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    from omegaconf import OmegaConf
+
+    default_runs_dir = OmegaConf.load(config.PROJECT_ROOT / "conf" / "config.yaml").runs_dir
+    return tracking_uri({"runs_dir": default_runs_dir, "mlflow": {"tracking_uri": None}})
+
+
+def ui_command(uri: str) -> str:
+    """The command (or address) that shows this store in the MLflow UI."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    # The `mlflow` of this environment, by full path unless it is the one on PATH (e.g. outside the venv).
+    script = Path(sys.executable).parent / "mlflow"
+    found = shutil.which("mlflow")
+    program = "mlflow" if found and Path(found).resolve() == script.resolve() else str(script)
+    return f"{shlex.quote(program)} ui --backend-store-uri {shlex.quote(uri)}"
+
+
+def check_store(cfg: Mapping[str, Any]) -> None:
+    """Fail fast, without importing MLflow, when the configured store is plainly unusable."""
+    check_store_uri(tracking_uri(cfg))
+
+
+def check_store_uri(uri: str) -> None:
+    """Catches a folder that cannot be created, a file that is no SQLite database or someone else's,
+    an unreachable server."""
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        _check_sqlite_location(uri)
+    elif scheme in ("http", "https"):
+        _check_server_reachable(uri)
+
+
+def connect(cfg: Mapping[str, Any]) -> Store:
+    """The configured store and experiment (created when missing), or one ExperimentError saying why not."""
+    from mnist_exp.workarounds import retry_cpython_ast_race
+
+    return retry_cpython_ast_race(lambda: _connect(cfg))
+
+
+def _connect(cfg: Mapping[str, Any]) -> Store:
+    _quiet_mlflow_logging()
+    uri = tracking_uri(cfg)
+    check_store_uri(uri)
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(uri)
+    name = cfg["mlflow"]["experiment"]
+    try:
+        with sqlite_store_lock(uri):
+            # The client builds the store at once: on a new file, tables and migrations, which race.
+            client = mlflow.MlflowClient(uri)
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                experiment_id = _create_experiment(client, name, _artifact_location(name, uri))
+            else:
+                experiment_id = experiment.experiment_id
+                if experiment.lifecycle_stage == "deleted":
+                    raise ExperimentError(
+                        f"mlflow.experiment={name} was deleted in {uri}; restore it in the UI or choose another name"
+                    )
+    except MlflowException as error:
+        raise ExperimentError(f"cannot use the MLflow store {uri}: {first_line(error.message)}") from None
+    except ExperimentError:
+        raise
+    except Exception as error:  # SQLAlchemy and driver errors for a file that is no MLflow database
+        raise ExperimentError(f"cannot use the MLflow store {uri}: {first_line(str(error))}") from None
+    return Store(client, experiment_id, uri)
+
+
+def open_store(uri: str):
+    """An MLflow client for an existing store, for reading; or one ExperimentError saying why not."""
+    _quiet_mlflow_logging()
+    if urlparse(uri).scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ExperimentError(f"no MLflow store at {uri}; train a model first, or pass --tracking-uri")
+    check_store_uri(uri)
+
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+@contextlib.contextmanager
+def sqlite_store_lock(uri: str) -> Iterator[None]:
+    """Serialise writes that race in a shared SQLite store: parallel jobs creating its tables, or
+    registering the same dataset or model name, at the same moment collide on unique constraints."""
+    if urlparse(uri).scheme != "sqlite":
+        yield
+        return
+    import fcntl
+
+    with open(f"{uri.removeprefix('sqlite:///')}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _create_experiment(client, name: str, artifact_location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        # Another process created it between our lookup and create.
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
+
+
+def _artifact_location(experiment: str, uri: str) -> str | None:
+    """Local stores keep artifacts in an 'artifacts' folder beside the database; servers decide for themselves."""
+    if urlparse(uri).scheme != "sqlite":
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / "artifacts" / experiment).as_uri()
+
+
+def _check_sqlite_location(uri: str) -> None:
+    database = Path(uri.removeprefix("sqlite:///"))
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExperimentError(f"cannot create {database.parent} for the MLflow store: {error.strerror}") from None
+    if not os.access(database.parent, os.W_OK):
+        raise ExperimentError(f"{database.parent} is not writable; set runs_dir or mlflow.tracking_uri elsewhere")
+    if database.exists():
+        with open(database, "rb") as stream:
+            if database.stat().st_size and not stream.read(16).startswith(b"SQLite format 3"):
+                raise ExperimentError(f"{database} is not an SQLite database (mlflow.tracking_uri={uri})")
+        foreign = _foreign_tables(database)
+        if foreign:
+            # MLflow would add its tables to someone else's database.
+            raise ExperimentError(
+                f"{database} is an SQLite database but not an MLflow store (it holds {', '.join(foreign[:3])}); "
+                "choose another file"
+            )
+
+
+def _foreign_tables(database: Path) -> list[str]:
+    """The tables of a database MLflow did not create: [] for an empty file or an MLflow store."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as connection:
+            tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    except sqlite3.Error as error:
+        raise ExperimentError(f"{database} cannot be read as an SQLite database ({error})") from None
+    if not tables or {"alembic_version", "experiments"} <= set(tables):
+        return []
+    return sorted(tables)
+
+
+def _check_server_reachable(uri: str) -> None:
+    parsed = urlparse(uri)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    if not parsed.hostname or not can_connect(parsed.hostname, port):
+        raise ExperimentError(
+            f"cannot reach the MLflow tracking server at {uri} (no answer within {CONNECT_TIMEOUT_S:.0f} s)"
+        )
+
+
+def _quiet_mlflow_logging() -> None:
+    # MLflow's telemetry would try the network on every run; this machine may have none.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,137 @@
+"""The sweeping process's side of a multirun, shared by the grid and Optuna sweepers (hydra_plugins/):
+checks before anything starts, the parent run around the jobs, the launcher's view, the printed results."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from omegaconf import DictConfig
+
+from mnist_exp import config as settings
+from mnist_exp.errors import JOBS_FAILED, ExperimentError, exit_with
+from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
+
+# What `hydra.launcher._target_` says about where jobs run.
+IN_PROCESS, JOBLIB, RAY, OTHER = "in-process", "joblib", "ray", "other"
+
+
+def launcher_kind(config: DictConfig) -> str:
+    target = str(config.hydra.launcher.get("_target_", ""))
+    if target.endswith("BasicLauncher"):
+        return IN_PROCESS
+    return JOBLIB if "joblib" in target else RAY if "ray" in target else OTHER
+
+
+@contextlib.contextmanager
+def parent_run(config: DictConfig, sweep_overrides: Sequence[str]) -> Iterator[Any]:
+    """Check the config and the Ray cluster, then open the multirun's parent run (mnist_exp.multirun); one
+    error line and exit 2 when something cannot work. The parent ends KILLED if the block does not close it."""
+    from mnist_exp.multirun import MultirunParent
+
+    try:
+        settings.validate(config)
+        check_ray_cluster(config)
+        parent = MultirunParent.open(config, sweep_overrides)
+    except ExperimentError as error:
+        exit_with(str(error))
+    try:
+        yield parent
+    finally:
+        parent.abandon()  # does nothing once the parent is closed
+
+
+def check_ray_cluster(config: DictConfig) -> None:
+    """With the Ray launcher and a cluster address, fail in seconds when nothing answers there:
+    Ray itself retries for minutes."""
+    if launcher_kind(config) != RAY:
+        return
+    launcher = config.hydra.launcher
+    address = str(((launcher.get("ray") or {}).get("init") or {}).get("address") or "")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # none (a local Ray) or "auto": Ray finds it on this machine
+    if not can_connect(host, int(port), timeout=CONNECT_TIMEOUT_S):
+        raise ExperimentError(
+            f"cannot reach the Ray cluster at {address} (RAY_ADDRESS or hydra.launcher.ray.init.address)"
+        )
+
+
+def start_ray_once(launcher: Any) -> None:
+    """Start (or join) Ray with the launcher's settings, once, before several threads launch through it."""
+    from mnist_exp.workarounds import ray_init_settings
+
+    init = ray_init_settings(launcher)
+    if init is None:
+        return
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(**init)
+
+
+def threads_per_job(config: DictConfig, n_jobs: int, threads: int | str) -> int | None:
+    """TensorFlow threads for each of `n_jobs` parallel jobs; None leaves TensorFlow's default (all cores)."""
+    kind = launcher_kind(config)
+    if threads == 0 or n_jobs <= 1 or kind not in (JOBLIB, RAY):
+        return None
+    if threads != "auto":
+        return int(threads)
+    if kind == RAY:
+        # A Ray job gets the CPUs it reserved, on whichever machine runs it.
+        return int((config.hydra.launcher.get("ray") or {}).get("remote", {}).get("num_cpus") or 1)
+    return max(1, (os.cpu_count() or 1) // n_jobs)
+
+
+def launch_outcomes(launcher: Any, batch: list[list[str]], first_index: int) -> list[Any]:
+    """Launch `batch`; per job, what it returned (a JobOutcome) or the exception it raised."""
+    outcomes = []
+    for job in launcher.launch(batch, initial_job_idx=first_index):
+        try:
+            outcomes.append(job.return_value)
+        except Exception as error:  # the job raised: Hydra keeps the exception for us
+            outcomes.append(error)
+    return outcomes
+
+
+def report_grid(parent: Any, summary: Any) -> None:
+    """The sorted table of a grid sweep's jobs; exit 1 after it if any job failed."""
+    from mnist_exp.store import ui_command
+    from mnist_exp.tables import sweep_table
+
+    print(f"\nSweep {parent.run_id}: {len(summary.rows)} jobs, sorted by final {summary.metric}")
+    print(sweep_table(summary.rows), end="")
+    if summary.best is not None:
+        print(f"best: {summary.best['run_id']}  ({summary.best['overrides'] or 'defaults'})")
+    print(f"UI: {ui_command(parent.store.uri)}")
+    if summary.failed:
+        exit_with(f"{summary.failed} of {len(summary.rows)} jobs failed", JOBS_FAILED)
+
+
+def report_search(parent: Any, result: Any, summary: Any, retrain: str | None) -> None:
+    """Counts, every trial best first, the best trial and how to retrain it; exit 1 if no trial completed
+    (failed trials are part of a search: a diverging learning rate)."""
+    from mnist_exp.store import ui_command
+    from mnist_exp.tables import score, trials_table
+
+    counts = {state: sum(t.state == state for t in result.trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
+    print(f"\nStudy {result.study_name} ({result.storage}): {counts['COMPLETE'] + counts['PRUNED']} finished trials "
+          f"({counts['COMPLETE']} COMPLETE, {counts['PRUNED']} PRUNED), {counts['FAIL']} FAIL; "
+          f"{result.ran_now} run by this sweep")
+    print(trials_table(result.trials, result.metric), end="")
+    best = result.best
+    if best is None:
+        print("no trial completed")
+    else:
+        print(f"best trial {best.number}: {result.metric}={best.value:.4f} "
+              f"(test_accuracy={score(best.test_accuracy)}, reported only: selection used validation)")
+        print(f"retrain: {retrain}")
+    if summary.champion is not None:
+        name, version = summary.champion.split("/")
+        print(f"registered models:/{name}@champion (version {version}): the best trial's model")
+    print(f"MLflow parent run {parent.run_id} holds the trials table and plots")
+    print(f"UI: {ui_command(parent.store.uri)}")
+    if summary.failed and best is None:
+        exit_with(f"{summary.failed} of {len(summary.rows)} jobs failed", JOBS_FAILED)

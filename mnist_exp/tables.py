@@ -1,0 +1,108 @@
+"""Every text table mnist-exp prints or logs: one score format, one column layout, one "best first" order.
+
+"Best first" follows the optimised metric's direction (val_accuracy up, val_loss down); only
+complete work (state COMPLETE) can rank as best: a pruned or failed run never heads a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from mnist_exp.config import direction
+
+T = TypeVar("T")
+COMPLETE = "COMPLETE"
+
+
+def score(value: float | None) -> str:
+    """A metric as tables show it: 4 decimals, '-' when there is none."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+def short_number(value: str) -> str:
+    """A param value with numbers cut to 4 significant digits (a sampled learning rate has 17)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() and "." not in value else f"{number:.4g}"
+
+
+def best_first(items: Iterable[T], metric: str, value: Callable[[T], float | None],
+               state: Callable[[T], str]) -> list[T]:
+    """`items` ordered best first by `metric`'s direction; incomplete ones and ones without a value last."""
+    sign = -1.0 if direction(metric) == "maximize" else 1.0
+
+    def key(item: T) -> tuple[bool, float]:
+        number = value(item)
+        return state(item) != COMPLETE or number is None, sign * (number or 0.0)
+
+    return sorted(items, key=key)
+
+
+def best(items: Iterable[T], metric: str, value: Callable[[T], float | None], state: Callable[[T], str]) -> T | None:
+    """The best complete item, or None."""
+    ordered = best_first(items, metric, value, state)
+    return ordered[0] if ordered and state(ordered[0]) == COMPLETE and value(ordered[0]) is not None else None
+
+
+def render(header: Sequence[str], rows: Iterable[Sequence[Any]], right: Sequence[int] = ()) -> str:
+    """Columns padded to their widest cell (those in `right` aligned right), two spaces apart; a trailing newline."""
+    table = [list(map(str, header))] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.rjust(width) if i in right else cell.ljust(width)
+                  for i, (cell, width) in enumerate(zip(line, widths, strict=True))).rstrip()
+        for line in table
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def row_state(row: Mapping[str, Any]) -> str:
+    """A run row's state: the mnist_exp.state tag, or MLflow's status for runs recorded without it."""
+    return row.get("state") or {"FINISHED": COMPLETE, "FAILED": "FAIL"}.get(row["status"], row["status"])
+
+
+def sweep_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The jobs of a sweep: state, validation and test accuracy, run id, overrides."""
+    return render(
+        ["state", "val_acc", "test_acc", "run id", "overrides"],
+        ([row_state(row), score(row.get("final_val_accuracy")), score(row.get("test_accuracy")), row["run_id"],
+          row["overrides"]] for row in rows),
+        right=(1, 2),
+    )
+
+
+# (param, column header): what tells one run from another at a glance.
+KEY_PARAMS = (
+    ("dataset.name", "data"), ("optimizer.name", "optimizer"), ("optimizer.lr", "lr"), ("batch_size", "batch"),
+    ("epochs", "epochs"), ("model.hidden_units", "hidden_units"),
+)
+
+
+def runs_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Runs of a store: id, experiment, name, state, key params, validation and test accuracy, seconds."""
+    return render(
+        ["run id", "experiment", "name", "state", *(title for _, title in KEY_PARAMS), "val_acc", "test_acc",
+         "seconds"],
+        ([row["run_id"], row["experiment"], _cut(row["name"] or "", 32), row_state(row),
+          *(short_number(row.get(f"params.{key}", "")) for key, _ in KEY_PARAMS),
+          score(row.get("final_val_accuracy")), score(row.get("test_accuracy")), f"{row['seconds']:.1f}"]
+         for row in rows),
+    )
+
+
+def trials_table(trials: Sequence[Any], metric: str) -> str:
+    """The trials of a study (mnist_exp.search.TrialOutcome), best first: number, state, value, test accuracy."""
+    ordered = best_first(trials, metric, lambda t: t.value, lambda t: t.state)
+    return render(
+        ["trial", "state", metric, "test_acc", "overrides"],
+        ([t.number, t.state, score(t.value), score(t.test_accuracy),
+          " ".join(t.overrides) + (f"  [{t.reason}]" if t.reason else "")] for t in ordered),
+        right=(0, 2, 3),
+    )
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,100 @@
+"""Every place mnist-exp reaches into another library's internals or around one of its bugs.
+
+Each entry names the upstream issue or the private name, checks that the thing it relies on is
+still there (else it falls back, or fails with one clear line), and has a test in
+tests/test_workarounds.py. Everything else in the project uses public APIs only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def keras_input_example_folder_created() -> Iterator[None]:
+    """mlflow.keras writes the input example before it creates the model folder and fails with
+    FileNotFoundError: https://github.com/mlflow/mlflow/issues/16183 (seen with mlflow 3.1-3.17).
+    Creates the folder first. When the private `mlflow.keras.save._save_example` is gone (a release that
+    restructured the module, likely fixing the bug with it), nothing is patched."""
+    import mlflow.keras.save as keras_save
+
+    original = getattr(keras_save, "_save_example", None)
+    if original is None:
+        log.debug("mlflow.keras.save._save_example is gone; saving without the mlflow#16183 workaround")
+        yield
+        return
+
+    def save_example(mlflow_model, input_example, path, *args, **kwargs):
+        os.makedirs(path, exist_ok=True)
+        return original(mlflow_model, input_example, path, *args, **kwargs)
+
+    keras_save._save_example = save_example
+    try:
+        yield
+    finally:
+        keras_save._save_example = original
+
+
+def dataset_input_entity(dataset: Any) -> Any | None:
+    """The entity MlflowClient.log_inputs takes, for an `mlflow.data` dataset.
+
+    MLflow converts its datasets with the private `Dataset._to_mlflow_entity()` (what `mlflow.log_input`
+    calls); the client API has no public converter, and `mlflow.log_input` needs an active fluent run,
+    which would end (FINISHED) a run that is still training. None, with a warning, when the name is gone.
+    """
+    convert = getattr(dataset, "_to_mlflow_entity", None)
+    if convert is None:
+        log.warning("not logging dataset inputs: this MLflow has no Dataset._to_mlflow_entity")
+        return None
+    return convert()
+
+
+def retry_cpython_ast_race(call: Callable[[], T]) -> T:
+    """`call()`, once more if CPython failed an import with "SystemError: AST constructor recursion depth
+    mismatch": two threads building ASTs at once (https://github.com/python/cpython/issues/106905; here
+    MLflow's import in a thread while TensorFlow's autograph parses source). Fixed upstream from CPython 3.13."""
+    try:
+        return call()
+    except SystemError as error:
+        if sys.version_info >= (3, 13) or "recursion depth mismatch" not in str(error):
+            raise
+        log.debug("trying again after %s", error)
+        return call()
+
+
+def hydra_basic_sweeper_class():
+    """Hydra's default grid sweeper, which mnist-exp's grid sweeper extends. Hydra ships it in a private
+    module (`hydra._internal.core_plugins.basic_sweeper`; its own `hydra/sweeper/basic` config names that
+    path); tested with hydra-core 1.3. One line instead of an ImportError when it moves."""
+    from mnist_exp.errors import ExperimentError
+
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    except ImportError:
+        raise ExperimentError(
+            "this hydra-core has no hydra._internal.core_plugins.basic_sweeper; install hydra-core>=1.3.2,<1.4"
+        ) from None
+    return BasicSweeper
+
+
+def ray_init_settings(launcher: Any) -> dict | None:
+    """The `ray.init` arguments of hydra-ray-launcher's launcher, or None for other launchers.
+
+    The plugin keeps its config in the undocumented attribute `ray_cfg` (hydra-ray-launcher 1.2) and
+    calls `ray.init` inside `launch`, which is not safe from two of the search's slot threads at once;
+    the sweeper starts Ray itself, before the threads, with these settings."""
+    from omegaconf import OmegaConf
+
+    settings = getattr(launcher, "ray_cfg", None)
+    if settings is None or "init" not in settings:
+        return None
+    init = settings.init
+    return OmegaConf.to_container(init, resolve=True) if OmegaConf.is_config(init) else dict(init or {})
