@@ -8,9 +8,12 @@ is allowed.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import math
 import os
+import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,11 +22,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from mnist_exp.errors import ExperimentError
+from mnist_exp.model import OPTIMIZERS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
-OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
-DATASETS = ("mnist", "fashion_mnist", "mnist_sample")
+# How a picture is laid out in the 28x28 frame (mnist_exp.images): a 20x20 box centred by mass, as
+# MNIST was made, or the object filling the frame, as Fashion-MNIST was.
+PICTURE_LAYOUTS = ("digit", "fill")
+# The only dataset whose offline fallback (mnist_sample, a sample of its own digits) is a fair stand-in.
+MNIST_LOADER = "mnist_exp.data.sources:load_mnist"
 BACKENDS = ("tensorflow", "jax")
 OPTIMIZED_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
 # Activations Keras 3 knows by name; checked here so a typo fails before TensorFlow loads.
@@ -89,6 +96,49 @@ def _text(value: Any) -> str | None:
     return None if isinstance(value, str) and value.strip() else "a non-empty string"
 
 
+def _identifier(value: Any) -> str | None:
+    return None if isinstance(value, str) and value.isidentifier() else "a name of letters, digits and _"
+
+
+def _setting(value: Any) -> str | None:
+    ok = isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value))
+    return None if ok else "a finite number or true/false"
+
+
+def _class_names(value: Any) -> str | None:
+    ok = isinstance(value, (list, tuple)) and value and all(isinstance(v, str) and v for v in value)
+    return None if ok else "a non-empty list of class names (strings), one per label, e.g. ['0', '1', ...]"
+
+
+def _loader(value: Any) -> str | None:
+    allowed = f"module:function, e.g. {MNIST_LOADER}"
+    if not isinstance(value, str) or not re.fullmatch(r"\w+(\.\w+)*:\w+", value):
+        return allowed
+    module = value.split(":")[0]
+    return None if _module_found(module) else f"module:function whose module can be found; {module} cannot be found"
+
+
+def _module_found(dotted: str) -> bool:
+    """Whether `dotted` names a module, found without running it or its packages (they may import numpy)."""
+    parts = dotted.split(".")
+    search_path = None
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        module = sys.modules.get(name)
+        if module is not None:
+            spec = getattr(module, "__spec__", None)
+            search_path = getattr(module, "__path__", None)
+        else:
+            spec = (importlib.util.find_spec(name) if depth == 1
+                    else importlib.machinery.PathFinder.find_spec(name, search_path))
+            search_path = spec.submodule_search_locations if spec is not None else None
+        if module is None and spec is None:
+            return False
+        if depth < len(parts) and search_path is None:
+            return False  # a module, not a package: it has no submodules
+    return True
+
+
 def _layer_widths(value: Any) -> str | None:
     allowed = f"a non-empty list of at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_LAYER_WIDTH}, e.g. [256,128]"
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_HIDDEN_LAYERS:
@@ -105,9 +155,7 @@ def _tracking_uri(value: Any) -> str | None:
     return None
 
 
-_POSITIVE_LR = _number(0, 10, low_open=True)
 _UNIT_OPEN = _number(0, 1, high_open=True)
-_EPSILON = _number(0, 1, low_open=True)
 
 TOP_LEVEL: dict[str, Check] = {
     "epochs": _integer(1, 100_000),
@@ -123,14 +171,22 @@ TOP_LEVEL: dict[str, Check] = {
     "steps_per_execution": _integer(1, 10_000),
     "plots": _boolean,
 }
-OPTIMIZER_KEYS: dict[str, dict[str, Check]] = {
-    "sgd": {"lr": _POSITIVE_LR, "momentum": _UNIT_OPEN, "nesterov": _boolean},
-    "rmsprop": {"lr": _POSITIVE_LR, "rho": _UNIT_OPEN, "momentum": _UNIT_OPEN, "epsilon": _EPSILON},
-    "adam": {"lr": _POSITIVE_LR, "beta_1": _UNIT_OPEN, "beta_2": _UNIT_OPEN, "epsilon": _EPSILON, "amsgrad": _boolean},
-    "adamw": {
-        "lr": _POSITIVE_LR, "weight_decay": _number(0, 1), "beta_1": _UNIT_OPEN, "beta_2": _UNIT_OPEN,
-        "epsilon": _EPSILON, "amsgrad": _boolean,
-    },
+# Every optimizer has a name and a learning rate; its other keys are checked by name, whichever optimizer has
+# them, and any key not listed here must be a finite number or a boolean. Whether the optimizer takes a key
+# is Keras' to say, when the optimizer is built (mnist_exp.model.build_optimizer).
+OPTIMIZER_KEYS: dict[str, Check] = {
+    "name": _one_of(*OPTIMIZERS),
+    "lr": _number(0, 10, low_open=True),
+}
+OPTIMIZER_SETTINGS: dict[str, Check] = {
+    "momentum": _UNIT_OPEN,
+    "rho": _UNIT_OPEN,
+    "beta_1": _UNIT_OPEN,
+    "beta_2": _UNIT_OPEN,
+    "epsilon": _number(0, 1, low_open=True),
+    "weight_decay": _number(0, 1),
+    "nesterov": _boolean,
+    "amsgrad": _boolean,
 }
 MODEL_KEYS: dict[str, Check] = {
     "name": _one_of("mlp"),
@@ -139,7 +195,10 @@ MODEL_KEYS: dict[str, Check] = {
     "dropout": _UNIT_OPEN,
 }
 DATA_KEYS: dict[str, Check] = {
-    "name": _one_of(*DATASETS),
+    "name": _identifier,
+    "loader": _loader,
+    "class_names": _class_names,
+    "picture_layout": _one_of(*PICTURE_LAYOUTS),
     "path": _optional(_text),
     "allow_fallback": _boolean,
     "val_fraction": _number(0, 0.9, low_open=True),
@@ -159,14 +218,13 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     for section in ("optimizer", "model", "data", "mlflow"):
         if not isinstance(values.get(section), dict):
             raise ExperimentError(f"config group '{section}' is missing; choose it with {section}=<option>")
-    optimizer_name = values["optimizer"].get("name")
-    if optimizer_name not in OPTIMIZER_KEYS:
-        raise ExperimentError(
-            f"optimizer.name={optimizer_name!r} is invalid: expected one of {', '.join(OPTIMIZERS)}"
-        )
+    settings = {
+        key: OPTIMIZER_SETTINGS.get(key, _setting)
+        for key, value in values["optimizer"].items() if key not in OPTIMIZER_KEYS and not isinstance(value, Mapping)
+    }
     schema = {
         **TOP_LEVEL,
-        **_prefixed("optimizer", {"name": _one_of(*OPTIMIZERS), **OPTIMIZER_KEYS[optimizer_name]}),
+        **_prefixed("optimizer", {**OPTIMIZER_KEYS, **settings}),
         **_prefixed("model", MODEL_KEYS),
         **_prefixed("data", DATA_KEYS),
         **_prefixed("mlflow", MLFLOW_KEYS),
@@ -182,9 +240,10 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
             raise ExperimentError(f"{key}={_show(present[key])} is invalid: expected {problem}")
     if values["backend"] == "jax" and importlib.util.find_spec("jax") is None:
         raise ExperimentError("backend=jax needs JAX: pip install -e '.[jax]'")
-    if values["data"]["allow_fallback"] and values["data"]["name"] != "mnist":
+    if values["data"]["allow_fallback"] and values["data"]["loader"] != MNIST_LOADER:
         raise ExperimentError(
-            "data.allow_fallback=true is only possible with data=mnist (the fallback is a sample of MNIST digits)"
+            f"data.allow_fallback=true is only possible with data=mnist (data.loader={MNIST_LOADER}; "
+            "the fallback is a sample of MNIST digits)"
         )
 
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist_exp.config import PICTURE_LAYOUTS
 from mnist_exp.errors import ExperimentError
 
 SIDE = 28
-# MNIST digits fit a 20x20 box centred by their centre of mass in the 28x28 frame;
-# Fashion-MNIST items fill the frame.
+# The `digit` layout: MNIST digits fit a 20x20 box centred by their centre of mass in the 28x28 frame.
+# The `fill` layout: Fashion-MNIST items fill the frame.
 DIGIT_BOX = 20
 # Pixels darker than this (after inverting a light background) count as background when cropping.
 INK_THRESHOLD = 30
@@ -37,14 +38,19 @@ def read_image(path: Path) -> np.ndarray:
     return gray
 
 
-def to_model_input(gray: np.ndarray, fill_frame: bool = False) -> np.ndarray:
-    """784 uint8 pixels: light backgrounds inverted, the object cropped, scaled and centred like MNIST.
+def to_model_input(gray: np.ndarray, layout: str = "digit") -> np.ndarray:
+    """784 uint8 pixels: light backgrounds inverted, the object cropped, scaled and centred like the training data.
 
-    `fill_frame` scales the object to the whole 28x28 frame (Fashion-MNIST) instead of a 20x20 box
-    centred by its centre of mass (MNIST digits).
+    `layout` is the dataset's `picture_layout`: `digit` fits the object to a 20x20 box centred by its
+    centre of mass (MNIST), `fill` scales it to the whole 28x28 frame (Fashion-MNIST).
     """
     from PIL import Image
 
+    if layout not in PICTURE_LAYOUTS:
+        raise ExperimentError(
+            f"data.picture_layout={layout!r} is invalid: expected one of {', '.join(PICTURE_LAYOUTS)}"
+        )
+    fill_frame = layout == "fill"
     pixels = gray.astype(np.float32)
     if _border(pixels).mean() > 127:  # dark ink on light paper: the training data is the other way round
         pixels = 255 - pixels

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from mnist_exp.errors import ExperimentError
+
+# The optimizers a conf/optimizer/*.yaml can name (its `name:`), each with its keras.optimizers class:
+# a new optimizer is a YAML file, plus a line here when Keras has it and it is not listed yet.
+OPTIMIZERS = {
+    "sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad", "adadelta": "Adadelta",
+    "adamax": "Adamax", "nadam": "Nadam", "lion": "Lion", "ftrl": "Ftrl", "adafactor": "Adafactor", "lamb": "Lamb",
+}
 
 
 def build_mlp(
@@ -32,18 +42,32 @@ def build_mlp(
 
 
 def build_optimizer(optimizer_cfg: Mapping[str, Any]):
-    """A keras.optimizers instance; `lr` becomes learning_rate, every other key passes through."""
+    """A keras.optimizers instance; `lr` becomes learning_rate, every other key passes through by its name."""
     import keras
 
-    classes = {
-        "sgd": keras.optimizers.SGD,
-        "rmsprop": keras.optimizers.RMSprop,
-        "adam": keras.optimizers.Adam,
-        "adamw": keras.optimizers.AdamW,
-    }
+    name = optimizer_cfg["name"]
+    if name not in OPTIMIZERS:
+        raise ExperimentError(f"optimizer.name={name!r} is invalid: expected one of {', '.join(OPTIMIZERS)}")
+    class_name = f"keras.optimizers.{OPTIMIZERS[name]}"
+    optimizer_class = getattr(keras.optimizers, OPTIMIZERS[name], None)
+    if optimizer_class is None:
+        raise ExperimentError(f"optimizer.name={name} needs {class_name}, which Keras {keras.__version__} lacks")
     # YAML and the command line turn `lr=1` into an int; Keras insists on floats.
     options = {
         key: float(value) if isinstance(value, int) and not isinstance(value, bool) else value
         for key, value in optimizer_cfg.items() if key not in ("name", "lr")
     }
-    return classes[optimizer_cfg["name"]](learning_rate=float(optimizer_cfg["lr"]), **options)
+    # Checked here rather than left to Keras: its error names neither the config key nor the class.
+    accepted = [
+        parameter.name for parameter in inspect.signature(optimizer_class).parameters.values()
+        if parameter.kind != parameter.VAR_KEYWORD and parameter.name not in ("learning_rate", "name")
+    ]
+    for key in options:
+        if key not in accepted:
+            raise ExperimentError(
+                f"optimizer.{key} is not a known key of {class_name}; it takes lr, {', '.join(accepted)}"
+            )
+    try:
+        return optimizer_class(learning_rate=float(optimizer_cfg["lr"]), **options)
+    except (TypeError, ValueError) as error:
+        raise ExperimentError(f"optimizer={name}: {class_name} rejects these settings: {error}") from None

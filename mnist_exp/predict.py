@@ -6,8 +6,9 @@ Prints the predicted class and the top-3 probabilities of each picture, whatever
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,20 @@ import numpy as np
 from mnist_exp.config import store_for_reading
 from mnist_exp.errors import ExperimentError
 
+# What runs recorded before `data.class_names` and `data.picture_layout` were logged were trained on.
+DIGITS = tuple(str(d) for d in range(10))
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
 
 def predict(model, images: np.ndarray, class_names: Sequence[str], top: int = 3) -> list[list[tuple[str, float]]]:
     """The `top` (class name, probability) pairs for each row of 784 uint8 pixels, most likely first."""
     probabilities = np.asarray(model.predict(images, verbose=0))
+    if probabilities.shape[1] != len(class_names):
+        raise ExperimentError(
+            f"the model has {probabilities.shape[1]} outputs but its run names {len(class_names)} classes"
+        )
     order = np.argsort(-probabilities, axis=1)[:, :top]
     return [[(class_names[k], float(row[k])) for k in ranks] for row, ranks in zip(probabilities, order, strict=True)]
 
@@ -32,18 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=store_for_reading(), help="the MLflow store (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        from mnist_exp.data import CLASS_NAMES
         from mnist_exp.images import read_image, to_model_input
 
         pictures = [read_image(path) for path in args.images]  # unreadable files fail before the slow imports
-        from mnist_exp.train import import_keras
+        from mnist_exp.keras_backend import import_keras
 
         import_keras()
-        from mnist_exp.tracking import load_logged_model
+        from mnist_exp.logged_models import load_logged_model
 
-        model, dataset_name = load_logged_model(args.tracking_uri, run_id=args.run, model_uri=args.model)
-        class_names = CLASS_NAMES.get(dataset_name, CLASS_NAMES["mnist"])
-        batch = np.stack([to_model_input(p, fill_frame=dataset_name == "fashion_mnist") for p in pictures])
+        model, params = load_logged_model(args.tracking_uri, run_id=args.run, model_uri=args.model)
+        class_names, layout = trained_on(params)
+        batch = np.stack([to_model_input(p, layout) for p in pictures])
         results = predict(model, batch, class_names)
     except ExperimentError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -53,6 +63,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         ranked = ", ".join(f"{name} {p:.3f}" for name, p in top)
         print(f"{path}: {best}  (top 3: {ranked})")
     return 0
+
+
+def trained_on(params: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
+    """(class names, picture layout) of the data a run trained on, from the run's logged params.
+
+    Runs recorded before `data.class_names` and `data.picture_layout` existed have only `dataset.name`:
+    Fashion-MNIST's names and the `fill` layout for fashion_mnist, digits and `digit` for any other.
+    """
+    if params.get("dataset.name") == "fashion_mnist":
+        old_names, old_layout = FASHION_CLASSES, "fill"
+    else:
+        old_names, old_layout = DIGITS, "digit"
+    try:
+        names = tuple(json.loads(params["data.class_names"])) if "data.class_names" in params else old_names
+    except json.JSONDecodeError:
+        raise ExperimentError(f"the run's data.class_names is not a JSON list: {params['data.class_names']}") from None
+    return names, params.get("data.picture_layout", old_layout)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +13,7 @@ import numpy as np
 
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, TrainingDiverged
+from mnist_exp.keras_backend import import_keras, select_backend
 from mnist_exp.model import build_mlp, build_optimizer
 from mnist_exp.pipeline import InMemoryBatches
 
@@ -124,53 +123,6 @@ def _predicted_classes(model, images: np.ndarray) -> np.ndarray:
         for start in range(0, len(images), PREDICTION_CHUNK)
     ]
     return np.concatenate(classes).astype(np.uint8)
-
-
-def select_backend(backend: str) -> None:
-    """Make `backend` the one Keras loads; Keras fixes its backend at import, once per process."""
-    loaded = sys.modules.get("keras")
-    if loaded is not None and loaded.backend.backend() != backend:
-        raise ExperimentError(
-            f"backend={backend}: Keras already runs on {loaded.backend.backend()} in this process; "
-            "start a new process to switch"
-        )
-    os.environ["KERAS_BACKEND"] = backend
-    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) says nothing actionable on a CPU;
-    # real failures still arrive as Python exceptions.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-def import_keras():
-    """Keras on the selected backend (TensorFlow unless select_backend said otherwise), imported on first use."""
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    # TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) says nothing actionable on a CPU;
-    # real failures still arrive as Python exceptions.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "keras" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] < "2":
-        import keras
-        import tensorflow  # noqa: F401
-    else:
-        # TensorFlow >= 2.16 writes its start-up notices to fd 2 before honouring TF_CPP_MIN_LOG_LEVEL.
-        with _native_stderr_discarded():
-            import keras
-
-            # On every backend: TensorFlow feeds the data (mnist_exp.pipeline).
-            import tensorflow  # noqa: F401
-    return keras
-
-
-@contextlib.contextmanager
-def _native_stderr_discarded() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _divergence_watch(keras):

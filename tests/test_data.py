@@ -6,15 +6,18 @@ import gzip
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
-from mnist_exp import data
+from mnist_exp import config, data
+from mnist_exp.data import formats, memory, sources
 from mnist_exp.errors import ExperimentError
-from tests.conftest import learnable_digits, write_idx
+from tests.conftest import CONF_DIR, learnable_digits, write_idx
 
 
-def data_cfg(name="mnist", path=None, **changes):
-    return {"name": name, "path": None if path is None else str(path), "allow_fallback": name == "mnist",
-            "val_fraction": 0.1, "cache": True, **changes}
+def data_cfg(dataset="mnist", path=None, **changes):
+    """The `data` section of conf/data/<dataset>.yaml, with `path` and `changes`."""
+    section = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "data" / f"{dataset}.yaml"))
+    return {**section, "path": None if path is None else str(path), **changes}
 
 
 def test_idx_folder_loads_scaled_and_split(idx_folder, tmp_path):
@@ -31,10 +34,10 @@ def test_npz_and_idx_with_the_same_arrays_have_the_same_digest(tmp_path):
     np.savez(tmp_path / "d.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     folder = tmp_path / "idx"
     folder.mkdir()
-    for key, stem in data.IDX_FILES.items():
+    for key, stem in formats.IDX_FILES.items():
         write_idx(folder / f"{stem}.gz", locals()[key], compress=key != "y_test")
     folder.joinpath("t10k-labels-idx1-ubyte.gz").rename(folder / "t10k-labels-idx1-ubyte")
-    assert data.decode_npz(tmp_path / "d.npz").digest() == data.decode_idx_folder(folder).digest()
+    assert formats.decode_npz(tmp_path / "d.npz").digest() == formats.decode_idx_folder(folder).digest()
 
 
 def held_out(seed, n=1000, fraction=0.2):
@@ -56,23 +59,23 @@ def test_split_reorders_in_place_and_holds_one_aligned_copy(idx_folder, tmp_path
     for split in (dataset.x_train, dataset.x_val, dataset.y_train, dataset.y_val):
         assert np.shares_memory(split, dataset.images) or np.shares_memory(split, dataset.labels)
     for array in (dataset.images, dataset.labels, dataset.x_test, dataset.y_test):
-        assert array.ctypes.data % data.BUFFER_ALIGNMENT == 0 and array.flags.writeable
+        assert array.ctypes.data % memory.BUFFER_ALIGNMENT == 0 and array.flags.writeable
 
 
 def test_aligned_copies_only_when_it_must():
-    array = data.aligned_empty((5, 784), np.uint8)
-    assert data.aligned(array) is array
+    array = memory.aligned_empty((5, 784), np.uint8)
+    assert memory.aligned(array) is array
     shifted = np.zeros(5 * 784 + 1, np.uint8)[1:].reshape(5, 784)
     for awkward in (shifted, np.asfortranarray(np.ones((5, 3), np.uint8)), np.frombuffer(bytes(64), np.uint8)):
-        copy = data.aligned(awkward)
-        assert copy.ctypes.data % data.BUFFER_ALIGNMENT == 0 and copy.flags.c_contiguous and copy.flags.writeable
+        copy = memory.aligned(awkward)
+        assert copy.ctypes.data % memory.BUFFER_ALIGNMENT == 0 and copy.flags.c_contiguous and copy.flags.writeable
         assert np.array_equal(copy, awkward)
 
 
 def test_second_load_reads_the_cache_not_the_gzip(idx_folder, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=cache)
-    monkeypatch.setattr(data, "read_idx", lambda *a, **k: pytest.fail("decoded again despite the cache"))
+    monkeypatch.setattr(formats, "read_idx", lambda *a, **k: pytest.fail("decoded again despite the cache"))
     second = data.load_dataset(data_cfg(path=idx_folder), seed=0, cache_dir=cache)
     assert np.array_equal(first.x_train, second.x_train) and first.digest == second.digest
     assert second.source == str(idx_folder)
@@ -96,10 +99,10 @@ def test_cache_notices_a_changed_source(npz_file, tmp_path):
 
 
 def test_mnist_sample_is_stratified_and_fixed(tmp_path):
-    dataset = data.load_dataset(data_cfg("mnist_sample", allow_fallback=False), seed=0, cache_dir=tmp_path)
+    dataset = data.load_dataset(data_cfg("mnist_sample"), seed=0, cache_dir=tmp_path)
     assert dataset.sizes["train"] + dataset.sizes["val"] == 4000 and dataset.sizes["test"] == 1000
     assert np.bincount(dataset.y_test, minlength=10).tolist() == [100] * 10
-    again = data.load_dataset(data_cfg("mnist_sample", allow_fallback=False, cache=False), seed=0)
+    again = data.load_dataset(data_cfg("mnist_sample", cache=False), seed=0)
     assert np.array_equal(dataset.y_test, again.y_test) and dataset.digest == again.digest
 
 
@@ -108,7 +111,7 @@ def test_sample_csv_path_is_accepted(tmp_path):
     rows = np.hstack([images.reshape(100, -1), labels.reshape(-1, 1)])
     path = tmp_path / "digits.csv"
     np.savetxt(path, rows, fmt="%d", delimiter=",")
-    dataset = data.load_dataset(data_cfg("mnist_sample", path=path, allow_fallback=False), seed=0)
+    dataset = data.load_dataset(data_cfg("mnist_sample", path=path), seed=0)
     per_class_test = np.bincount(labels, minlength=10) // 5  # a fifth of each class, at most 100
     assert np.bincount(dataset.y_test, minlength=10).tolist() == per_class_test.tolist()
     assert dataset.sizes["train"] + dataset.sizes["val"] + dataset.sizes["test"] == 100
@@ -116,7 +119,7 @@ def test_sample_csv_path_is_accepted(tmp_path):
 
 def test_offline_mnist_falls_back_to_the_sample(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setattr(data, "can_connect", lambda *a, **k: False)
+    monkeypatch.setattr(sources, "can_connect", lambda *a, **k: False)
     dataset = data.load_dataset(data_cfg(), seed=0, cache_dir=tmp_path / "cache")
     assert dataset.name == "mnist_sample" and "unreachable" in dataset.fallback_reason
     with pytest.raises(ExperimentError, match=r"unreachable \(data.allow_fallback=false\)"):
@@ -128,23 +131,23 @@ def test_a_cached_keras_download_needs_no_network(tmp_path, monkeypatch, npz_fil
     (keras_home / "datasets").mkdir(parents=True)
     npz_file.rename(keras_home / "datasets" / "mnist.npz")
     monkeypatch.setenv("KERAS_HOME", str(keras_home))
-    monkeypatch.setattr(data, "can_connect", lambda *a, **k: pytest.fail("probed the network"))
+    monkeypatch.setattr(sources, "can_connect", lambda *a, **k: pytest.fail("probed the network"))
     loaded = {}
 
     def keras_loader(name):
         loaded["name"] = name
-        return data.decode_npz(keras_home / "datasets" / "mnist.npz")
+        return formats.decode_npz(keras_home / "datasets" / "mnist.npz")
 
-    monkeypatch.setattr(data, "_keras_download", keras_loader)
+    monkeypatch.setattr(sources, "_keras_download", keras_loader)
     dataset = data.load_dataset(data_cfg(), seed=0, cache_dir=tmp_path / "cache")
     assert loaded == {"name": "mnist"} and dataset.name == "mnist" and dataset.sizes["test"] == 100
 
 
-@pytest.mark.skipif(not data.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(not sources.DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
 def test_debian_fashion_mnist_is_used_automatically(tmp_path):
-    dataset = data.load_dataset(data_cfg("fashion_mnist", allow_fallback=False), seed=0, cache_dir=tmp_path)
+    dataset = data.load_dataset(data_cfg("fashion_mnist"), seed=0, cache_dir=tmp_path)
     assert dataset.sizes == {"train": 54000, "val": 6000, "test": 10000}
-    assert dataset.source == str(data.DEBIAN_FASHION_MNIST) and dataset.class_names[9] == "Ankle boot"
+    assert dataset.source == str(sources.DEBIAN_FASHION_MNIST) and dataset.class_names[9] == "Ankle boot"
 
 
 # --- bad files -------------------------------------------------------------------------------------------
@@ -203,7 +206,7 @@ def test_missing_and_unknown_paths(tmp_path):
 def test_a_fresh_keras_download_is_decoded_once(tmp_path, monkeypatch, npz_file):
     keras_home = tmp_path / "keras"
     monkeypatch.setenv("KERAS_HOME", str(keras_home))
-    monkeypatch.setattr(data, "can_connect", lambda *a, **k: True)
+    monkeypatch.setattr(sources, "can_connect", lambda *a, **k: True)
     calls = []
 
     def keras_loader(name):
@@ -211,10 +214,51 @@ def test_a_fresh_keras_download_is_decoded_once(tmp_path, monkeypatch, npz_file)
         target = keras_home / "datasets" / "mnist.npz"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(npz_file.read_bytes())
-        return data.decode_npz(target)
+        return formats.decode_npz(target)
 
-    monkeypatch.setattr(data, "_keras_download", keras_loader)
+    monkeypatch.setattr(sources, "_keras_download", keras_loader)
     dataset = data.load_dataset(data_cfg(), seed=0, cache_dir=tmp_path / "cache")
     assert calls == ["mnist"] and dataset.sizes["test"] == 100
     data.load_dataset(data_cfg(), seed=0, cache_dir=tmp_path / "cache")
     assert calls == ["mnist"]  # the second run reads the decoded cache
+
+
+# --- the loader a dataset names ----------------------------------------------------------------------------
+
+
+def test_every_dataset_names_its_loader_and_mnist_is_the_one_with_a_fallback():
+    for dataset in ("mnist", "fashion_mnist", "mnist_sample"):
+        assert callable(data.loading.resolve_loader(data_cfg(dataset)["loader"]))
+    assert data.loading.resolve_loader(config.MNIST_LOADER) is sources.load_mnist
+
+
+def stripes(path, cache_dir):
+    x, y = learnable_digits(60, seed=7)
+    return data.check_arrays(source="stripes", x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
+
+
+def not_raw_data(path, cache_dir):
+    return {"x_train": None}
+
+
+def test_a_loader_of_its_own_gets_the_configs_class_names():
+    names = [f"stripe {k}" for k in range(10)]
+    dataset = data.load_dataset(
+        data_cfg(loader=f"{__name__}:stripes", name="stripes", class_names=names), seed=0
+    )
+    assert dataset.name == "stripes" and dataset.class_names == tuple(names) and dataset.sizes["test"] == 20
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"loader": f"{__name__}:nothing_here"}, f"data.loader={__name__}:nothing_here is invalid: {__name__} has no"),
+        ({"loader": f"{__name__}:not_raw_data"}, "returned dict, not mnist_exp.data.RawData"),
+        ({"loader": f"{__name__}:stripes", "class_names": ["a", "b"]}, "data.class_names has 2 names but stripes has"),
+    ],
+    ids=["no-such-function", "not-raw-data", "too-few-class-names"],
+)
+def test_a_loader_that_does_not_fit_is_one_clear_error(changes, message):
+    with pytest.raises(ExperimentError) as caught:
+        data.load_dataset(data_cfg(**changes), seed=0)
+    assert message in str(caught.value) and "\n" not in str(caught.value)

@@ -54,7 +54,7 @@ def test_an_mnist_style_image_is_not_inverted(tmp_path):
 
 def test_fashion_items_fill_the_frame(tmp_path):
     path = drawn_seven(tmp_path / "item.jpg")
-    top, bottom, left, right = ink_box(to_model_input(read_image(path), fill_frame=True))
+    top, bottom, left, right = ink_box(to_model_input(read_image(path), "fill"))
     assert max(bottom - top, right - left) + 1 >= 27
 
 
@@ -69,3 +69,8 @@ def test_unreadable_and_missing_files_are_one_clear_error(tmp_path):
         read_image(tmp_path / "notes.png")
     with pytest.raises(ExperimentError, match=r"gone.png: no such file"):
         read_image(tmp_path / "gone.png")
+
+
+def test_an_unknown_layout_is_one_clear_error():
+    with pytest.raises(ExperimentError, match=r"^data.picture_layout='centred' is invalid: expected one of digit"):
+        to_model_input(np.zeros((28, 28), np.uint8), "centred")

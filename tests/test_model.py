@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_exp.model import build_mlp, build_optimizer
-from mnist_exp.train import import_keras
+from mnist_exp.errors import ExperimentError
+from mnist_exp.keras_backend import import_keras
+from mnist_exp.model import OPTIMIZERS, build_mlp, build_optimizer
 
 keras = import_keras()
 
@@ -54,3 +55,23 @@ def test_optimizer_from_config(settings, kind, expected):
     assert config["learning_rate"] == pytest.approx(settings["lr"])
     for key, value in expected.items():
         assert config[key] == pytest.approx(value)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_every_registered_optimizer_builds_from_a_name_and_a_learning_rate(name):
+    optimizer = build_optimizer({"name": name, "lr": 0.01})
+    assert type(optimizer).__name__ == OPTIMIZERS[name]
+    assert optimizer.get_config()["learning_rate"] == pytest.approx(0.01)
+
+
+def test_a_key_the_optimizer_does_not_take_names_the_key_and_the_class():
+    with pytest.raises(ExperimentError) as caught:
+        build_optimizer({"name": "adam", "lr": 0.001, "rho": 0.9})
+    message = str(caught.value)
+    assert message.startswith("optimizer.rho is not a known key of keras.optimizers.Adam; it takes lr, beta_1, ")
+    assert "\n" not in message
+
+
+def test_a_value_keras_rejects_is_one_line_naming_the_class():
+    with pytest.raises(ExperimentError, match=r"^optimizer=sgd: keras.optimizers.SGD rejects these settings: "):
+        build_optimizer({"name": "sgd", "lr": 0.01, "momentum": 1.5})

