@@ -1,33 +1,44 @@
 # Two commands do everything; each creates .venv and installs pyproject.toml first when needed.
-#   make run [ARGS="optimizer=sgd epochs=10"]    train (defaults: the classic Keras MNIST MLP)
-#   make test [PYTEST_ARGS="-m 'not slow'"]      the whole test suite
+#   make run [ARGS="optimizer=sgd epochs=10"]    train (defaults: the classic Keras MNIST MLP); installs what running needs
+#   make test [PYTEST_ARGS=...]                  the whole test suite (what CI runs); adds the test extras
+#   make quick                                   the fast tests only (no subprocesses, servers, Ray or browser)
 #   make ui                                       the MLflow UI on the project's store (runs/mlflow.db)
 #   make serve [MODEL=models:/mnist-mlp@champion] a REST endpoint for a model (POST /invocations)
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: run test ui serve system-packages
+.PHONY: run test quick ui serve system-packages
 PORT ?= 5000
 MODEL ?= models:/mnist-mlp@champion
 STORE := sqlite:///$(CURDIR)/runs/mlflow.db
+QUICK := -m "not slow and not e2e" --durations=15
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+
+$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet -e .
 	touch $@
 
-run: $(VENV)/.installed
+$(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
 	$(VENV)/bin/python -m mnist_exp $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
-ui: $(VENV)/.installed
+quick: $(VENV)/.installed-test
+	$(VENV)/bin/python -m pytest $(QUICK) $(PYTEST_ARGS)
+
+ui: $(VENV)/.installed-run
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)
 
 # MLflow starts uvicorn from PATH, so the venv's bin folder goes first.
-serve: $(VENV)/.installed
+serve: $(VENV)/.installed-run
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI=$(STORE) \
 		$(VENV)/bin/mlflow models serve -m $(MODEL) --env-manager local --host 127.0.0.1 --port $(PORT)
 

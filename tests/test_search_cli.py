@@ -32,17 +32,36 @@ def sweep_runs(runs_dir):
     return client, parents, children
 
 
+GRID_WITH_HOPELESS_TRIALS = """\
+# @package _global_
+# Half the grid learns nothing in an epoch (lr 1e-7), half learns fast: whichever points the grid draws
+# first, a threshold of 0.4 after epoch 1 prunes some trials and lets others complete.
+defaults:
+  - override /hydra/sweeper: mnist_optuna
+hydra:
+  sweeper:
+    study_name: hopeless
+    sampler: {name: grid, seed: 0}
+    pruner: {name: threshold, lower: 0.4}
+    search_space:
+      optimizer.lr: {type: categorical, choices: [1.0e-7, 1.0e-3]}
+      batch_size: {type: categorical, choices: [64, 128, 256]}
+"""
+
+
 def test_parallel_search_with_pruning_then_resume(tmp_path):
+    extra = tmp_path / "conf"
+    (extra / "hparams_search").mkdir(parents=True)
+    (extra / "hparams_search" / "hopeless.yaml").write_text(GRID_WITH_HOPELESS_TRIALS)
     runs_dir = tmp_path / "runs"
-    common = ["hparams_search=optuna", "epochs=2", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
-              "hydra.sweeper.pruner.name=threshold", "+hydra.sweeper.pruner.lower=0.6"]
-    first = search(*common, "hydra.sweeper.n_trials=4", runs_dir=runs_dir)
+    common = ["hparams_search=hopeless", "epochs=2", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
+    first = search(*common, "hydra.sweeper.n_trials=4", runs_dir=runs_dir, extra_conf=extra)
     assert first.returncode == 0, first.stderr[-3000:]
 
-    study = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=f"sqlite:///{runs_dir}/optuna.db")
-    states = [t.state.name for t in study.trials]
-    assert len(states) == 4 and set(states) <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states
-    assert "PRUNED" in states, "seed 42 samples sgd with a small learning rate: below 0.6 after epoch 1"
+    study = optuna.load_study(study_name="hopeless", storage=f"sqlite:///{runs_dir}/optuna.db")
+    states = {t.number: t.state.name for t in study.trials}
+    assert len(states) == 4 and set(states.values()) == {"COMPLETE", "PRUNED"}, states
+    assert all((t.state.name == "PRUNED") == (t.params["optimizer.lr"] == 1e-7) for t in study.trials)
     client, (parent,), children = sweep_runs(runs_dir)
     trials = children[parent.info.run_id]
     assert sorted(int(c.data.tags["optuna.trial_number"]) for c in trials) == [0, 1, 2, 3]
@@ -55,7 +74,8 @@ def test_parallel_search_with_pruning_then_resume(tmp_path):
     best = study.best_trial
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     assert parent.data.tags["best_trial_number"] == str(best.number)
-    assert parent.data.params["best.optimizer"] == best.params["optimizer"]
+    assert parent.data.tags["best_child_run_id"] == best.user_attrs["run_id"], "never a pruned run"
+    assert parent.data.params["best.optimizer.lr"] == str(best.params["optimizer.lr"])
     assert "best_trial_test_accuracy" in parent.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
@@ -64,15 +84,15 @@ def test_parallel_search_with_pruning_then_resume(tmp_path):
     assert len(table["data"]) == 4
     assert f"best trial {best.number}: val_accuracy={best.value:.4f}" in first.stdout
     retrain = next(line for line in first.stdout.splitlines() if line.startswith("retrain: "))
-    assert retrain.startswith("retrain: python -m mnist_exp hparams_search=optuna epochs=2")
+    assert retrain.startswith("retrain: python -m mnist_exp hparams_search=hopeless epochs=2")
     champion = client.get_model_version_by_alias("mnist-mlp", "champion")
     best_run = next(c for c in trials if c.data.tags["optuna.trial_number"] == str(best.number))
     assert str(champion.version) == "1" and champion.run_id == best_run.info.run_id
     assert "registered models:/mnist-mlp@champion (version 1)" in first.stdout
 
-    second = search(*common, "hydra.sweeper.n_trials=5", runs_dir=runs_dir)
+    second = search(*common, "hydra.sweeper.n_trials=5", runs_dir=runs_dir, extra_conf=extra)
     assert second.returncode == 0, second.stderr[-3000:]
-    study = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=f"sqlite:///{runs_dir}/optuna.db")
+    study = optuna.load_study(study_name="hopeless", storage=f"sqlite:///{runs_dir}/optuna.db")
     assert len(study.trials) == 5 and "1 run by this sweep" in second.stdout
     _, parents, children = sweep_runs(runs_dir)
     assert sorted(len(c) for c in children.values()) == [1, 4]
@@ -139,9 +159,11 @@ def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
     assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
+                         ids=["ctrl-c", "sigterm", "sigkill"])
 def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number):
-    """Ctrl-C, or SIGKILL (nothing can clean up), mid-trial; the same command again finishes the study."""
+    """Ctrl-C, `kill`, or SIGKILL (nothing can clean up) once a trial has finished, wherever the search is then
+    (in a trial, asking for the next, telling a result); the same command again finishes the study."""
     runs_dir = tmp_path / "runs"
     storage = f"sqlite:///{runs_dir}/optuna.db"
     command = [sys.executable, "-m", "mnist_exp", "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=60",
@@ -149,22 +171,28 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number)
     process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     stderr = signal_when(process, lambda: finished_trials(storage) >= 1, signal_number, 180, "no trial finished")
-    assert process.returncode == (130 if signal_number == signal.SIGINT else -signal.SIGKILL), stderr[-3000:]
+    assert process.returncode == (-signal.SIGKILL if signal_number == signal.SIGKILL else 130), stderr[-3000:]
     interrupted = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
     done_before = [t.number for t in interrupted if t.state.name == "COMPLETE"]
-    # Ctrl-C ends the trial in flight at once; after SIGKILL it stays RUNNING until the next start.
-    left = "FAIL" if signal_number == signal.SIGINT else "RUNNING"
-    assert [t.state.name for t in interrupted if t.state.name != "COMPLETE"] == [left] and len(done_before) < 3
+    others = [t.state.name for t in interrupted if t.state.name != "COMPLETE"]
+    if signal_number == signal.SIGKILL:
+        assert others in ([], ["RUNNING"]), others  # left for the next start to find
+    else:
+        assert others in ([], ["FAIL"]), others  # the trial in flight, if there was one, ended at once
+    assert 1 <= len(done_before) < 3
+    client, parents, _ = sweep_runs(runs_dir)
+    if signal_number != signal.SIGKILL:
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert not [r for r in runs if r.info.status == "RUNNING"], "nothing left RUNNING"
+        assert [p.info.status for p in parents] == ["KILLED"]
 
     rerun = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     trials = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
     assert sum(t.state.name == "COMPLETE" for t in trials) == 3
     assert [t.number for t in trials if t.state.name == "COMPLETE"][: len(done_before)] == done_before
-    (killed,) = [t for t in trials if t.state.name == "FAIL"]
-    assert killed.user_attrs["fail_reason"] == (
-        "interrupted (Ctrl-C or SIGTERM)" if signal_number == signal.SIGINT else "its sweep process died"
-    )
+    reason = "its sweep process died" if signal_number == signal.SIGKILL else "interrupted (Ctrl-C or SIGTERM)"
+    assert all(t.user_attrs["fail_reason"] == reason for t in trials if t.state.name == "FAIL")
     client, parents, _ = sweep_runs(runs_dir)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert not [r for r in runs if r.info.status == "RUNNING"]

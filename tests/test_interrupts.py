@@ -1,0 +1,59 @@
+"""Ctrl-C and SIGTERM: remembered for the work they interrupt, forgotten after it, held back while a write completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from mlflow import MlflowClient
+
+from mnist_exp import experiment, interrupts, run_tags
+from mnist_exp.run_record import RunContext
+from mnist_exp.store import tracking_uri
+
+
+@pytest.fixture
+def signals_handled():
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    yield
+    for number, handler in previous.items():
+        signal.signal(number, handler)
+
+
+def test_a_deferred_block_completes_and_the_interrupt_follows(signals_handled):
+    done = []
+    with pytest.raises(KeyboardInterrupt), interrupts.scope():
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            done.append("the rest of the block")
+    assert done == ["the rest of the block"]
+
+
+def test_an_interrupt_is_forgotten_when_its_outermost_scope_ends(signals_handled):
+    with interrupts.scope():
+        with pytest.raises(KeyboardInterrupt), interrupts.scope():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert interrupts.requested(), "still inside the outer scope: a sweep between its jobs"
+    assert not interrupts.requested()
+    interrupts.check()
+
+
+def test_a_long_lived_process_runs_normally_after_one_interrupted_run(make_cfg, npz_file, signals_handled):
+    """A notebook calling experiment.run: one run stopped by Ctrl-C, the next one trains all its epochs."""
+    cfg = make_cfg(f"data.path={npz_file}", "epochs=3", "batch_size=64", "model.hidden_units=[16]",
+                   "mlflow.log_model=false", "plots=false")
+
+    def interrupt_at_first_epoch(epoch, metrics):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(cfg, context=RunContext(on_epoch=interrupt_at_first_epoch))
+    outcome = experiment.run(cfg)
+    assert outcome["epochs_completed"] == 3
+
+    client = MlflowClient(tracking_uri(cfg))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["start_time ASC"])
+    assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
+    assert [r.data.tags[run_tags.STATE_TAG] for r in runs] == ["KILLED", "COMPLETE"]

@@ -1,0 +1,297 @@
+"""The Optuna search loop with a fake launcher (no training): counting, resuming, failures, pruning, interrupts."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from mnist_exp import interrupts, processes, search
+from mnist_exp.errors import ExperimentError, RunPruned
+from mnist_exp.job_context import JobOutcome, StudyLink
+from mnist_exp.search_space import check_settings, check_space, make_storage, suggest_overrides
+from mnist_exp.trial_reporter import TrialReporter
+
+SPACE = {
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+    "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "batch_size": {"type": "int", "low": 32, "high": 256, "step": 32},
+    "model.hidden_units": {"type": "layers", "min_layers": 1, "max_layers": 3, "low": 16, "high": 512, "log": True},
+}
+
+
+def make_search(tmp_path, **changes) -> search.Search:
+    settings = {
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "study_name": "test", "metric": "val_accuracy",
+        "direction": "maximize", "space": SPACE, "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"}, "n_trials": 5,
+    }
+    return search.Search(**{**settings, **changes})
+
+
+def value_of(job: search.TrialJob) -> float:
+    """A made-up objective: larger learning rates score higher."""
+    return 10 * next(float(o.split("=", 1)[1]) for o in job.overrides if o.startswith("optimizer.lr="))
+
+
+def completing(jobs, first_index):
+    return [JobOutcome("COMPLETE", value=value_of(job), test_accuracy=0.5) for job in jobs]
+
+
+def load_trials(found: search.Search):
+    return optuna.load_study(study_name=found.study_name, storage=found.storage).trials
+
+
+def test_overrides_are_valid_hydra_syntax_for_every_parameter_type():
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    overrides = suggest_overrides(trial, SPACE)
+    keys = [o.split("=", 1)[0] for o in overrides]
+    assert keys == ["optimizer", "optimizer.lr", "batch_size", "model.hidden_units"]
+    widths = overrides[3].split("=", 1)[1]
+    assert widths.startswith("[") and widths.endswith("]") and " " not in widths
+    assert all(16 <= int(w) <= 512 for w in widths[1:-1].split(","))
+    assert int(overrides[2].split("=")[1]) % 32 == 0
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    assert parsed[3].value() == [int(w) for w in widths[1:-1].split(",")]
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({}, "search_space is empty"),
+        ({"optimizer.lr": {"type": "float", "low": 0.1, "high": 0.001}}, "inverted bounds: low=0.1 > high=0.001"),
+        ({"optimizer.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "log scale, so low must be > 0"),
+        ({"x": {"type": "normal"}}, "type='normal' is invalid"),
+        ({"x": {"type": "categorical", "choices": []}}, "choices must be a non-empty list"),
+        ({"m": {"type": "layers", "low": 8, "high": 64, "min_layers": 3, "max_layers": 2}}, "min_layers <= max_layers"),
+    ],
+)
+def test_bad_search_spaces_are_rejected(space, message):
+    with pytest.raises(ExperimentError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        check_space(space)
+
+
+def test_bad_sampler_and_pruner_names():
+    with pytest.raises(ExperimentError, match="sampler.name='cmaes' is invalid"):
+        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": "s", "search_space": SPACE,
+                        "sampler": {"name": "cmaes"}})
+    with pytest.raises(ExperimentError, match="pruner.name='sometimes' is invalid"):
+        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": "s", "search_space": SPACE,
+                        "pruner": {"name": "sometimes"}})
+    with pytest.raises(ExperimentError, match="n_trials=0 is invalid"):
+        check_settings({"n_trials": 0, "n_jobs": 1, "study_name": "s", "search_space": SPACE})
+
+
+def test_search_runs_until_n_trials_finished_and_finds_the_best(tmp_path):
+    launched = []
+
+    def launch(jobs, first_index):
+        launched.extend(jobs)
+        return completing(jobs, first_index)
+
+    result = make_search(tmp_path, n_jobs=2).run(["data=mnist_sample"], launch)
+    assert len(launched) == 5 and all(job.overrides[0] == "data=mnist_sample" for job in launched)
+    assert [job.index for job in launched] == [0, 1, 2, 3, 4]
+    assert [t.state for t in result.trials] == ["COMPLETE"] * 5
+    assert result.best.value == max(t.value for t in result.trials)
+    retrain = result.retrain_command(["data=mnist_sample"])
+    assert retrain.startswith("python -m mnist_exp data=mnist_sample ")
+    assert " ".join(result.best.overrides[:2]) in retrain
+
+
+def test_rerun_resumes_and_only_adds_the_missing_trials(tmp_path):
+    first = make_search(tmp_path, n_trials=3).run([], completing)
+    seen = []
+
+    def count(jobs, first_index):
+        seen.extend(jobs)
+        return completing(jobs, first_index)
+
+    second = make_search(tmp_path, n_trials=5).run([], count)
+    assert len(seen) == 2 and second.ran_now == 2
+    assert [t.number for t in second.trials] == [0, 1, 2, 3, 4]
+    assert [t.params for t in second.trials[:3]] == [t.params for t in first.trials]
+    assert make_search(tmp_path, n_trials=5).run([], lambda *a: pytest.fail("ran again")).ran_now == 0
+
+
+def test_failed_and_pruned_trials(tmp_path):
+    outcomes = iter([
+        JobOutcome("FAIL", reason="TrainingDiverged: loss became nan at epoch 1"),
+        RuntimeError("worker crashed"),
+        JobOutcome("PRUNED", value=0.99, reason="pruned after epoch 1"),
+        JobOutcome("COMPLETE", value=0.9),
+        JobOutcome("COMPLETE", value=float("nan")),
+        JobOutcome("COMPLETE", value=0.8),
+        JobOutcome("COMPLETE", value=0.7),
+    ])
+    result = make_search(tmp_path, n_trials=4).run([], lambda jobs, first: [next(outcomes) for _ in jobs])
+    states = [t.state for t in result.trials]
+    assert states == ["FAIL", "FAIL", "PRUNED", "COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert result.trials[0].reason.startswith("TrainingDiverged") and "worker crashed" in result.trials[1].reason
+    assert result.best.value == 0.9 and result.best.state == "COMPLETE"
+
+
+def test_a_search_that_only_fails_stops(tmp_path):
+    result = make_search(tmp_path, n_trials=2, max_failures=3).run(
+        [], lambda jobs, first: [JobOutcome("FAIL", reason="boom") for _ in jobs]
+    )
+    assert [t.state for t in result.trials] == ["FAIL"] * 3 and result.best is None
+    assert result.retrain_command([]) is None
+
+
+def dead_owner() -> str:
+    """The stamp of a process that has exited."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    here = processes.current()
+    return processes.Owner(here.host, int(child.stdout), here.pid_namespace, "1").stamp()
+
+
+def test_trials_left_running_by_a_dead_sweep_are_failed_and_not_counted(tmp_path):
+    """A dead sweep's trial becomes FAIL; a live worker's RUNNING trial counts toward n_trials (it will finish)."""
+    found = make_search(tmp_path, n_trials=2)
+    study = optuna.create_study(storage=found.storage, study_name="test", direction="maximize")
+    orphan = study.ask()
+    orphan.set_user_attr("owner", dead_owner())
+    alive = study.ask()
+    alive.set_user_attr("owner", processes.owner())  # this process: still running, must be left alone
+    elsewhere = study.ask()  # another container on this host: its own PID namespace, unknowable from here
+    here = processes.current()
+    elsewhere.set_user_attr("owner", processes.Owner(here.host, 1, "4026000000", "1").stamp())
+
+    result = found.run([], lambda jobs, first: [JobOutcome("COMPLETE", value=0.5) for _ in jobs])
+    by_number = {t.number: t for t in result.trials}
+    assert result.abandoned == [orphan.number]
+    assert by_number[orphan.number].state == "FAIL" and "died" in by_number[orphan.number].reason
+    assert by_number[alive.number].state == "RUNNING" and by_number[elsewhere.number].state == "RUNNING"
+    assert result.ran_now == 0, "two live RUNNING trials fill n_trials=2"
+
+
+def test_a_trial_its_process_never_stamped_is_failed_once_it_is_old(tmp_path):
+    """SIGKILL between asking for a trial and stamping its owner leaves a RUNNING trial with no owner."""
+    found = make_search(tmp_path, n_trials=1)
+    study = optuna.create_study(storage=found.storage, study_name="test", direction="maximize")
+    unstamped = study.ask()
+    storage = make_storage(found.storage)
+    started = study.trials[unstamped.number].datetime_start
+    assert search.fail_abandoned_trials(study, storage, now=started + datetime.timedelta(seconds=1)) == [], \
+        "a trial being stamped right now is left alone"
+    later = started + search.UNSTAMPED_GRACE + datetime.timedelta(seconds=1)
+    assert search.fail_abandoned_trials(study, storage, now=later) == [unstamped.number]
+    assert study.trials[unstamped.number].state.name == "FAIL"
+
+
+def test_direction_mismatch_is_an_error(tmp_path):
+    make_search(tmp_path, n_trials=1).run([], lambda jobs, first: [JobOutcome("COMPLETE", value=1.0)])
+    with pytest.raises(ExperimentError, match="was created to maximize, not minimize"):
+        make_search(tmp_path, n_trials=1, direction="minimize", metric="val_loss").open_study()
+
+
+def test_reporter_in_a_job_prunes_through_the_shared_storage(tmp_path):
+    found = make_search(tmp_path, n_trials=1, pruner={"name": "threshold", "lower": 0.5})
+    pruned = {}
+
+    def job(jobs, first_index):
+        # What a worker process does: find its trial from its JobContext, report, get stopped.
+        link = StudyLink(found.storage, found.study_name, "val_accuracy", {"name": "threshold", "lower": 0.5})
+        reporter = TrialReporter.connect(link, jobs[0].number)
+        reporter(1, {"val_accuracy": 0.7})
+        with pytest.raises(RunPruned, match="pruned after epoch 2: val_accuracy=0.3000"):
+            reporter(2, {"val_accuracy": 0.3})
+        pruned["number"] = reporter.number
+        return [JobOutcome("PRUNED")]
+
+    result = found.run([], job)
+    assert result.trials[0].state == "PRUNED" and pruned["number"] == 0
+    assert load_trials(found)[0].intermediate_values == {1: 0.7, 2: 0.3}
+
+
+def test_concurrent_slots_do_not_wait_for_each_other(tmp_path):
+    """Trial 0 holds its slot until the other five trials have run in the other slot: with a batch barrier
+    between the slots they never would, and trial 0 gives up and fails."""
+    others_done, lock, ended = threading.Event(), threading.Lock(), []
+
+    def launch(jobs, first_index):
+        (job,) = jobs
+        if job.index == 0:
+            if not others_done.wait(timeout=120):
+                return [JobOutcome("FAIL", reason="the other slot waited for this one")]
+        with lock:
+            ended.append(job.index)
+            if len(ended) == 5:
+                others_done.set()
+        return [JobOutcome("COMPLETE", value=value_of(job))]
+
+    result = make_search(tmp_path, n_trials=6, n_jobs=2).run([], launch, concurrent=True)
+    assert sorted(t.number for t in result.trials) == list(range(6)) and result.ran_now == 6
+    assert all(t.state == "COMPLETE" for t in result.trials), [t.reason for t in result.trials]
+    assert ended[-1] == 0
+
+
+# --- interrupts at every moment of the loop ---------------------------------------------------------------
+
+
+@pytest.fixture
+def signals_handled():
+    """The CLI's Ctrl-C handling installed in this process, restored afterwards."""
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    yield
+    for number, handler in previous.items():
+        signal.signal(number, handler)
+
+
+def interrupt_now() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+MOMENTS = ["while asking", "during a trial", "while telling", "between trials"]
+
+
+@pytest.mark.parametrize("moment", MOMENTS)
+def test_an_interrupt_at_any_moment_leaves_no_running_trial_and_a_rerun_completes(
+    tmp_path, monkeypatch, signals_handled, moment
+):
+    found = make_search(tmp_path, n_trials=3)
+    calls = {"ask": 0, "tell": 0}
+    real_suggest, real_tell = search.suggest_overrides, search._tell
+
+    def suggest(trial, space):  # inside the ask: after study.ask(), before the trial is recorded as ours
+        calls["ask"] += 1
+        if moment == "while asking" and calls["ask"] == 2:
+            interrupt_now()
+        return real_suggest(trial, space)
+
+    def tell(study, trial, returned):
+        calls["tell"] += 1
+        if moment == "while telling" and calls["tell"] == 1:
+            interrupt_now()
+        state = real_tell(study, trial, returned)
+        if moment == "between trials" and calls["tell"] == 1:
+            interrupt_now()
+        return state
+
+    def launch(jobs, first_index):
+        if moment == "during a trial" and jobs[0].index == 1:
+            interrupt_now()
+        return completing(jobs, first_index)
+
+    monkeypatch.setattr(search, "suggest_overrides", suggest)
+    monkeypatch.setattr(search, "_tell", tell)
+    with pytest.raises(KeyboardInterrupt):
+        found.run([], launch)
+    states = [t.state.name for t in load_trials(found)]
+    assert "RUNNING" not in states and states[0] == "COMPLETE", states
+    assert not interrupts.requested(), "the search's interrupt is forgotten when it ends"
+
+    monkeypatch.setattr(search, "suggest_overrides", real_suggest)
+    monkeypatch.setattr(search, "_tell", real_tell)
+    resumed = make_search(tmp_path, n_trials=3).run([], completing)
+    assert [t.state for t in resumed.trials].count("COMPLETE") == 3
+    assert all(t.reason == search.INTERRUPTED_REASON for t in resumed.trials if t.state == "FAIL")

@@ -1,0 +1,43 @@
+"""One table format, one score format, one "best first" that follows the metric and never crowns pruned work."""
+
+from __future__ import annotations
+
+from mnist_exp import runs, tables
+from mnist_exp.multirun import SweepSummary
+
+
+def row(run_id, state, val_accuracy=None, val_loss=None, status="FINISHED", **extra):
+    return {"run_id": run_id, "status": status, "state": state, "final_val_accuracy": val_accuracy,
+            "final_val_loss": val_loss, "overrides": "", **extra}
+
+
+def test_best_first_follows_the_metric_direction_and_puts_incomplete_work_last():
+    rows = [row("low", "COMPLETE", 0.8, 0.2), row("pruned", "PRUNED", 0.99, 0.01), row("high", "COMPLETE", 0.9, 0.5),
+            row("failed", "FAIL", None, None, status="FAILED")]
+    by_accuracy = tables.best_first(rows, "val_accuracy", lambda r: r["final_val_accuracy"], tables.row_state)
+    assert [r["run_id"] for r in by_accuracy][:2] == ["high", "low"]
+    by_loss = tables.best_first(rows, "val_loss", lambda r: r["final_val_loss"], tables.row_state)
+    assert [r["run_id"] for r in by_loss][:2] == ["low", "high"]
+
+
+def test_a_pruned_run_is_never_the_best():
+    summary = SweepSummary("val_accuracy", [row("pruned", "PRUNED", 0.99), row("complete", "COMPLETE", 0.5)])
+    assert summary.best["run_id"] == "complete"
+    assert SweepSummary("val_accuracy", [row("pruned", "PRUNED", 0.99)]).best is None
+
+
+def test_runs_best_uses_each_runs_optimized_metric():
+    rows = [
+        row("acc-low", "COMPLETE", 0.8, 0.1, experiment="e", **{"params.optimized_metric": "val_accuracy"}),
+        row("acc-high", "COMPLETE", 0.9, 0.9, experiment="e", **{"params.optimized_metric": "val_accuracy"}),
+        row("loss-low", "COMPLETE", 0.1, 0.05, experiment="e", **{"params.optimized_metric": "val_loss"}),
+        row("loss-high", "COMPLETE", 0.95, 0.4, experiment="e", **{"params.optimized_metric": "val_loss"}),
+    ]
+    assert sorted(r["run_id"] for r in runs.best_per_experiment(rows)) == ["acc-high", "loss-low"]
+
+
+def test_columns_line_up_and_scores_have_four_decimals():
+    text = tables.sweep_table([row("a" * 32, "COMPLETE", 0.91234, test_accuracy=0.9), row("b" * 32, "FAIL")])
+    header, first, second = text.splitlines()
+    assert first.split()[:3] == ["COMPLETE", "0.9123", "0.9000"] and second.split()[:3] == ["FAIL", "-", "-"]
+    assert header.index("run id") == first.index("a" * 32) == second.index("b" * 32)

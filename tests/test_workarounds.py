@@ -1,0 +1,82 @@
+"""Each workaround of another library's internals: it works with the installed version, and its guard
+falls back (or fails in one line) when the private name it relies on is gone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_exp import workarounds
+from mnist_exp.errors import ExperimentError
+
+
+def test_the_keras_input_example_folder_is_created_first(tmp_path, monkeypatch):
+    import mlflow.keras.save as keras_save
+
+    written = []
+    monkeypatch.setattr(keras_save, "_save_example",
+                        lambda model, example, path, *a, **k: written.append((path, (tmp_path / "m").is_dir())))
+    original = keras_save._save_example
+    with workarounds.keras_input_example_folder_created():
+        keras_save._save_example(None, [1], str(tmp_path / "m"))
+    assert written == [(str(tmp_path / "m"), True)] and keras_save._save_example is original
+
+
+def test_without_the_private_save_example_nothing_is_patched(monkeypatch):
+    import mlflow.keras.save as keras_save
+
+    monkeypatch.delattr(keras_save, "_save_example")
+    with workarounds.keras_input_example_folder_created():
+        assert not hasattr(keras_save, "_save_example")
+
+
+def test_dataset_entities_for_the_client_api_and_the_fallback(caplog):
+    import mlflow
+
+    dataset = mlflow.data.from_numpy(np.zeros((2, 3), dtype=np.uint8), targets=np.zeros(2), name="d", digest="abc")
+    entity = workarounds.dataset_input_entity(dataset)
+    assert (entity.name, entity.digest) == ("d", "abc")
+
+    class Renamed:
+        pass
+
+    assert workarounds.dataset_input_entity(Renamed()) is None
+    assert "not logging dataset inputs" in caplog.text
+
+
+def test_the_cpython_ast_race_is_tried_once_more_and_other_errors_pass():
+    attempts = []
+
+    def flaky():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=1, after=2)")
+        return "imported"
+
+    assert workarounds.retry_cpython_ast_race(flaky) == "imported" and len(attempts) == 2
+    with pytest.raises(SystemError, match="something else"):
+        workarounds.retry_cpython_ast_race(lambda: (_ for _ in ()).throw(SystemError("something else")))
+
+
+def test_hydras_basic_sweeper_is_found_and_its_absence_is_one_line(monkeypatch):
+    from hydra.plugins.sweeper import Sweeper
+
+    assert issubclass(workarounds.hydra_basic_sweeper_class(), Sweeper)
+    import hydra._internal.core_plugins.basic_sweeper as module
+
+    monkeypatch.delattr(module, "BasicSweeper")
+    with pytest.raises(ExperimentError, match="hydra-core>=1.3.2,<1.4"):
+        workarounds.hydra_basic_sweeper_class()
+
+
+def test_the_ray_launchers_settings_are_read_or_none():
+    from omegaconf import OmegaConf
+
+    class RayLike:
+        ray_cfg = OmegaConf.create({"init": {"address": None, "num_cpus": 2}})
+
+    assert workarounds.ray_init_settings(RayLike()) == {"address": None, "num_cpus": 2}
+    assert workarounds.ray_init_settings(object()) is None
+    ray_launcher = pytest.importorskip("hydra_plugins.hydra_ray_launcher.ray_launcher")
+    launcher = ray_launcher.RayLauncher(ray=OmegaConf.create({"init": {"address": "auto"}, "remote": {}}))
+    assert workarounds.ray_init_settings(launcher) == {"address": "auto"}
