@@ -10,7 +10,8 @@ VENV := .venv
 .PHONY: run test quick ui serve system-packages
 PORT ?= 5000
 MODEL ?= models:/mnist-mlp@champion
-STORE := sqlite:///$(CURDIR)/runs/mlflow.db
+# The store runs write to by default, as the code computes it (mnist_exp.store.reading_uri).
+STORE = $(shell $(VENV)/bin/python -c "from mnist_exp.store import reading_uri; print(reading_uri())")
 QUICK := -m "not slow and not e2e" --durations=15
 
 $(VENV)/bin/python:
