@@ -1,14 +1,19 @@
-"""Shared fixtures: composed configs pointed at a temporary store, and tiny data files."""
+"""Shared test helpers: composed configs pointed at a temporary store, tiny data files, the real CLI in a
+subprocess, reading the store it wrote, and waiting for a condition with a deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import os
 import socket
+import sqlite3
 import struct
 import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +22,23 @@ from hydra import compose, initialize_config_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
+SWEEP_TAG = "mnist_exp.sweep"  # literal, as other checks read it: a renamed tag must fail the tests
+PARENT_TAG = "mlflow.parentRunId"
+POLL_INTERVAL_S = 0.5
+
+
+# --- configs and data ---------------------------------------------------------------------------------
+
+def compose_cfg(runs_dir: Path, *overrides: str):
+    """The composed config with `overrides`, everything a run writes redirected into `runs_dir`."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"runs_dir={runs_dir}", *overrides])
 
 
 @pytest.fixture
 def make_cfg(tmp_path):
-    """compose(overrides) with everything a run writes redirected into tmp_path."""
-
-    def make(*overrides: str):
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=[f"runs_dir={tmp_path / 'runs'}", *overrides])
-
-    return make
+    """compose(overrides) with everything a run writes redirected into tmp_path/runs."""
+    return lambda *overrides: compose_cfg(tmp_path / "runs", *overrides)
 
 
 def write_idx(path: Path, array: np.ndarray, *, magic: bytes | None = None, compress: bool = True) -> Path:
@@ -65,11 +76,146 @@ def idx_folder(tmp_path) -> Path:
 @pytest.fixture
 def npz_file(tmp_path) -> Path:
     """A Keras-format mnist.npz: 400 train, 100 test learnable images."""
+    return write_npz(tmp_path / "mnist.npz")
+
+
+def write_npz(path: Path) -> Path:
+    """A Keras-format mnist.npz at `path`: 400 train, 100 test learnable images."""
     x_train, y_train = learnable_digits(400, seed=3)
     x_test, y_test = learnable_digits(100, seed=4)
-    path = tmp_path / "mnist.npz"
     np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
     return path
+
+
+# --- the CLI in a subprocess ------------------------------------------------------------------------------
+
+def cli_command(*args: str, runs_dir: Path | None, python_options: Sequence[str] = ()) -> list[str]:
+    """`python [python_options] -m mnist_exp ARGS runs_dir=RUNS_DIR` (no runs_dir override when it is None)."""
+    return [sys.executable, *python_options, "-m", "mnist_exp", *args,
+            *([f"runs_dir={runs_dir}"] if runs_dir is not None else [])]
+
+
+def _environment(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    return {**os.environ, **env} if env else None
+
+
+def run_cli(*args: str, runs_dir: Path | None, env: Mapping[str, str] | None = None, timeout: float = 600,
+            python_options: Sequence[str] = ()) -> subprocess.CompletedProcess:
+    """Run `python -m mnist_exp ARGS runs_dir=RUNS_DIR` from the project root to its end; output captured as text.
+
+    `env` adds to (does not replace) this process's environment.
+    """
+    return subprocess.run(
+        cli_command(*args, runs_dir=runs_dir, python_options=python_options),
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, env=_environment(env),
+    )
+
+
+def start_cli(*args: str, runs_dir: Path | None, env: Mapping[str, str] | None = None,
+              stdout: int | None = subprocess.PIPE, stderr: int | None = subprocess.PIPE) -> subprocess.Popen:
+    """Start `python -m mnist_exp ARGS runs_dir=RUNS_DIR` without waiting (text pipes by default).
+
+    Its `pid` is the sweeping process's PID for a multirun (the one that writes the parent run).
+    """
+    return subprocess.Popen(
+        cli_command(*args, runs_dir=runs_dir), cwd=PROJECT_ROOT, stdout=stdout, stderr=stderr, text=True,
+        env=_environment(env),
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Wait for a process `start_cli` started; what it printed, as `run_cli` returns it. Killed on timeout."""
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+# --- reading the store --------------------------------------------------------------------------------
+
+def store_uri(runs_dir_or_uri: Path | str) -> str:
+    """A runs_dir's default store (sqlite:///RUNS_DIR/mlflow.db), or a tracking URI as it is."""
+    text = str(runs_dir_or_uri)
+    return text if "://" in text else f"sqlite:///{text}/mlflow.db"
+
+
+def store_client(runs_dir_or_uri: Path | str):
+    """An MlflowClient on a runs_dir's store or on a tracking URI."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(store_uri(runs_dir_or_uri))
+
+
+def all_runs(client) -> list:
+    """Every run of every experiment in the store; [] for a store without experiments."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return list(client.search_runs(experiments, max_results=50_000)) if experiments else []
+
+
+def sweep_parents_and_children(client) -> tuple[list, dict[str, list]]:
+    """(the multirun parent runs, {parent run id: its child runs})."""
+    runs = all_runs(client)
+    parents = [r for r in runs if r.data.tags.get(SWEEP_TAG) == "true"]
+    children = {p.info.run_id: [r for r in runs if r.data.tags.get(PARENT_TAG) == p.info.run_id] for p in parents}
+    return parents, children
+
+
+def single_sweep(client) -> tuple:
+    """(parent, children) of the store's one multirun; fails the test when there is not exactly one."""
+    parents, children = sweep_parents_and_children(client)
+    assert len(parents) == 1, f"expected one sweep parent run, found {len(parents)}"
+    return parents[0], children[parents[0].info.run_id]
+
+
+def metric_steps(client, run_id: str, key: str) -> list[int]:
+    """The steps (epochs) at which a run logged `key`, in order."""
+    return [point.step for point in client.get_metric_history(run_id, key)]
+
+
+def artifact_paths(client, run_id: str, folder: str | None = None) -> set[str]:
+    """The paths of a run's artifacts at the top level, or in `folder`."""
+    return {artifact.path for artifact in client.list_artifacts(run_id, folder)}
+
+
+def owner_pid(run) -> int:
+    """The PID in a run's mnist_exp.owner stamp (`host:pid:...`): the process that wrote the run."""
+    return int(run.data.tags["mnist_exp.owner"].split(":")[1])
+
+
+def epochs_recorded(runs_dir: Path) -> int:
+    """val_accuracy points in a runs_dir's store so far, read with plain sqlite3 (read-only): an MLflow
+    client would race the running process to create the store's tables."""
+    database = Path(runs_dir) / "mlflow.db"
+    if not database.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_accuracy'").fetchone()[0]
+    except sqlite3.Error:  # the tables are not there yet
+        return 0
+
+
+# --- waiting ---------------------------------------------------------------------------------------------
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str,
+               process: subprocess.Popen | None = None) -> None:
+    """Poll `condition` until it holds. Fail the test after `timeout` seconds, or as soon as `process` (the one
+    expected to bring the condition about) exits, with its output; `what` names the awaited condition."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"waiting for {what}: the process exited with code {process.returncode} first"
+                        f"\n{_output(process)}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:.0f} s for {what} in vain")
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _output(process: subprocess.Popen) -> str:
+    """What an exited process printed on its pipes (the ends, so a failure message stays readable)."""
+    stdout, stderr = process.communicate(timeout=30)
+    return "\n".join(text[-3000:] for text in (stdout, stderr) if text)
 
 
 def free_port() -> int:
@@ -78,32 +224,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for_http(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
     """Poll `url` until it answers; fail with the server's output if it exits or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            output = server.stdout.read() if server.poll() is not None and server.stdout else ""
-            pytest.fail(f"{url} did not answer within {timeout:.0f} s:\n{output}")
-        time.sleep(0.5)
+    wait_until(lambda: _answers(url), timeout, f"{url} to answer", process=server)
 
 
 def signal_when(process: subprocess.Popen, ready: Callable[[], bool], signal_number: int, timeout: float,
                 waiting_for: str) -> str:
-    """Send `signal_number` once `ready()` holds; the process's stderr after it exits."""
+    """Send `signal_number` once `ready()` holds (`waiting_for` names that moment); the process's stderr
+    after it exits."""
     try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.5)
-            if ready():
-                break
-        else:
-            pytest.fail(f"{waiting_for} within {timeout:.0f} s")
+        wait_until(ready, timeout, waiting_for, process=process)
         process.send_signal(signal_number)
         _, stderr = process.communicate(timeout=60)
     finally:

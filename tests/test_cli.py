@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import sqlite3
-import subprocess
-import sys
 
 import pytest
-from mlflow import MlflowClient
 
-from tests.conftest import PROJECT_ROOT, signal_when
+from tests.conftest import (
+    all_runs,
+    artifact_paths,
+    epochs_recorded,
+    finish,
+    metric_steps,
+    owner_pid,
+    run_cli,
+    signal_when,
+    single_sweep,
+    start_cli,
+    store_client,
+)
 
 pytestmark = pytest.mark.slow
 
 
-def mnist_exp(*args: str, runs_dir, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mnist_exp", *args, f"runs_dir={runs_dir}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def store(runs_dir) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{runs_dir}/mlflow.db")
-
-
-def runs_in(runs_dir):
-    client = store(runs_dir)
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
-
-
-def epochs_recorded(database) -> int:
-    """Epochs in the store so far, read with plain sqlite3: an MLflow client would race the run to create tables."""
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
-            return connection.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_accuracy'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
-def test_help_lists_groups_without_importing_tensorflow_or_mlflow(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "mnist_exp", "--help"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
-    )
+def test_help_lists_groups_without_importing_tensorflow_or_mlflow():
+    result = run_cli("--help", runs_dir=None, python_options=("-X", "importtime"), timeout=60)
     assert result.returncode == 0
     assert "optimizer: adam, adamw, rmsprop, sgd" in result.stdout
     assert "data: fashion_mnist, mnist, mnist_sample" in result.stdout
@@ -54,7 +33,7 @@ def test_help_lists_groups_without_importing_tensorflow_or_mlflow(tmp_path):
 
 
 def test_cfg_job_prints_the_composed_config(tmp_path):
-    result = mnist_exp("--cfg", "job", "optimizer=sgd", "epochs=10", runs_dir=tmp_path)
+    result = run_cli("--cfg", "job", "optimizer=sgd", "epochs=10", runs_dir=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "name: sgd" in result.stdout and "epochs: 10" in result.stdout and "nesterov: false" in result.stdout
 
@@ -80,7 +59,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_run(tmp_path, override, message):
-    result = mnist_exp(override, runs_dir=tmp_path / "runs")
+    result = run_cli(override, runs_dir=tmp_path / "runs")
     assert result.returncode == 2
     assert result.stderr.startswith(message), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
@@ -90,7 +69,7 @@ def test_bad_input_is_one_line_exit_2_and_no_run(tmp_path, override, message):
 def test_corrupt_data_file_is_one_line_and_no_run(tmp_path):
     bad = tmp_path / "mnist.npz"
     bad.write_bytes(b"garbage")
-    result = mnist_exp(f"data.path={bad}", runs_dir=tmp_path / "runs")
+    result = run_cli(f"data.path={bad}", runs_dir=tmp_path / "runs")
     assert result.returncode == 2 and result.stderr.startswith(f"error: {bad} is not a readable .npz archive")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "mlflow.db").exists()
@@ -98,7 +77,7 @@ def test_corrupt_data_file_is_one_line_and_no_run(tmp_path):
 
 def test_one_epoch_run_prints_a_summary_and_records_it(tmp_path):
     runs_dir = tmp_path / "runs"
-    result = mnist_exp("data=mnist_sample", "epochs=1", "optimizer=sgd", runs_dir=runs_dir)
+    result = run_cli("data=mnist_sample", "epochs=1", "optimizer=sgd", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     # The epoch's line, then the summary: no other output (no progress bars after training).
@@ -106,67 +85,112 @@ def test_one_epoch_run_prints_a_summary_and_records_it(tmp_path):
     assert lines[-3].startswith("val_accuracy ") and "test_accuracy " in lines[-3]
     assert lines[-1].startswith("UI: ") and lines[-1].endswith(f"mlflow ui --backend-store-uri sqlite:///{runs_dir}/mlflow.db")
     run_id = lines[-2].removeprefix("MLflow run ")
-    run = store(runs_dir).get_run(run_id)
+    client = store_client(runs_dir)
+    run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("data=mnist_sample epochs=1 optimizer=sgd")
     assert run.data.params["optimizer.name"] == "sgd" and run.data.params["dataset.name"] == "mnist_sample"
-    assert [p.step for p in store(runs_dir).get_metric_history(run_id, "val_accuracy")] == [1]
+    assert metric_steps(client, run_id, "val_accuracy") == [1]
     assert "Traceback" not in result.stderr
+
+
+def sweep_table(stdout: str) -> list[list[str]]:
+    """The rows (cells split on blanks) of the table a grid sweep prints, header first."""
+    lines = stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.split()[:2] == ["state", "val_acc"])
+    rows = []
+    for line in lines[first:]:
+        if not line.strip() or line.startswith(("best: ", "UI: ")):
+            break
+        rows.append(line.split())
+    return rows
 
 
 def test_multirun_groups_jobs_under_one_parent(tmp_path):
     runs_dir = tmp_path / "runs"
-    result = mnist_exp("-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=1", runs_dir=runs_dir)
+    result = run_cli("-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=1", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr
-    runs = runs_in(runs_dir)
-    (parent,) = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "true"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(runs) == 3 and len(children) == 2
+    client = store_client(runs_dir)
+    parent, children = single_sweep(client)
+    assert len(all_runs(client)) == 3 and len(children) == 2
     assert {c.data.params["optimizer.name"] for c in children} == {"sgd", "adam"}
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+    assert parent.data.tags["mnist_exp.state"] == "COMPLETE"
     best = max(children, key=lambda c: c.data.metrics["final_val_accuracy"])
     assert parent.data.tags["best_child_run_id"] == best.info.run_id
-    artifacts = {a.path for a in store(runs_dir).list_artifacts(parent.info.run_id)}
-    assert {"sweep_summary.json", "sweep_summary.txt", "plots"} <= artifacts
-    plots = {a.path for a in store(runs_dir).list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/val_accuracy_by_parameter.png"}
-    assert all({a.path for a in store(runs_dir).list_artifacts(c.info.run_id, "plots")} for c in children)
+    assert {"sweep_summary.json", "sweep_summary.txt", "plots"} <= artifact_paths(client, parent.info.run_id)
+    assert artifact_paths(client, parent.info.run_id, "plots") == {"plots/val_accuracy_by_parameter.png"}
+    assert all(artifact_paths(client, c.info.run_id, "plots") for c in children)
     assert f"best: {best.info.run_id}" in result.stdout
+    # The table: a state column, best first.
+    header, *rows = sweep_table(result.stdout)
+    assert header == ["state", "val_acc", "test_acc", "run", "id", "overrides"]
+    assert [row[0] for row in rows] == ["COMPLETE", "COMPLETE"] and rows[0][3] == best.info.run_id
     # One line per finished job (number, overrides, scores, time), then the table.
     done = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if " done: " in line]
     assert len(done) == 2 and all("val_accuracy=" in line for line in done), result.stderr
 
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """The sweeping process alone creates and ends the parent run, after the last job, and leaves nothing RUNNING."""
     runs_dir = tmp_path / "runs"
-    result = mnist_exp("-m", "model.dropout=1.5,0.1", "data=mnist_sample", "epochs=1", runs_dir=runs_dir)
+    sweep = start_cli("-m", "model.dropout=1.5,0.1", "data=mnist_sample", "epochs=1", runs_dir=runs_dir)
+    result = finish(sweep)
     assert result.returncode == 1
     assert "job 0 failed: model.dropout=1.5 is invalid" in result.stdout + result.stderr
     assert result.stderr.strip().endswith("error: 1 of 2 jobs failed")
-    runs = runs_in(runs_dir)
-    (parent,) = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "true"]
-    children = {
-        r.data.params["model.dropout"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
-    }
-    assert children["0.1"].info.status == "FINISHED"
-    assert children["1.5"].info.status == "FAILED"
-    assert "model.dropout=1.5 is invalid" in children["1.5"].data.tags["mnist_exp.failure"]
-    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_failed"] == 1
-    assert parent.data.tags["best_child_run_id"] == children["0.1"].info.run_id
+    client = store_client(runs_dir)
+    parent, children = single_sweep(client)
+    by_dropout = {child.data.params["model.dropout"]: child for child in children}
+    assert by_dropout["0.1"].info.status == "FINISHED" and by_dropout["0.1"].data.tags["mnist_exp.state"] == "COMPLETE"
+    assert by_dropout["1.5"].info.status == "FAILED" and by_dropout["1.5"].data.tags["mnist_exp.state"] == "FAIL"
+    assert "model.dropout=1.5 is invalid" in by_dropout["1.5"].data.tags["mnist_exp.failure"]
+    # One job finished, so the parent did (multirun.MultirunParent._end).
+    assert parent.info.status == "FINISHED" and parent.data.tags["mnist_exp.state"] == "COMPLETE"
+    assert parent.data.metrics["jobs_failed"] == 1
+    assert parent.data.tags["best_child_run_id"] == by_dropout["0.1"].info.run_id
+    assert owner_pid(parent) == sweep.pid, "the sweeping process wrote the parent run"
+    assert parent.info.end_time >= max(child.info.end_time for child in children), "closed after its jobs"
+    assert not [run for run in all_runs(client) if run.info.status == "RUNNING"]
+    # The summary artifact is the table the sweep printed: best first, the failed job last.
+    summary = open(client.download_artifacts(parent.info.run_id, "sweep_summary.txt")).read()
+    assert [line.split() for line in summary.splitlines()] == sweep_table(result.stdout)
+    assert [row[0] for row in sweep_table(result.stdout)[1:]] == ["COMPLETE", "FAIL"]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_sweep_whose_jobs_all_fail_ends_its_parent_failed(tmp_path):
+    """One job refused before training (bad value), one failed during it (diverged): no job finished."""
+    runs_dir = tmp_path / "runs"
+    result = run_cli(
+        "-m", "model.dropout=1.5,0.0", "optimizer=sgd", "optimizer.lr=10.0", "model.activation=linear",
+        "model.hidden_units=[512,512]", "data=mnist_sample", "epochs=1", "plots=false", runs_dir=runs_dir,
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.strip().endswith("error: 2 of 2 jobs failed")
+    client = store_client(runs_dir)
+    parent, children = single_sweep(client)
+    by_dropout = {child.data.params["model.dropout"]: child for child in children}
+    assert {key: child.info.status for key, child in by_dropout.items()} == {"1.5": "FAILED", "0.0": "FAILED"}
+    assert by_dropout["0.0"].data.tags["mnist_exp.failure"].startswith("TrainingDiverged: loss became ")
+    assert parent.info.status == "FAILED" and parent.data.tags["mnist_exp.state"] == "FAIL"
+    assert parent.data.metrics["jobs_failed"] == 2 and "best_child_run_id" not in parent.data.tags
+    assert "sweep_summary.txt" in artifact_paths(client, parent.info.run_id)
+    assert [row[0] for row in sweep_table(result.stdout)[1:]] == ["FAIL", "FAIL"]
+    assert "best: " not in result.stdout
+    assert not [run for run in all_runs(client) if run.info.status == "RUNNING"]
     assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
 def test_interrupted_run_is_killed_with_the_epochs_so_far(tmp_path, signal_number):
     runs_dir = tmp_path / "runs"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_exp", "data=mnist_sample", "epochs=500", f"runs_dir={runs_dir}"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    stderr = signal_when(process, lambda: epochs_recorded(runs_dir / "mlflow.db") > 0, signal_number, 120,
-                         "no epoch was recorded")
+    process = start_cli("data=mnist_sample", "epochs=500", runs_dir=runs_dir)
+    stderr = signal_when(process, lambda: epochs_recorded(runs_dir) > 0, signal_number, 120,
+                         "an epoch in the store")
     assert process.returncode == 130
     assert stderr.strip().splitlines()[-1] == "error: interrupted; the run is recorded as KILLED"
-    (run,) = runs_in(runs_dir)
+    client = store_client(runs_dir)
+    (run,) = all_runs(client)
     assert run.info.status == "KILLED"
-    epochs = [p.step for p in store(runs_dir).get_metric_history(run.info.run_id, "val_accuracy")]
+    epochs = metric_steps(client, run.info.run_id, "val_accuracy")
     assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) < 500
