@@ -178,7 +178,9 @@ def section_training(repeats: int) -> list[str]:
 def section_data(repeats: int) -> list[str]:
     from mnist_exp.data import load_dataset
 
-    data_cfg = {"name": "fashion_mnist", "path": None, "allow_fallback": False, "val_fraction": 0.1, "cache": True}
+    from omegaconf import OmegaConf
+
+    data_cfg = OmegaConf.load(ROOT / "conf" / "data" / "fashion_mnist.yaml")
 
     def first_load() -> float:
         with tempfile.TemporaryDirectory() as cache:

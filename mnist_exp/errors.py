@@ -23,10 +23,15 @@ class RunPruned(Exception):
     """An Optuna pruner stopped the run early: recorded as FINISHED with state PRUNED, not as a failure."""
 
 
+def report(message: str, code: int = BAD_INPUT) -> int:
+    """Print `error: message` on stderr; return `code` (for a command's main() that returns its exit code)."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
 def exit_with(message: str, code: int = BAD_INPUT) -> NoReturn:
     """Print `error: message` on stderr and leave with `code`."""
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+    sys.exit(report(message, code))
 
 
 def first_line(text: str) -> str:

@@ -31,13 +31,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = Ru
     """
     with interrupts.scope():
         dataset = _validated_data(cfg, overrides, context)
-        # Imported here, after validation: together they cost seconds.
-        from mnist_exp.keras_backend import import_keras, select_backend
         from mnist_exp.run_record import record_run
         from mnist_exp.train import train_and_evaluate
 
-        select_backend(cfg.backend)
-        import_keras()
         with record_run(cfg, dataset, overrides, context) as recorder:
             result = train_and_evaluate(cfg, dataset, on_epoch=_epoch_hook(cfg, recorder, context))
             model_uri = _publish(cfg, recorder, result, dataset)
@@ -54,7 +50,15 @@ def _validated_data(cfg: DictConfig, overrides: Sequence[str], context: RunConte
     try:
         config.validate(cfg)
         check_store(cfg)
-        return load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
+        dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
+        # Imported here, after the checks that need neither: together they cost seconds.
+        from mnist_exp.keras_backend import import_keras, select_backend
+        from mnist_exp.model import build_optimizer
+
+        select_backend(cfg.backend)
+        import_keras()
+        build_optimizer(cfg.optimizer)  # only Keras knows which keys its optimizer takes
+        return dataset
     except ExperimentError as error:
         if context.parent_run_id is not None:
             # Every job of a sweep gets a child run, so the parent's table shows this one failed.

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_exp.config import store_for_reading
-from mnist_exp.errors import ExperimentError
+from mnist_exp.errors import ExperimentError, report
 
 # What runs recorded before `data.class_names` and `data.picture_layout` were logged were trained on.
 DIGITS = tuple(str(d) for d in range(10))
@@ -56,8 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch = np.stack([to_model_input(p, layout) for p in pictures])
         results = predict(model, batch, class_names)
     except ExperimentError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report(str(error))
     for path, top in zip(args.images, results, strict=True):
         (best, _), *_ = top
         ranked = ", ".join(f"{name} {p:.3f}" for name, p in top)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from itertools import groupby
 from typing import Any
 
-from mnist_exp.errors import ExperimentError, exit_with
+from mnist_exp.errors import ExperimentError, report
 
 DEFAULT_METRIC = "val_accuracy"
 
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # --best looks at every run, not only the newest.
         rows = recent_runs(args.tracking_uri, 50_000 if args.best else args.limit, args.experiment)
     except ExperimentError as error:
-        exit_with(str(error))
+        return report(str(error))
     if args.best:
         rows = best_per_experiment(rows)
     if not rows:

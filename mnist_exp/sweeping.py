@@ -14,15 +14,18 @@ from mnist_exp import config as settings
 from mnist_exp.errors import JOBS_FAILED, ExperimentError, exit_with
 from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
 
-# What `hydra.launcher._target_` says about where jobs run.
+# Where jobs run, by the launcher's `_target_` in the config (Hydra's own configs name these classes).
 IN_PROCESS, JOBLIB, RAY, OTHER = "in-process", "joblib", "ray", "other"
+LAUNCHERS = {
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher": IN_PROCESS,
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher": JOBLIB,
+    "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher": RAY,
+}
 
 
 def launcher_kind(config: DictConfig) -> str:
-    target = str(config.hydra.launcher.get("_target_", ""))
-    if target.endswith("BasicLauncher"):
-        return IN_PROCESS
-    return JOBLIB if "joblib" in target else RAY if "ray" in target else OTHER
+    """IN_PROCESS, JOBLIB, RAY, or OTHER for a launcher this project does not know (its jobs run elsewhere)."""
+    return LAUNCHERS.get(str(config.hydra.launcher.get("_target_", "")), OTHER)
 
 
 @contextlib.contextmanager

@@ -295,3 +295,15 @@ def test_an_interrupt_at_any_moment_leaves_no_running_trial_and_a_rerun_complete
     resumed = make_search(tmp_path, n_trials=3).run([], completing)
     assert [t.state for t in resumed.trials].count("COMPLETE") == 3
     assert all(t.reason == search.INTERRUPTED_REASON for t in resumed.trials if t.state == "FAIL")
+
+
+@pytest.mark.parametrize(("launcher", "kind"), [("basic", "in-process"), ("joblib", "joblib"), ("ray_cluster", "ray")])
+def test_each_launcher_config_is_recognised(launcher, kind):
+    from hydra import compose, initialize_config_dir
+
+    from mnist_exp import sweeping
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert sweeping.launcher_kind(config) == kind
