@@ -147,9 +147,14 @@ def store_client(runs_dir_or_uri: Path | str):
     return MlflowClient(store_uri(runs_dir_or_uri))
 
 
-def all_runs(client) -> list:
-    """Every run of every experiment in the store; [] for a store without experiments."""
-    experiments = [e.experiment_id for e in client.search_experiments()]
+def all_runs(client, experiment: str | None = None) -> list:
+    """Every run of every experiment in the store, or of the experiment named `experiment`; [] when there is
+    no such experiment."""
+    if experiment is None:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        experiments = [found.experiment_id] if found is not None else []
     return list(client.search_runs(experiments, max_results=50_000)) if experiments else []
 
 

@@ -4,23 +4,45 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
+import sys
 
 import mlflow
 import numpy as np
 import pytest
-from mlflow import MlflowClient
 
-from mnist_exp import experiment, tracking
+from mnist_exp import experiment, run_tags
 from mnist_exp.errors import ExperimentError, TrainingDiverged
+from mnist_exp.run_record import RunRecorder
+from mnist_exp.store import connect, tracking_uri
+from tests.conftest import all_runs, artifact_paths, compose_cfg, metric_steps, store_client, write_npz
+
+
+@pytest.fixture(scope="module")
+def shared_runs_dir(tmp_path_factory):
+    """One runs_dir (MLflow store and data cache) for the module: creating a store costs seconds. Each test
+    records into an experiment of its own, named after the test."""
+    return tmp_path_factory.mktemp("experiment") / "runs"
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    return write_npz(tmp_path_factory.mktemp("data") / "mnist.npz")
 
 
 @pytest.fixture
-def tiny(make_cfg, npz_file):
+def experiment_cfg(shared_runs_dir, request):
+    """compose(overrides) recording into the shared store, in this test's own experiment."""
+    return lambda *overrides: compose_cfg(shared_runs_dir, f"mlflow.experiment={request.node.name}", *overrides)
+
+
+@pytest.fixture
+def tiny(experiment_cfg, tiny_npz):
     """A config for 2 fast epochs on the tiny npz, without the model upload or plots unless asked."""
 
     def make(*overrides):
-        return make_cfg(
-            f"data.path={npz_file}", "epochs=2", "batch_size=32", "model.hidden_units=[32]",
+        return experiment_cfg(
+            f"data.path={tiny_npz}", "epochs=2", "batch_size=32", "model.hidden_units=[32]",
             "mlflow.log_model=false", "plots=false", *overrides,
         )
 
@@ -28,13 +50,13 @@ def tiny(make_cfg, npz_file):
 
 
 def client_for(cfg):
-    return MlflowClient(tracking.tracking_uri(cfg))
+    """A client on the store `cfg` writes to."""
+    return store_client(tracking_uri(cfg))
 
 
-def all_runs(cfg):
-    client = client_for(cfg)
-    experiments = client.search_experiments()
-    return client.search_runs([e.experiment_id for e in experiments]) if experiments else []
+def runs_of(cfg) -> list:
+    """The runs of `cfg`'s experiment."""
+    return all_runs(client_for(cfg), cfg.mlflow.experiment)
 
 
 def test_run_records_params_epochs_results_and_artifacts(tiny):
@@ -50,18 +72,17 @@ def test_run_records_params_epochs_results_and_artifacts(tiny):
     assert params["optimizer.name"] == "adam" and params["model.hidden_units"] == "[32]"
     assert params["dataset.name"] == "mnist" and params["dataset.test_examples"] == "100"
     assert params["dataset.fallback"] == "false" and len(params["dataset.digest"]) == 16
-    assert run.data.tags[tracking.OVERRIDES_TAG] == "optimizer=adam epochs=2"
+    assert run.data.tags[run_tags.OVERRIDES_TAG] == "optimizer=adam epochs=2"
 
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second"):
-        history = client.get_metric_history(run.info.run_id, key)
-        assert [point.step for point in history] == [1, 2], key
+        assert metric_steps(client, run.info.run_id, key) == [1, 2], key
     assert run.data.metrics["test_accuracy"] == pytest.approx(outcome["test_accuracy"])
     assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
 
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "overrides.txt", "plots"} <= artifacts
-    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {"plots/learning_curves.png", "plots/confusion_matrix.png", "plots/misclassified.png"}
+    assert {"config.yaml", "overrides.txt", "plots"} <= artifact_paths(client, run.info.run_id)
+    assert artifact_paths(client, run.info.run_id, "plots") == {
+        "plots/learning_curves.png", "plots/confusion_matrix.png", "plots/misclassified.png"
+    }
     contexts = {i.tags[0].value for i in run.inputs.dataset_inputs}
     assert contexts == {"train", "validation", "test"}
 
@@ -75,7 +96,7 @@ def test_run_records_params_epochs_results_and_artifacts(tiny):
 def test_plots_false_draws_nothing(tiny):
     cfg = tiny()
     outcome = experiment.run(cfg)
-    assert "plots" not in {a.path for a in client_for(cfg).list_artifacts(outcome["run_id"])}
+    assert "plots" not in artifact_paths(client_for(cfg), outcome["run_id"])
 
 
 def test_a_plot_that_fails_leaves_a_finished_run_and_a_warning(tiny, monkeypatch, caplog):
@@ -91,8 +112,8 @@ def test_a_plot_that_fails_leaves_a_finished_run_and_a_warning(tiny, monkeypatch
     assert "no plots for run" in caplog.text and "No space left on device" in caplog.text
 
 
-def test_same_config_and_seed_give_identical_scores_on_real_digits(make_cfg):
-    cfg = make_cfg("data=mnist_sample", "epochs=2", "plots=false", "mlflow.log_model=false", "seed=7")
+def test_same_config_and_seed_give_identical_scores_on_real_digits(experiment_cfg):
+    cfg = experiment_cfg("data=mnist_sample", "epochs=2", "plots=false", "mlflow.log_model=false", "seed=7")
     first, second = experiment.run(cfg), experiment.run(cfg)
     client = client_for(cfg)
     curves = [[p.value for p in client.get_metric_history(o["run_id"], "val_accuracy")] for o in (first, second)]
@@ -116,7 +137,7 @@ def test_bad_config_creates_no_run(tiny):
         experiment.run(tiny("epochs=0"))
     with pytest.raises(ExperimentError, match="does not exist"):
         experiment.run(tiny("data.path=/no/such/file.npz"))
-    assert all_runs(tiny()) == []
+    assert runs_of(tiny()) == []
 
 
 def test_divergence_fails_the_run_with_the_reason(tiny):
@@ -124,25 +145,25 @@ def test_divergence_fails_the_run_with_the_reason(tiny):
                "epochs=3")
     with pytest.raises(TrainingDiverged, match=r"loss became (nan|inf) at epoch 1"):
         experiment.run(cfg)
-    (run,) = all_runs(cfg)
+    (run,) = runs_of(cfg)
     assert run.info.status == "FAILED"
-    assert run.data.tags[tracking.FAILURE_TAG].startswith("TrainingDiverged: loss became ")
+    assert run.data.tags[run_tags.FAILURE_TAG].startswith("TrainingDiverged: loss became ")
 
 
 def test_interrupt_marks_the_run_killed_with_the_epochs_so_far(tiny, monkeypatch):
-    original = tracking.RunRecorder.log_epoch
+    original = RunRecorder.log_epoch
 
     def interrupt_after_first(self, epoch, metrics):
         original(self, epoch, metrics)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tracking.RunRecorder, "log_epoch", interrupt_after_first)
+    monkeypatch.setattr(RunRecorder, "log_epoch", interrupt_after_first)
     cfg = tiny("epochs=3")
     with pytest.raises(KeyboardInterrupt):
         experiment.run(cfg)
-    (run,) = all_runs(cfg)
+    (run,) = runs_of(cfg)
     assert run.info.status == "KILLED"
-    assert [p.step for p in client_for(cfg).get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+    assert metric_steps(client_for(cfg), run.info.run_id, "val_accuracy") == [1]
 
 
 def test_store_that_is_not_a_database(tiny, tmp_path):
@@ -187,18 +208,20 @@ def test_early_stopping_keeps_the_best_epoch(tiny):
 
 
 def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny):
-    import socket
-    import subprocess
-    import sys
-
     cfg = tiny()
-    client, experiment_id, _ = tracking.connect(cfg)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_owner = f"{socket.gethostname()}:{dead.stdout.strip()}"
-    orphan = client.create_run(experiment_id, tags={tracking.OWNER_TAG: dead_owner})
-    elsewhere = client.create_run(experiment_id, tags={tracking.OWNER_TAG: "another-host:1"})
+    store = connect(cfg)
+    client = store.client
+    # The full stamp (host, PID, PID namespace, start time) of a process that has ended.
+    dead = subprocess.run([sys.executable, "-c", "from mnist_exp.processes import owner; print(owner())"],
+                          capture_output=True, text=True, check=True)
+    stamp = dead.stdout.strip()
+    orphan = client.create_run(store.experiment_id, tags={run_tags.OWNER_TAG: stamp})
+    # A stamp written before stamps had four fields: host:pid.
+    old_orphan = client.create_run(store.experiment_id, tags={run_tags.OWNER_TAG: ":".join(stamp.split(":")[:2])})
+    elsewhere = client.create_run(store.experiment_id, tags={run_tags.OWNER_TAG: "another-host:1"})
 
     experiment.run(cfg)
-    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
-    assert "process died" in client.get_run(orphan.info.run_id).data.tags[tracking.FAILURE_TAG]
+    for run in (orphan, old_orphan):
+        assert client.get_run(run.info.run_id).info.status == "KILLED"
+        assert "process died" in client.get_run(run.info.run_id).data.tags[run_tags.FAILURE_TAG]
     assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # cannot know: left alone

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+from omegaconf import OmegaConf
 from PIL import Image
 
 from mnist_exp import plots
-from mnist_exp.data import DIGITS, FASHION_CLASSES
+from tests.conftest import CONF_DIR
+
+# Class names as the datasets' configs give them: long ones (Fashion-MNIST) must fit the pictures too.
+DIGITS = tuple(OmegaConf.load(CONF_DIR / "data" / "mnist.yaml").class_names)
+FASHION_CLASSES = tuple(OmegaConf.load(CONF_DIR / "data" / "fashion_mnist.yaml").class_names)
 
 
 def is_png(path, min_size=(300, 200)):
