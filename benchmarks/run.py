@@ -176,9 +176,9 @@ def section_training(repeats: int) -> list[str]:
 
 
 def section_data(repeats: int) -> list[str]:
-    from mnist_exp.data import load_dataset
-
     from omegaconf import OmegaConf
+
+    from mnist_exp.data import load_dataset
 
     data_cfg = OmegaConf.load(ROOT / "conf" / "data" / "fashion_mnist.yaml")
 
@@ -213,12 +213,15 @@ def mlflow_epoch_cost(epochs: int = 200) -> list[str]:
     """What recording one epoch's six metrics costs, in the local SQLite store."""
     from mlflow import MlflowClient
 
-    from mnist_exp.tracking import RunRecorder
+    from mnist_exp.run_record import RunRecorder
+    from mnist_exp.store import Store
 
     with tempfile.TemporaryDirectory() as folder:
-        client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
-        run = client.create_run(client.create_experiment("bench"))
-        recorder = RunRecorder(client=client, run_id=run.info.run_id, uri="")
+        uri = f"sqlite:///{folder}/mlflow.db"
+        client = MlflowClient(uri)
+        experiment_id = client.create_experiment("bench")
+        run = client.create_run(experiment_id)
+        recorder = RunRecorder(uri=uri, store=Store(client, experiment_id, uri), run_id=run.info.run_id)
         metrics = {"loss": 0.3, "accuracy": 0.9, "val_loss": 0.3, "val_accuracy": 0.9,
                    "epoch_seconds": 1.0, "samples_per_second": 50000.0}
         started = time.perf_counter()

@@ -20,7 +20,10 @@ from mnist_exp.store import check_store
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = RunContext()) -> dict[str, Any]:
+STANDALONE = RunContext()  # a run of its own: no parent, no extra tags, nobody else watching its epochs
+
+
+def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = STANDALONE) -> dict[str, Any]:
     """Train and evaluate the experiment `cfg` describes, recorded as one MLflow run.
 
     Returns the final metrics (val_accuracy, val_loss, test_accuracy, test_loss, epochs_completed,

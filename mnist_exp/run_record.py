@@ -120,10 +120,10 @@ class RunRecorder:
 
 @contextlib.contextmanager
 def record_run(
-    cfg: DictConfig, dataset: Dataset, overrides: Sequence[str] = (), context: RunContext = RunContext()
+    cfg: DictConfig, dataset: Dataset, overrides: Sequence[str] = (), context: RunContext | None = None
 ) -> Iterator[RunRecorder]:
     """One MLflow run around a training job, never left RUNNING."""
-    tags = _job_tags(overrides, context)
+    tags = _job_tags(overrides, context or RunContext())
     if dataset.fallback_reason:
         tags[run_tags.FALLBACK_TAG] = dataset.fallback_reason
     recorder = RunRecorder(uri=tracking_uri(cfg))
