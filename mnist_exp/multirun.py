@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -19,6 +19,9 @@ from mnist_exp import run_tags, tables
 from mnist_exp.processes import owner
 from mnist_exp.run_record import kill_abandoned_runs, log_config, log_params, source_tags
 from mnist_exp.store import Store, connect
+
+if TYPE_CHECKING:
+    from mnist_exp.search import SearchResult
 
 
 @dataclass
@@ -71,8 +74,8 @@ class MultirunParent:
         self._end(summary)
         return summary
 
-    def close_search(self, result: Any, plots: Sequence[Path], retrain: str | None) -> SweepSummary:
-        """Also the search's answer (mnist_exp.search.SearchResult): best value and params, all trials, plots."""
+    def close_search(self, result: SearchResult, plots: Sequence[Path], retrain: str | None) -> SweepSummary:
+        """Also the search's answer: best value and params, all trials, plots; registers the best model."""
         from mnist_exp.logged_models import register_champion
 
         summary = self._log_children()

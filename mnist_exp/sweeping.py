@@ -6,13 +6,17 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from mnist_exp import config as settings
 from mnist_exp.errors import JOBS_FAILED, ExperimentError, exit_with
 from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
+
+if TYPE_CHECKING:
+    from mnist_exp.multirun import MultirunParent, SweepSummary
+    from mnist_exp.search import SearchResult
 
 # Where jobs run, by the launcher's `_target_` in the config (Hydra's own configs name these classes).
 IN_PROCESS, JOBLIB, RAY, OTHER = "in-process", "joblib", "ray", "other"
@@ -29,7 +33,7 @@ def launcher_kind(config: DictConfig) -> str:
 
 
 @contextlib.contextmanager
-def parent_run(config: DictConfig, sweep_overrides: Sequence[str]) -> Iterator[Any]:
+def parent_run(config: DictConfig, sweep_overrides: Sequence[str]) -> Iterator[MultirunParent]:
     """Check the config and the Ray cluster, then open the multirun's parent run (mnist_exp.multirun); one
     error line and exit 2 when something cannot work. The parent ends KILLED if the block does not close it."""
     from mnist_exp.multirun import MultirunParent
@@ -99,7 +103,7 @@ def launch_outcomes(launcher: Any, batch: list[list[str]], first_index: int) -> 
     return outcomes
 
 
-def report_grid(parent: Any, summary: Any) -> None:
+def report_grid(parent: MultirunParent, summary: SweepSummary) -> None:
     """The sorted table of a grid sweep's jobs; exit 1 after it if any job failed."""
     from mnist_exp.store import ui_command
     from mnist_exp.tables import sweep_table
@@ -113,7 +117,7 @@ def report_grid(parent: Any, summary: Any) -> None:
         exit_with(f"{summary.failed} of {len(summary.rows)} jobs failed", JOBS_FAILED)
 
 
-def report_search(parent: Any, result: Any, summary: Any, retrain: str | None) -> None:
+def report_search(parent: MultirunParent, result: SearchResult, summary: SweepSummary, retrain: str | None) -> None:
     """Counts, every trial best first, the best trial and how to retrain it; exit 1 if no trial completed
     (failed trials are part of a search: a diverging learning rate)."""
     from mnist_exp.store import ui_command
