@@ -1,15 +1,13 @@
-"""Faults during work: many writers on one SQLite store, a full disk, a search killed outright."""
+"""Faults during work: many writers on one SQLite store, a full disk."""
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 
 import pytest
-from mlflow import MlflowClient
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import all_runs, finish, metric_steps, run_cli, start_cli, store_client
 
 pytestmark = pytest.mark.slow
 
@@ -21,26 +19,24 @@ PER_EPOCH = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "s
 def test_eight_processes_on_one_sqlite_store_lose_nothing(tmp_path):
     runs_dir = tmp_path / "runs"
     processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "mnist_exp", "data=mnist_sample", f"epochs={EPOCHS}", f"seed={seed}",
-             "plots=false", f"runs_dir={runs_dir}"],
-            cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        start_cli("data=mnist_sample", f"epochs={EPOCHS}", f"seed={seed}", "plots=false", runs_dir=runs_dir,
+                  stdout=subprocess.DEVNULL)
         for seed in range(PARALLEL_RUNS)
     ]
-    errors = []
-    for process in processes:
-        _, stderr = process.communicate(timeout=900)
-        if process.returncode != 0:
-            errors.append(stderr[-2000:])
+    try:
+        results = [finish(process, timeout=900) for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    errors = [result.stderr[-2000:] for result in results if result.returncode != 0]
     assert not errors, errors
-    client = MlflowClient(f"sqlite:///{runs_dir}/mlflow.db")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    client = store_client(runs_dir)
+    runs = all_runs(client)
     assert len(runs) == PARALLEL_RUNS and all(run.info.status == "FINISHED" for run in runs)
     assert sorted(run.data.params["seed"] for run in runs) == [str(seed) for seed in range(PARALLEL_RUNS)]
     for run in runs:
         for key in PER_EPOCH:
-            steps = [point.step for point in client.get_metric_history(run.info.run_id, key)]
+            steps = metric_steps(client, run.info.run_id, key)
             assert steps == list(range(1, EPOCHS + 1)), (run.info.run_id, key, steps)
         assert {"test_accuracy", "final_val_accuracy"} <= run.data.metrics.keys()
 
@@ -63,15 +59,12 @@ def test_a_full_disk_fails_the_run_with_the_reason_and_the_store_stays_readable(
     runs_dir = tmp_path / "runs"
     # The store stays on the real disk; the artifacts (the model is ~5 MB) go to a 256 kB file system.
     with small_tmpfs(runs_dir / "artifacts"):
-        result = subprocess.run(
-            [sys.executable, "-m", "mnist_exp", "data=mnist_sample", "epochs=1", f"runs_dir={runs_dir}"],
-            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-        )
+        result = run_cli("data=mnist_sample", "epochs=1", runs_dir=runs_dir, timeout=300)
         assert result.returncode == 2, result.stderr[-3000:]
         assert "No space left on device" in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        client = MlflowClient(f"sqlite:///{runs_dir}/mlflow.db")
-        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        client = store_client(runs_dir)
+        (run,) = all_runs(client)
         assert run.info.status == "FAILED"
         assert "No space left on device" in run.data.tags["mnist_exp.failure"]
-        assert [p.step for p in client.get_metric_history(run.info.run_id, "val_accuracy")] == [1]
+        assert metric_steps(client, run.info.run_id, "val_accuracy") == [1]
