@@ -11,10 +11,18 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
-from mnist_exp import tracking
-from tests.conftest import PROJECT_ROOT, free_port, wait_for_http
+from mnist_exp.logged_models import register_champion
+from tests.conftest import (
+    artifact_paths,
+    compose_cfg,
+    free_port,
+    metric_steps,
+    run_cli,
+    single_sweep,
+    store_client,
+    wait_for_http,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -67,46 +75,40 @@ def tracking_server(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path, make_cfg):
+def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path):
     url, artifacts = tracking_server
-    result = subprocess.run(
-        [sys.executable, "-m", "mnist_exp", "-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=2",
-         "mlflow=server", f"mlflow.tracking_uri={url}", f"runs_dir={tmp_path / 'runs'}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
-    )
+    runs_dir = tmp_path / "runs"
+    result = run_cli("-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=2", "mlflow=server",
+                     f"mlflow.tracking_uri={url}", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not (tmp_path / "runs" / "mlflow.db").exists(), "nothing goes to the local store"
-    client = MlflowClient(url)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    (parent,) = [r for r in runs if r.data.tags.get("mnist_exp.sweep") == "true"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert not (runs_dir / "mlflow.db").exists(), "nothing goes to the local store"
+    client = store_client(url)
+    parent, children = single_sweep(client)
     assert len(children) == 2 and {c.data.params["optimizer.name"] for c in children} == {"sgd", "adam"}
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
     for child in children:
         assert child.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
         for key in ("loss", "val_accuracy", "epoch_seconds"):
-            assert [p.step for p in client.get_metric_history(child.info.run_id, key)] == [1, 2]
-        paths = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"config.yaml", "plots"} <= paths
+            assert metric_steps(client, child.info.run_id, key) == [1, 2]
+        assert {"config.yaml", "plots"} <= artifact_paths(client, child.info.run_id)
         models = client.search_logged_models([child.info.experiment_id],
                                              filter_string=f"source_run_id = '{child.info.run_id}'")
         assert len(models) == 1
     assert any(artifacts.rglob("confusion_matrix.png")), "the server stored the files"
+    assert "sweep_summary.txt" in artifact_paths(client, parent.info.run_id)
     best = parent.data.tags["best_child_run_id"]
     assert best in {c.info.run_id for c in children}
 
     # The registry lives on the server too: what a search does with its best trial.
-    assert tracking.register_champion(make_cfg("mlflow=server", f"mlflow.tracking_uri={url}"), best) == "mnist-mlp/1"
+    server_cfg = compose_cfg(runs_dir, "mlflow=server", f"mlflow.tracking_uri={url}")
+    assert register_champion(server_cfg, best) == "mnist-mlp/1"
     assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == best
 
 
 def test_an_unreachable_server_is_one_line_before_training(tmp_path):
     port = free_port()  # nothing listens there
-    result = subprocess.run(
-        [sys.executable, "-m", "mnist_exp", "mlflow=server", f"mlflow.tracking_uri=http://127.0.0.1:{port}",
-         f"runs_dir={tmp_path / 'runs'}"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-    )
+    result = run_cli("mlflow=server", f"mlflow.tracking_uri=http://127.0.0.1:{port}", runs_dir=tmp_path / "runs",
+                     timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: cannot reach the MLflow tracking server at http://127.0.0.1:{port}")
     assert len(result.stderr.strip().splitlines()) == 1 and "Epoch" not in result.stdout
