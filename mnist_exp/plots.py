@@ -18,7 +18,7 @@ MAX_MISCLASSIFIED = 36
 
 
 def preload() -> None:
-    """Import matplotlib now (~0.4 s): called in a thread while training runs, it costs the run nothing."""
+    """Import matplotlib now: called in a thread while training runs, its import costs the run nothing."""
     _pyplot()
 
 

@@ -45,7 +45,7 @@ class RunContext:
 class RunRecorder:
     """Writes one run's epochs and results; handed to training as its per-epoch hook.
 
-    The run is opened in a background thread (MLflow's store takes ~1 s to start) while training
+    The run is opened in a background thread (MLflow's store is slow to start) while training
     begins; the first call that needs the run waits for it.
     """
 

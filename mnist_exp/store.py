@@ -1,6 +1,6 @@
 """The MLflow store: where it is, whether it can be used, and a client for it.
 
-MLflow is imported inside functions only: it costs ~2 s, which `--help` and config errors should not pay.
+MLflow is imported inside functions only: its import is slow, and `--help` and config errors should not pay for it.
 """
 
 from __future__ import annotations

@@ -117,7 +117,7 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
 
 
 def _predicted_classes(model, images: np.ndarray) -> np.ndarray:
-    """argmax of the model's output per image, by direct calls: predict() would first trace a function (~0.3 s)."""
+    """argmax of the model's output per image, by direct calls: predict() would first trace a function."""
     classes = [
         np.asarray(model(images[start:start + PREDICTION_CHUNK], training=False)).argmax(axis=1)
         for start in range(0, len(images), PREDICTION_CHUNK)
