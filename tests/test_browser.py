@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_exp import experiment, tracking
-from tests.conftest import PROJECT_ROOT, free_port, wait_for_http
+from mnist_exp import experiment
+from mnist_exp.store import connect, tracking_uri
+from tests.conftest import PROJECT_ROOT, compose_cfg, free_port, wait_for_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -22,27 +23,29 @@ SCREENSHOTS = Path(os.environ.get("MNIST_EXP_TEST_ARTIFACTS", PROJECT_ROOT / "te
 
 pytestmark = [
     pytest.mark.e2e,
+    pytest.mark.slow,  # a run, and `mlflow ui` in a subprocess
     pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (scripts/install-system-packages.sh)"),
 ]
 
 
-@pytest.fixture
-def ui(make_cfg):
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
     """A real 1-epoch run in a temporary store, and `mlflow ui` serving that store on 127.0.0.1."""
     pytest.importorskip("playwright", reason="needs the playwright package (pip install -e '.[test]')")
-    cfg = make_cfg("data=mnist_sample", "epochs=1", "mlflow.log_model=false")
+    cfg = compose_cfg(tmp_path_factory.mktemp("ui") / "runs", "data=mnist_sample", "epochs=1",
+                      "mlflow.log_model=false")
     outcome = experiment.run(cfg, overrides=["data=mnist_sample", "epochs=1"])
     port = free_port()
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", tracking.tracking_uri(cfg),
+        [str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", tracking_uri(cfg),
          "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     address = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{address}/health", server)
-        client, experiment_id, _ = tracking.connect(cfg)
-        yield address, experiment_id, client.get_run(outcome["run_id"])
+        store = connect(cfg)
+        yield address, store.experiment_id, store.client.get_run(outcome["run_id"])
     finally:
         server.terminate()
         server.wait(timeout=30)
