@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import signal
 import socket
 import sqlite3
 import struct
@@ -253,3 +254,15 @@ def signal_when(process: subprocess.Popen, ready: Callable[[], bool], signal_num
     finally:
         process.kill()
     return stderr
+
+
+@pytest.fixture
+def signals_handled():
+    """The CLI's Ctrl-C and SIGTERM handling installed in this process, pytest's own restored afterwards."""
+    from mnist_exp import interrupts
+
+    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    yield
+    for number, handler in previous.items():
+        signal.signal(number, handler)

@@ -13,15 +13,6 @@ from mnist_exp.run_record import RunContext
 from mnist_exp.store import tracking_uri
 
 
-@pytest.fixture
-def signals_handled():
-    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    interrupts.install()
-    yield
-    for number, handler in previous.items():
-        signal.signal(number, handler)
-
-
 def test_a_deferred_block_completes_and_the_interrupt_follows(signals_handled):
     done = []
     with pytest.raises(KeyboardInterrupt), interrupts.scope():

@@ -237,16 +237,6 @@ def test_concurrent_slots_do_not_wait_for_each_other(tmp_path):
 # --- interrupts at every moment of the loop ---------------------------------------------------------------
 
 
-@pytest.fixture
-def signals_handled():
-    """The CLI's Ctrl-C handling installed in this process, restored afterwards."""
-    previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    interrupts.install()
-    yield
-    for number, handler in previous.items():
-        signal.signal(number, handler)
-
-
 def interrupt_now() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
