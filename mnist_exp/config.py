@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import math
-import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -250,12 +249,6 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
 def flatten(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Every leaf of the config under a dotted key, e.g. {'optimizer.lr': 0.001, 'model.hidden_units': [512]}."""
     return dict(_leaves(plain(cfg)))
-
-
-def store_for_reading() -> str:
-    """The store the reading commands (predict, runs) open by default: $MLFLOW_TRACKING_URI, else the default
-    config's SQLite file (runs/mlflow.db in the project)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'runs' / 'mlflow.db'}"
 
 
 def runs_dir(cfg: DictConfig | Mapping[str, Any]) -> Path:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_exp.config import store_for_reading
 from mnist_exp.errors import ExperimentError, report
+from mnist_exp.store import reading_uri
 
 # What runs recorded before `data.class_names` and `data.picture_layout` were logged were trained on.
 DIGITS = tuple(str(d) for d in range(10))
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="RUN_ID", help="use the model this MLflow run logged")
     source.add_argument("--model", metavar="URI", help="a model URI, e.g. models:/mnist-mlp@champion")
-    parser.add_argument("--tracking-uri", default=store_for_reading(), help="the MLflow store (default: %(default)s)")
+    parser.add_argument("--tracking-uri", default=reading_uri(), help="the MLflow store (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         from mnist_exp.images import read_image, to_model_input

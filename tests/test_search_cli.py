@@ -171,7 +171,7 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number)
     command = ["-m", "hparams_search=optuna", "data=mnist_sample", "epochs=30", "hydra.sweeper.n_trials=2",
                "hydra.sweeper.pruner.name=none"]
     process = start_cli(*command, runs_dir=runs_dir, stdout=subprocess.DEVNULL)
-    stderr = signal_when(process, lambda: finished_trials(storage) >= 1, signal_number, 180, "no trial finished")
+    stderr = signal_when(process, lambda: finished_trials(storage) >= 1, signal_number, 180, "a finished trial")
     assert process.returncode == (-signal.SIGKILL if signal_number == signal.SIGKILL else 130), stderr[-3000:]
     interrupted = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
     done_before = [t.number for t in interrupted if t.state.name == "COMPLETE"]
