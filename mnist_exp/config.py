@@ -39,6 +39,8 @@ ACTIVATIONS = (
 )
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
 MAX_LAYER_WIDTH = 65_536
+MAX_EXPERIMENT_NAME_LENGTH = 500  # MLflow's limit (mlflow.utils.validation)
+MAX_MODEL_NAME_LENGTH = 250
 MAX_HIDDEN_LAYERS = 64
 
 # A check returns None when the value is fine, else a phrase saying what is allowed.
@@ -151,7 +153,29 @@ def _tracking_uri(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or value.split(":", 1)[0].split("+", 1)[0] not in TRACKING_SCHEMES:
         return allowed
+    if value.startswith("sqlite:///") and not value.startswith("sqlite:////"):
+        # Relative to wherever the command is started: runs would scatter over launch directories.
+        return "an absolute SQLite path, sqlite:////abs/path.db (four slashes), or null"
     return None
+
+
+def name_problem(value: Any, limit: int, forbidden: str = "/\\") -> str | None:
+    """None for a name that can only ever be a name (it also becomes a folder or file name somewhere),
+    else what is allowed."""
+    allowed = f"a name of at most {limit} characters without {' or '.join(forbidden)}, not . or .."
+    ok = (
+        isinstance(value, str) and value.strip() and len(value) <= limit and value not in (".", "..")
+        and not any(character in value for character in forbidden) and "\0" not in value
+    )
+    return None if ok else allowed
+
+
+def _experiment_name(value: Any) -> str | None:
+    return name_problem(value, MAX_EXPERIMENT_NAME_LENGTH)
+
+
+def _model_name(value: Any) -> str | None:
+    return None if value is None else name_problem(value, MAX_MODEL_NAME_LENGTH, forbidden="/\\:")
 
 
 _UNIT_OPEN = _number(0, 1, high_open=True)
@@ -205,9 +229,9 @@ DATA_KEYS: dict[str, Check] = {
 }
 MLFLOW_KEYS: dict[str, Check] = {
     "tracking_uri": _tracking_uri,
-    "experiment": _text,
+    "experiment": _experiment_name,
     "log_model": _boolean,
-    "registered_model": _optional(_text),
+    "registered_model": _model_name,
 }
 
 

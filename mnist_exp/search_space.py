@@ -12,6 +12,7 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "threshold", "none")
 PARAM_TYPES = ("categorical", "float", "int", "layers")
 SQLITE_LOCK_TIMEOUT_S = 60
+MAX_STUDY_NAME_LENGTH = 255  # a file name's limit
 
 
 def check_settings(sweeper: Mapping[str, Any]) -> None:
@@ -23,8 +24,12 @@ def check_settings(sweeper: Mapping[str, Any]) -> None:
     threads = sweeper.get("threads_per_job", "auto")
     if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
         raise ExperimentError(f"hydra.sweeper.threads_per_job={threads!r} is invalid: expected auto or an integer >= 0")
-    if not sweeper.get("study_name"):
-        raise ExperimentError("hydra.sweeper.study_name is empty")
+    from mnist_exp.config import name_problem
+
+    problem = name_problem(sweeper.get("study_name"), MAX_STUDY_NAME_LENGTH)
+    if problem is not None:
+        # The name is also the folder of the search's plots under runs_dir/optuna.
+        raise ExperimentError(f"hydra.sweeper.study_name={sweeper.get('study_name')!r} is invalid: expected {problem}")
     space = sweeper.get("search_space") or {}
     check_space(space)
     make_sampler(sweeper.get("sampler") or {}, space)

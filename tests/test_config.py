@@ -96,6 +96,15 @@ def test_list_override_and_flattened_params(make_cfg):
         ("data.class_names=[]", "data.class_names=[]"),
         ("data.class_names=[1,2]", "data.class_names=[1, 2]"),
         ("data.picture_layout=centred", "data.picture_layout='centred'"),
+        # Names become folder names (artifacts, plots): never paths that leave the run folders.
+        ("mlflow.experiment=/abs/dir", "mlflow.experiment='/abs/dir'"),
+        ("mlflow.experiment=../x", "mlflow.experiment='../x'"),
+        ("mlflow.experiment=..", "mlflow.experiment='..'"),
+        (f"mlflow.experiment={'e' * 501}", f"mlflow.experiment='{'e' * 501}'"),
+        ("mlflow.registered_model=bad/name", "mlflow.registered_model='bad/name'"),
+        ("mlflow.registered_model=bad:name", "mlflow.registered_model='bad:name'"),
+        # Relative to the launch directory: checked with the rest of the config, before TensorFlow loads.
+        ("mlflow.tracking_uri=sqlite:///x.db", "mlflow.tracking_uri='sqlite:///x.db'"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(make_cfg, override, named):

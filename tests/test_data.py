@@ -262,3 +262,50 @@ def test_a_loader_that_does_not_fit_is_one_clear_error(changes, message):
     with pytest.raises(ExperimentError) as caught:
         data.load_dataset(data_cfg(**changes), seed=0)
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def write_npz_of(path, x_train, y_train, x_test=None, y_test=None):
+    np.savez(path, x_train=x_train, y_train=y_train,
+             x_test=x_train if x_test is None else x_test, y_test=y_train if y_test is None else y_test)
+    return path
+
+
+@pytest.mark.parametrize("scale", [1.0, 255.0], ids=["floats in [0, 1]", "floats in [0, 255]"])
+def test_float_images_keep_their_values(tmp_path, scale):
+    """A float .npz in [0, 1] was once cast to all-0-or-1 bytes and trained at chance without a word."""
+    x, y = learnable_digits(60)
+    path = write_npz_of(tmp_path / "float.npz", x.astype(np.float32) / 255.0 * scale, y)
+    loaded = data.load_dataset(data_cfg(path=path, cache=False), seed=0)
+    np.testing.assert_array_equal(np.sort(loaded.x_test.reshape(-1)), np.sort(x.reshape(-1)))
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        (lambda x: np.where(x > 200, np.nan, x / 255.0), None, "NaN or infinite pixel values"),
+        (lambda x: x * 2.0, None, r"float pixels from 0 to 510; expected \[0, 1\] or \[0, 255\]"),
+        (lambda x: x.astype(np.complex64), None, "holds complex64 values"),
+        (lambda x: x.astype(str), None, "holds <U3 values"),
+        (lambda x: x > 100, None, "holds bool values"),
+        (None, lambda y: y.astype(bool), "y_train holds bool values; expected integer labels 0-9"),
+        (None, lambda y: y + 0.5, r"labels that are not whole numbers \(e.g. \d\.5\)"),
+        (None, lambda y: y.astype(np.float64) + 10, r"labels outside 0-9 \(found 10..19\)"),
+    ],
+    ids=["nan", "float 0-510", "complex", "strings", "bool images", "bool labels", "fractional labels",
+         "float labels out of range"],
+)
+def test_unusable_pixels_and_labels_are_one_line(tmp_path, images, labels, message):
+    x, y = learnable_digits(60)
+    x_bad = images(x) if images else x
+    y_bad = labels(y) if labels else y
+    path = write_npz_of(tmp_path / "bad.npz", x_bad, y_bad, x, y)
+    with pytest.raises(ExperimentError, match=message):
+        data.load_dataset(data_cfg(path=path, cache=False), seed=0)
+
+
+def test_whole_float_labels_are_taken_and_a_single_class_is_warned_about(tmp_path, caplog):
+    x, _ = learnable_digits(60)
+    path = write_npz_of(tmp_path / "one-class.npz", x, np.full(60, 3.0))
+    loaded = data.load_dataset(data_cfg(path=path, cache=False), seed=0)
+    assert set(loaded.labels.tolist()) == {3}
+    assert "every training label is 3" in caplog.text

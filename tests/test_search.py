@@ -297,3 +297,10 @@ def test_each_launcher_config_is_recognised(launcher, kind):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = compose("config", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert sweeping.launcher_kind(config) == kind
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs", "..", "a/b", ""])
+def test_a_study_name_is_a_name_never_a_path(name):
+    """The study name is also the folder of the search's plots under runs_dir/optuna."""
+    with pytest.raises(ExperimentError, match="hydra.sweeper.study_name=.* is invalid: expected a name"):
+        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": name, "search_space": SPACE})

@@ -1,7 +1,7 @@
 """The file formats image data comes in, decoded to RawData: Keras' .npz, IDX files, a CSV of pixels.
 
-Every decoder ends in `check_arrays`, which rejects wrong shapes, mismatched counts and labels
-outside 0-9 with one line naming the file; a loader of its own can call it too.
+Every decoder ends in `check_arrays`, which rejects wrong shapes, mismatched counts, unusable pixel or
+label types and labels outside 0-9 with one line naming the file; a loader of its own can call it too.
 """
 
 from __future__ import annotations
@@ -132,12 +132,18 @@ def decode_sample_csv(path: Path) -> RawData:
 
 
 def check_arrays(source: str, x_train, y_train, x_test, y_test) -> RawData:
-    """Reject wrong shapes, mismatched counts and labels outside 0-9; give uint8 arrays."""
+    """Reject wrong shapes, mismatched counts, unusable pixel or label types and labels outside 0-9; give
+    uint8 arrays. Nothing is cast that would change a value:
+
+    - pixels: integers 0-255, or floats (NaN and infinity refused) taken as [0, 1] when the split's largest
+      value is at most 1, else as [0, 255]; floats are scaled to 0-255 and rounded;
+    - labels: integers, or floats that are whole numbers; booleans, strings and other types are refused.
+    """
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     for split in ("train", "test"):
-        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        images, labels = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
         if images.ndim == 2 and images.shape[1:] == (784,):
-            images = arrays[f"x_{split}"] = images.reshape(-1, *IMAGE_SHAPE)
+            images = images.reshape(-1, *IMAGE_SHAPE)
         if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
             raise ExperimentError(f"{source}: x_{split} has shape {images.shape}; expected (n, 28, 28)")
         if labels.ndim != 1:
@@ -148,13 +154,43 @@ def check_arrays(source: str, x_train, y_train, x_test, y_test) -> RawData:
             )
         if len(labels) == 0:
             raise ExperimentError(f"{source}: the {split} split is empty")
-        if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES:
-            raise ExperimentError(
-                f"{source}: y_{split} has labels outside 0-{NUM_CLASSES - 1} (found {labels.min()}..{labels.max()})"
-            )
-        if images.dtype != np.uint8:
-            if images.size and (images.min() < 0 or images.max() > 255):
-                raise ExperimentError(f"{source}: x_{split} has pixel values outside 0-255")
-            arrays[f"x_{split}"] = images.astype(np.uint8)
-        arrays[f"y_{split}"] = arrays[f"y_{split}"].astype(np.uint8)
+        arrays[f"y_{split}"] = _labels(source, f"y_{split}", labels)
+        arrays[f"x_{split}"] = _pixels(source, f"x_{split}", images)
     return RawData(source=source, **arrays)
+
+
+def _labels(source: str, name: str, labels: np.ndarray) -> np.ndarray:
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
+            odd = labels[~np.isfinite(labels) | (labels != np.round(labels))][0]
+            raise ExperimentError(f"{source}: {name} has labels that are not whole numbers (e.g. {odd})")
+    elif labels.dtype.kind not in "iu":
+        raise ExperimentError(
+            f"{source}: {name} holds {labels.dtype} values; expected integer labels 0-{NUM_CLASSES - 1}"
+        )
+    if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+        raise ExperimentError(
+            f"{source}: {name} has labels outside 0-{NUM_CLASSES - 1} (found {labels.min():g}..{labels.max():g})"
+        )
+    return labels.astype(np.uint8)
+
+
+def _pixels(source: str, name: str, images: np.ndarray) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind in "iu":
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise ExperimentError(f"{source}: {name} has pixel values outside 0-255")
+        return images.astype(np.uint8)
+    if images.dtype.kind != "f":
+        raise ExperimentError(f"{source}: {name} holds {images.dtype} values; "
+                              "expected integer pixels 0-255 or floats in [0, 1] or [0, 255]")
+    if not np.isfinite(images).all():
+        raise ExperimentError(f"{source}: {name} has NaN or infinite pixel values")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 255:
+        raise ExperimentError(
+            f"{source}: {name} has float pixels from {low:g} to {high:g}; expected [0, 1] or [0, 255]"
+        )
+    scale = 255.0 if high <= 1.0 else 1.0
+    return np.rint(images * scale).astype(np.uint8)

@@ -165,3 +165,7 @@ def _check_labels(raw: RawData, class_names: tuple[str, ...]) -> None:
         raise ExperimentError(
             f"data.class_names has {len(class_names)} names but {raw.source} has label {highest}"
         )
+    present = np.unique(raw.y_train)
+    if len(present) == 1:
+        log.warning("%s: every training label is %s (%s): the model can only learn to answer that",
+                    raw.source, present[0], class_names[present[0]])
