@@ -309,3 +309,40 @@ def test_whole_float_labels_are_taken_and_a_single_class_is_warned_about(tmp_pat
     loaded = data.load_dataset(data_cfg(path=path, cache=False), seed=0)
     assert set(loaded.labels.tolist()) == {3}
     assert "every training label is 3" in caplog.text
+
+
+def test_a_small_gzip_that_inflates_far_beyond_its_header_is_one_line(tmp_path):
+    """A 1 MB .gz once inflated to 2.1 GB before its header was looked at."""
+    header = bytes([0, 0, 0x08, 1]) + (100).to_bytes(4, "big")
+    path = tmp_path / "labels.gz"
+    with gzip.open(path, "wb") as stream:
+        stream.write(header)
+        for _ in range(64):
+            stream.write(bytes(1 << 20))  # 64 MiB of zeros, a few hundred kB compressed
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(ExperimentError, match=r"holds more than 100 data bytes but its header says \(100,\) = 100"):
+        formats.read_idx(path, dims=1)
+
+
+def test_an_idx_header_that_promises_too_much_is_one_line(tmp_path):
+    path = tmp_path / "images.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 0x08, 3]) + b"".join(n.to_bytes(4, "big") for n in (10**9, 28, 28))))
+    with pytest.raises(ExperimentError, match="more than the 2,147,483,648 bytes an array may have"):
+        formats.read_idx(path, dims=3)
+
+
+def test_an_npz_whose_header_claims_a_billion_images_is_one_line(tmp_path):
+    import io
+    import zipfile
+
+    x, y = learnable_digits(20)
+    path = write_npz_of(tmp_path / "liar.npz", x, y)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)})
+    rebuilt = tmp_path / "rebuilt.npz"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(rebuilt, "w") as target:  # x_train replaced
+        for name in ("y_train.npy", "x_test.npy", "y_test.npy"):
+            target.writestr(name, source.read(name))
+        target.writestr("x_train.npy", header.getvalue() + bytes(100))
+    with pytest.raises(ExperimentError, match=r"x_train claims shape \(1000000000, 28, 28\)"):
+        data.load_dataset(data_cfg(path=rebuilt, cache=False), seed=0)
