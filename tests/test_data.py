@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import os
+import re
 
 import numpy as np
 import pytest
@@ -346,3 +348,75 @@ def test_an_npz_whose_header_claims_a_billion_images_is_one_line(tmp_path):
         target.writestr("x_train.npy", header.getvalue() + bytes(100))
     with pytest.raises(ExperimentError, match=r"x_train claims shape \(1000000000, 28, 28\)"):
         data.load_dataset(data_cfg(path=rebuilt, cache=False), seed=0)
+
+
+def test_parallel_runs_that_miss_the_cache_decode_and_write_it_once(tmp_path, caplog):
+    """Two workers of a search once decoded the same files and renamed their partial caches onto one name."""
+    import threading
+
+    from mnist_exp.data import cache
+
+    x, y = learnable_digits(30)
+    source = write_npz_of(tmp_path / "digits.npz", x, y)
+    first_decoding, release, decodes = threading.Event(), threading.Event(), []
+
+    def decode():
+        decodes.append(threading.current_thread().name)
+        if len(decodes) == 1:
+            first_decoding.set()
+            assert release.wait(60)
+        return formats.decode_npz(source)
+
+    results = {}
+
+    def load(name):
+        results[name] = cache.cached(source, "digits", tmp_path / "cache", decode)
+
+    first = threading.Thread(target=load, args=("first",), name="first")
+    second = threading.Thread(target=load, args=("second",), name="second")
+    first.start()
+    assert first_decoding.wait(60)
+    second.start()
+    # The second must not decode while the first holds the entry: give it the chance to (it would at once).
+    second.join(timeout=2)
+    release.set()
+    first.join(60)
+    second.join(60)
+    assert decodes == ["first"]
+    np.testing.assert_array_equal(results["first"].x_train, results["second"].x_train)
+    assert "could not cache" not in caplog.text
+
+
+def test_paths_that_are_not_data_files_are_one_line(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ExperimentError, match="is neither a regular file nor a folder"):
+        data.load_dataset(data_cfg(path=fifo), seed=0)  # once: blocked forever
+    with pytest.raises(ExperimentError, match="cannot be used: File name too long"):
+        data.load_dataset(data_cfg(path=tmp_path / ("x" * 300 + ".npz")), seed=0)
+
+
+def test_an_unreadable_folder_is_one_line(idx_folder):
+    """As a user who may not read it (root reads any folder: the check runs as nobody when we are root)."""
+    import shutil
+    import subprocess
+    import sys
+
+    idx_folder.parent.chmod(0o755)
+    idx_folder.chmod(0)
+    code = ("import sys; from mnist_exp import data\n"
+            f"try: data.load_dataset({data_cfg(path=idx_folder)!r}, seed=0)\n"
+            "except Exception as error: print(type(error).__name__, error)")
+    as_other_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    if as_other_user and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv to drop privileges")
+    try:
+        result = subprocess.run([*as_other_user, sys.executable, "-c", code], capture_output=True, text=True,
+                                timeout=120, cwd=CONF_DIR.parent)
+    finally:
+        idx_folder.chmod(0o755)
+    # "cannot be read (permission denied)", or "cannot be used: Permission denied" when a folder on the
+    # way (pytest's temporary folders are private) already stops the user.
+    assert re.fullmatch(rf"ExperimentError data\.path={re.escape(str(idx_folder))} cannot be "
+                        r"(read \(permission denied\)|used: Permission denied)", result.stdout.strip()), \
+        result.stdout + result.stderr[-2000:]

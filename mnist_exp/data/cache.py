@@ -1,17 +1,19 @@
 """Decoded arrays kept as uncompressed .npy files, so later runs skip gzip and CSV parsing.
 
 An entry is keyed by the dataset's name and the source files' paths, sizes and mtimes; it is read
-straight into aligned buffers and written atomically, so parallel runs share it safely.
+straight into aligned buffers, and written once, by one writer, atomically: parallel runs that miss it
+wait for that writer and read what it wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +33,50 @@ def cached(location: Path, name: str, cache_dir: Path | None, decode: Callable[[
     if cache_dir is None:
         return dataclasses.replace(decode(), source=str(location))
     entry = cache_dir / f"{name}-{_fingerprint(location)}"
-    if entry.is_dir():
-        try:
-            arrays = {key: _read_npy(entry / f"{key}.npy") for key in SPLIT_NAMES}
-            return RawData(source=str(location), **arrays)
-        except (OSError, ValueError) as error:
-            log.warning("ignoring unreadable cache %s (%s)", entry, error)
-    raw = dataclasses.replace(decode(), source=str(location))
-    _write_cache(entry, raw)
+    found = _read_entry(entry, location)
+    if found is not None:
+        return found
+    # One writer per entry: parallel runs (a search's workers) that miss it wait for the first to write it.
+    with _entry_lock(entry) as locked:
+        found = _read_entry(entry, location) if locked else None
+        if found is not None:
+            return found
+        raw = dataclasses.replace(decode(), source=str(location))
+        if locked:
+            _write_cache(entry, raw)
     return raw
+
+
+def _read_entry(entry: Path, location: Path) -> RawData | None:
+    if not entry.is_dir():
+        return None
+    try:
+        arrays = {key: _read_npy(entry / f"{key}.npy") for key in SPLIT_NAMES}
+        return RawData(source=str(location), **arrays)
+    except (OSError, ValueError) as error:
+        log.warning("ignoring unreadable cache %s (%s)", entry, error)
+        return None
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: Path) -> Iterator[bool]:
+    """An exclusive lock on `entry` across processes; False when the cache folder cannot hold a lock file
+    (then nothing is cached, and the data is decoded all the same)."""
+    import fcntl
+
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        stream = open(entry.with_name(f"{entry.name}.lock"), "a")
+    except OSError as error:
+        log.warning("not caching decoded data in %s (%s)", entry.parent, error)
+        yield False
+        return
+    with stream:
+        fcntl.flock(stream, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(stream, fcntl.LOCK_UN)
 
 
 def _read_npy(path: Path) -> np.ndarray:

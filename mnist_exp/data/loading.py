@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import importlib
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +147,18 @@ def _existing_path(path: str | None) -> Path | None:
     if path is None:
         return None
     location = Path(path).expanduser()
-    if not location.exists():
-        raise ExperimentError(f"data.path={path} does not exist")
+    try:
+        if not location.exists():
+            raise ExperimentError(f"data.path={path} does not exist")
+        regular = location.is_file() or location.is_dir()
+        readable = os.access(location, os.R_OK | (os.X_OK if location.is_dir() else 0))
+    except OSError as error:  # a name too long for the file system, a folder on the way we may not enter
+        raise ExperimentError(f"data.path={path} cannot be used: {error.strerror or error}") from None
+    if not regular:
+        # A FIFO or a device would block the run forever, or stream without end.
+        raise ExperimentError(f"data.path={path} is neither a regular file nor a folder")
+    if not readable:
+        raise ExperimentError(f"data.path={path} cannot be read (permission denied)")
     return location
 
 
