@@ -147,7 +147,8 @@ def _layer_widths(value: Any) -> str | None:
     return None if all(_integer(1, MAX_LAYER_WIDTH)(width) is None for width in value) else allowed
 
 
-def _tracking_uri(value: Any) -> str | None:
+def tracking_uri_problem(value: Any) -> str | None:
+    """None for a tracking URI mnist-exp can use (or null: the local store), else what is allowed."""
     allowed = "null (the local SQLite store) or a URI starting with " + ", ".join(f"{s}:" for s in TRACKING_SCHEMES)
     if value is None:
         return None
@@ -228,7 +229,7 @@ DATA_KEYS: dict[str, Check] = {
     "cache": _boolean,
 }
 MLFLOW_KEYS: dict[str, Check] = {
-    "tracking_uri": _tracking_uri,
+    "tracking_uri": tracking_uri_problem,
     "experiment": _experiment_name,
     "log_model": _boolean,
     "registered_model": _model_name,

@@ -15,14 +15,27 @@ SIDE = 28
 DIGIT_BOX = 20
 # Pixels darker than this (after inverting a light background) count as background when cropping.
 INK_THRESHOLD = 30
+# Far more than any photo of a digit needs; a picture is decoded whole before it is scaled down.
+MAX_PIXELS = 50_000_000
 
 
 def read_image(path: Path) -> np.ndarray:
-    """The file as a 2-D uint8 grayscale array; transparent pixels become white, like paper."""
+    """The file as a 2-D uint8 grayscale array; transparent pixels become white, like paper.
+
+    Pictures of more than MAX_PIXELS pixels are refused before they are decoded (a small PNG can claim
+    20000x20000 pixels: a decompression bomb).
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if image.width * image.height > MAX_PIXELS:
+                raise ExperimentError(
+                    f"{path}: {image.width}x{image.height} pixels, more than the {MAX_PIXELS:,} a picture may have"
+                )
             image.load()
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 rgba = image.convert("RGBA")
@@ -31,7 +44,8 @@ def read_image(path: Path) -> np.ndarray:
             gray = np.asarray(image.convert("L"), dtype=np.uint8)
     except FileNotFoundError:
         raise ExperimentError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as error:
         raise ExperimentError(f"{path}: not a readable image ({error})") from None
     if gray.size == 0:
         raise ExperimentError(f"{path}: the image is empty")

@@ -16,6 +16,7 @@ from mnist_exp.store import connect, open_store, sqlite_store_lock, tracking_uri
 log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
 MODEL_NAME = "model"  # the name of the one model each run logs
+PIXELS = 28 * 28
 
 
 def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
@@ -59,6 +60,7 @@ def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None
     from mlflow.exceptions import MlflowException
 
     client = open_store(uri)
+    what = model_uri or f"the model of run {run_id}"
     try:
         if model_uri is None:
             run = client.get_run(run_id)
@@ -68,15 +70,32 @@ def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None
             model_uri = models[0].model_uri
         else:
             run = client.get_run(_model_run_id(client, model_uri))
+        flavors = mlflow.models.get_model_info(model_uri).flavors
+        if "keras" not in flavors:
+            raise ExperimentError(f"{what} is not a Keras model (its flavors: {', '.join(sorted(flavors))})")
         model = mlflow.keras.load_model(model_uri)
     except MlflowException as error:
-        raise ExperimentError(f"cannot load {model_uri or 'the model of run ' + str(run_id)}: "
-                              f"{first_line(error.message)}") from None
+        raise ExperimentError(f"cannot load {what}: {first_line(error.message)}") from None
+    except ExperimentError:
+        raise
+    except Exception as error:  # a damaged or truncated model file: Keras, zip and h5 errors alike
+        raise ExperimentError(f"cannot load {what}: {type(error).__name__}: {first_line(str(error))}") from None
+    inputs = getattr(model, "input_shape", None)
+    if not (isinstance(inputs, tuple) and inputs[-1:] == (PIXELS,)):
+        raise ExperimentError(f"{what} takes input of shape {inputs}, not {PIXELS} pixels (28x28, flattened)")
     return model, dict(run.data.params)
 
 
 def _model_run_id(client, model_uri: str) -> str:
-    """The run behind models:/NAME@ALIAS, models:/NAME/VERSION or models:/MODEL_ID."""
+    """The run behind runs:/RUN_ID/PATH, models:/NAME@ALIAS, models:/NAME/VERSION or models:/MODEL_ID."""
+    expected = "expected runs:/RUN_ID/model, models:/NAME@ALIAS, models:/NAME/VERSION or models:/ID"
+    if model_uri.startswith("runs:/"):
+        run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
+        if not run_id:
+            raise ExperimentError(f"--model {model_uri}: {expected}")
+        return run_id
+    if not model_uri.startswith("models:/"):
+        raise ExperimentError(f"--model {model_uri}: {expected}")
     reference = model_uri.removeprefix("models:/")
     if "@" in reference:
         name, alias = reference.split("@", 1)
@@ -84,9 +103,7 @@ def _model_run_id(client, model_uri: str) -> str:
     if "/" in reference:
         name, model_version = reference.split("/", 1)
         return client.get_model_version(name, model_version).run_id
-    if model_uri.startswith("models:/"):
-        return client.get_logged_model(reference).source_run_id
-    raise ExperimentError(f"--model {model_uri}: expected models:/NAME@ALIAS, models:/NAME/VERSION or models:/ID")
+    return client.get_logged_model(reference).source_run_id
 
 
 def register_champion(cfg: Mapping[str, Any], run_id: str) -> str | None:

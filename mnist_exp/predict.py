@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, params = load_logged_model(args.tracking_uri, run_id=args.run, model_uri=args.model)
         class_names, layout = trained_on(params)
         batch = np.stack([to_model_input(p, layout) for p in pictures])
+        for path, pixels in zip(args.images, batch, strict=True):
+            if not pixels.any():
+                print(f"warning: {path}: no ink found (a blank picture); its class below is a guess", file=sys.stderr)
         results = predict(model, batch, class_names)
     except ExperimentError as error:
         return report(str(error))

@@ -117,6 +117,9 @@ def _connect(cfg: Mapping[str, Any]) -> Store:
 
 def open_store(uri: str):
     """An MLflow client for an existing store, for reading; or one ExperimentError saying why not."""
+    problem = config.tracking_uri_problem(uri)
+    if problem is not None:
+        raise ExperimentError(f"--tracking-uri {uri} is invalid: expected {problem}")
     _quiet_mlflow_logging()
     if urlparse(uri).scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ExperimentError(f"no MLflow store at {uri}; train a model first, or pass --tracking-uri")
@@ -213,5 +216,7 @@ def _check_server_reachable(uri: str) -> None:
 def _quiet_mlflow_logging() -> None:
     # MLflow's telemetry would try the network on every run; this machine may have none.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # Reading a model draws download progress bars on stderr, between the command's own lines.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)

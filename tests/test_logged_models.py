@@ -8,6 +8,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 import numpy as np
@@ -95,6 +96,8 @@ def test_predict_errors_are_one_line(trained, real_digits, tmp_path, capsys):
         ([str(paths[0]), "--model", "models:/nobody@champion"], "cannot load models:/nobody@champion"),
         ([str(paths[0]), "--run", outcome["run_id"], "--tracking-uri", f"sqlite:///{tmp_path}/none.db"],
          "no MLflow store"),
+        ([str(paths[0]), "--run", outcome["run_id"], "--tracking-uri", "ftp://x"], "--tracking-uri ftp://x is invalid"),
+        ([str(paths[0]), "--model", "runs:/"], "--model runs:/: expected runs:/RUN_ID/model"),
     ]
     for args, message in cases:
         if "--tracking-uri" not in args:
@@ -155,3 +158,58 @@ def test_mlflow_serves_the_champion_over_http(trained, real_digits):
     local = mlflow.keras.load_model(outcome["model_uri"]).predict(batch, verbose=0)
     assert np.array_equal(served.argmax(axis=1), local.argmax(axis=1))
     assert (served.argmax(axis=1) == truth).sum() >= 16
+
+
+def test_predict_takes_a_runs_uri_and_warns_about_a_blank_picture(trained, tmp_path, capsys):
+    cfg, outcome = trained
+    blank = tmp_path / "blank.png"
+    Image.new("L", (64, 64), 255).save(blank)
+    args = [str(blank), "--model", f"runs:/{outcome['run_id']}/model", "--tracking-uri", tracking_uri(cfg)]
+    assert predict.main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"warning: {blank}: no ink found (a blank picture); its class below is a guess"
+    assert captured.out.startswith(f"{blank}: ")
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (8000, 8000)).save(bomb)  # 64 million pixels in a few kB
+    assert bomb.stat().st_size < 200_000
+    assert predict.main([str(bomb), "--run", "0" * 32, "--tracking-uri", f"sqlite:///{tmp_path}/none.db"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {bomb}: 8000x8000 pixels, more than the 50,000,000 a picture may have"
+    )
+
+
+def test_models_predict_cannot_use_are_one_line(real_digits, tmp_path, capsys):
+    """Another flavour, a Keras model of another input shape, a damaged model file: one line each."""
+    import keras
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("others")
+    paths, _ = photographed_digits(real_digits, tmp_path, count=1)
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return model_input
+
+    with mlflow.start_run() as pyfunc_run:
+        mlflow.pyfunc.log_model(name="model", python_model=Constant(), pip_requirements=[])
+    narrow = keras.Sequential([keras.Input(shape=(10,)), keras.layers.Dense(10, activation="softmax")])
+    with mlflow.start_run() as narrow_run:
+        mlflow.keras.log_model(narrow, name="model", pip_requirements=[])
+    with mlflow.start_run() as damaged_run:
+        info = mlflow.keras.log_model(narrow, name="model", pip_requirements=[])
+    stored = Path(urlparse(mlflow.get_logged_model(info.model_id).artifact_location).path)
+    model_file = next(stored.rglob("*.keras"))
+    model_file.write_bytes(model_file.read_bytes()[:100])  # truncated
+    capsys.readouterr()  # what logging the models printed
+    for run, message in [(pyfunc_run, "is not a Keras model (its flavors: python_function)"),
+                         (narrow_run, "takes input of shape (None, 10), not 784 pixels")]:
+        assert predict.main([str(paths[0]), "--run", run.info.run_id, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert predict.main([str(paths[0]), "--run", damaged_run.info.run_id, "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load the model of run" in err and len(err.strip().splitlines()) == 1, err
