@@ -150,9 +150,18 @@ def make_pruner(spec: Mapping[str, Any]):
 
 
 def make_storage(url: str):
+    """Optuna's storage at `url`, created if new; one ExperimentError line when it cannot be used."""
     import optuna
 
-    if url.startswith("sqlite:"):
-        # Parallel workers write to one SQLite file: wait for its lock rather than fail at once.
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}})
-    return optuna.storages.RDBStorage(url)
+    from mnist_exp.errors import first_line
+    from mnist_exp.store import sqlite_store_lock
+
+    # Parallel workers write to one SQLite file: wait for its lock rather than fail at once.
+    sqlite = url.startswith("sqlite:")
+    options = {"engine_kwargs": {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}} if sqlite else {}
+    try:
+        # Two searches starting at once on a new file would both create its tables (and collide).
+        with sqlite_store_lock(url):
+            return optuna.storages.RDBStorage(url, **options)
+    except Exception as error:  # SQLAlchemy and driver errors: an unreachable server, a file of something else
+        raise ExperimentError(f"cannot use the Optuna storage {url}: {first_line(str(error))}") from None

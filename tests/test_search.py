@@ -304,3 +304,29 @@ def test_a_study_name_is_a_name_never_a_path(name):
     """The study name is also the folder of the search's plots under runs_dir/optuna."""
     with pytest.raises(ExperimentError, match="hydra.sweeper.study_name=.* is invalid: expected a name"):
         check_settings({"n_trials": 2, "n_jobs": 1, "study_name": name, "search_space": SPACE})
+
+
+def test_searches_starting_together_on_a_new_storage_create_it_once(tmp_path):
+    """Two searches on one new SQLite storage once collided creating its tables (a unique-constraint error)."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    start, errors = threading.Barrier(6), []
+
+    def open_storage():
+        start.wait()
+        try:
+            make_storage(url)
+        except Exception as error:  # what the race raised
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_storage) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+
+
+def test_an_unusable_storage_is_one_line(tmp_path):
+    (tmp_path / "notes.db").write_text("not a database")
+    with pytest.raises(ExperimentError, match=r"^cannot use the Optuna storage sqlite:///.*notes\.db: "):
+        make_storage(f"sqlite:///{tmp_path / 'notes.db'}")
