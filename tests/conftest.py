@@ -266,3 +266,13 @@ def signals_handled():
     yield
     for number, handler in previous.items():
         signal.signal(number, handler)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_written_outside_the_run_folders():
+    """No test may leave MLflow's default ./mlruns in the project (or wherever pytest runs): writes stay in
+    the run folders the test chose."""
+    places = [PROJECT_ROOT / "mlruns", Path.cwd() / "mlruns"]
+    before = {place for place in places if place.exists()}
+    yield
+    assert not {place for place in places if place.exists()} - before, "a test wrote ./mlruns"

@@ -187,7 +187,9 @@ def test_models_predict_cannot_use_are_one_line(real_digits, tmp_path, capsys):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("others")
+    # Artifacts beside the store: MLflow's default is ./mlruns in the working directory.
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient(uri).create_experiment(
+        "others", artifact_location=(tmp_path / "artifacts").as_uri()))
     paths, _ = photographed_digits(real_digits, tmp_path, count=1)
 
     class Constant(mlflow.pyfunc.PythonModel):
