@@ -142,7 +142,8 @@ class MultirunParent:
                 self.store.client.log_artifact(self.run_id, str(plot), artifact_path="plots")
 
     def _end(self, summary: SweepSummary) -> None:
-        finished = summary.best is not None or not summary.rows
+        # FINISHED when any job ran to its end (a PRUNED trial did: the pruner stopped it, it did not fail).
+        finished = not summary.rows or any(tables.row_state(row) in ("COMPLETE", "PRUNED") for row in summary.rows)
         self.store.client.set_tag(self.run_id, run_tags.STATE_TAG, "COMPLETE" if finished else "FAIL")
         self.store.client.set_terminated(self.run_id, "FINISHED" if finished else "FAILED")
 

@@ -2,9 +2,9 @@
 
 Runs and trials are stamped with their owner so that a later start can tell work abandoned by a
 killed process (SIGKILL, a lost worker) from work that is still going on. A stamp reads
-`host:pid:pid-namespace:start-time`: containers that share a host name (`--network host`) have
-their own PID namespaces, and a recycled PID has another start time, so neither is mistaken for
-the process that wrote the stamp.
+`host:pid:pid-namespace:start-time:boot-id`: containers that share a host name (`--network host`)
+have their own PID namespaces, machines that share one have their own boot ids, and a recycled PID
+has another start time, so none of them is mistaken for the process that wrote the stamp.
 """
 
 from __future__ import annotations
@@ -23,25 +23,24 @@ class Owner:
     pid: int
     pid_namespace: str = ""  # "" where /proc cannot tell (not Linux)
     start_time: str = ""     # clock ticks since boot, field 22 of /proc/<pid>/stat
+    boot_id: str = ""        # this boot of this kernel: two machines with one host name differ here
 
     def stamp(self) -> str:
-        return f"{self.host}:{self.pid}:{self.pid_namespace}:{self.start_time}"
+        return f"{self.host}:{self.pid}:{self.pid_namespace}:{self.start_time}:{self.boot_id}"
 
     @classmethod
     def parse(cls, stamp: str) -> Owner | None:
         """The owner a stamp names; None for anything else (an empty or foreign tag)."""
-        host, _, rest = stamp.partition(":")
-        pid, _, rest = rest.partition(":")
-        namespace, _, start_time = rest.partition(":")
+        host, pid, namespace, start_time, boot_id = (stamp.split(":", 4) + [""] * 5)[:5]
         if not host or not pid.isdigit():
             return None
-        return cls(host, int(pid), namespace, start_time)
+        return cls(host, int(pid), namespace, start_time, boot_id)
 
 
 def current() -> Owner:
     """This process."""
     pid = os.getpid()
-    return Owner(socket.gethostname(), pid, _pid_namespace(), _start_time(pid) or "")
+    return Owner(socket.gethostname(), pid, _pid_namespace(), _start_time(pid) or "", _boot_id())
 
 
 def owner() -> str:
@@ -60,9 +59,15 @@ def is_dead(stamp: str) -> bool:
         return False
     if owner_.pid_namespace and owner_.pid_namespace != here.pid_namespace:
         return False
+    if owner_.boot_id and owner_.boot_id != here.boot_id:
+        return False
     if owner_.start_time and here.start_time:
         started = _start_time(owner_.pid)
-        return started is None or (started != "" and started != owner_.start_time)
+        if started:
+            return started != owner_.start_time
+        if started == "":
+            return False  # /proc would not say
+        # No /proc entry: gone, or hidden from us (/proc mounted with hidepid): ask the kernel.
     try:
         os.kill(owner_.pid, 0)
     except ProcessLookupError:
@@ -70,6 +75,13 @@ def is_dead(stamp: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def _boot_id() -> str:
+    try:
+        return (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _pid_namespace() -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_exp import interrupts, tables
-from mnist_exp.errors import ExperimentError
+from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import JobOutcome
 from mnist_exp.processes import is_dead, owner
 from mnist_exp.search_space import check_space, make_pruner, make_sampler, make_storage, suggest_overrides
@@ -94,6 +94,7 @@ class _Loop:
     launched: int = 0
     running: dict[int, Any] = field(default_factory=dict)  # trial number -> optuna Trial
     stopped: bool = False
+    error: Exception | None = None  # what stopped a slot thread
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -157,6 +158,10 @@ class Search:
             except KeyboardInterrupt:
                 self._fail_running(loop)
                 raise
+            except Exception as error:  # the storage failed (locked, gone): no trial stays RUNNING
+                self._fail_running(loop, f"the search stopped: {type(error).__name__}")
+                raise ExperimentError(f"the search stopped: {type(error).__name__}: {first_line(str(error))}") \
+                    from None
         result = SearchResult(self.study_name, self.storage, self.metric, self.direction, abandoned=abandoned,
                               ran_now=loop.launched)
         result.trials = [_outcome(t) for t in study.get_trials(deepcopy=False)]
@@ -172,6 +177,8 @@ class Search:
         for worker in workers:
             worker.join()
         interrupts.check()
+        if loop.error is not None:
+            raise loop.error
 
     def _next_job(self, loop: _Loop) -> TrialJob | None:
         """Ask for the next trial, or None when enough trials are finished or running."""
@@ -214,23 +221,29 @@ class Search:
             loop.failures += _tell(loop.study, trial, returned) == "FAIL"
             del loop.running[job.number]
 
-    def _fail_running(self, loop: _Loop) -> None:
-        """Ctrl-C or SIGTERM: the trials in flight end now, as FAIL, so a rerun starts clean."""
-        with loop.lock, interrupts.deferred():
+    def _fail_running(self, loop: _Loop, reason: str = INTERRUPTED_REASON) -> None:
+        """Ctrl-C, SIGTERM or a failing storage: the trials in flight end now, as FAIL, so a rerun starts clean.
+        Further signals wait until they are told (deferred before the lock is awaited)."""
+        with interrupts.deferred(), loop.lock:
             loop.stopped = True
             for trial in loop.running.values():
                 with contextlib.suppress(Exception):
-                    _tell(loop.study, trial, JobOutcome("FAIL", reason=INTERRUPTED_REASON))
+                    _tell(loop.study, trial, JobOutcome("FAIL", reason=reason))
             loop.running.clear()
 
     def _keep_launching(self, loop: _Loop, launch: Launch) -> None:
-        with contextlib.suppress(KeyboardInterrupt):  # the main thread re-raises it after the join
+        try:
             while job := self._next_job(loop):
                 try:
                     (returned,) = launch([job], job.index)
                 except Exception as error:  # a launcher failure fails this trial, not the search
                     returned = error
                 self._finish(loop, job, returned)
+        except KeyboardInterrupt:
+            pass  # the main thread re-raises it after the join
+        except Exception as error:  # the storage failed: the main thread ends the search with it
+            with loop.lock:
+                loop.error, loop.stopped = loop.error or error, True
 
 
 def fail_abandoned_trials(study, storage, now: datetime.datetime | None = None) -> list[int]:
@@ -250,8 +263,11 @@ def fail_abandoned_trials(study, storage, now: datetime.datetime | None = None) 
             now - trial.datetime_start > UNSTAMPED_GRACE
         if unstamped_long or (stamp is not None and is_dead(str(stamp))):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            storage.set_trial_user_attr(trial_id, "fail_reason", DIED_REASON)
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            try:
+                storage.set_trial_user_attr(trial_id, "fail_reason", DIED_REASON)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another search starting at the same time failed it first
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
             abandoned.append(trial.number)
     return abandoned
 

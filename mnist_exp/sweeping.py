@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig
 
 from mnist_exp import config as settings
+from mnist_exp import interrupts
 from mnist_exp.errors import JOBS_FAILED, ExperimentError, exit_with
 from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
 
@@ -47,7 +48,8 @@ def parent_run(config: DictConfig, sweep_overrides: Sequence[str]) -> Iterator[M
     try:
         yield parent
     finally:
-        parent.abandon()  # does nothing once the parent is closed
+        with interrupts.deferred():  # a second Ctrl-C must not leave the parent RUNNING
+            parent.abandon()  # does nothing once the parent is closed
 
 
 def check_ray_cluster(config: DictConfig) -> None:

@@ -40,6 +40,12 @@ class TrialReporter:
         value = metrics.get(self.metric)
         if value is None:
             return
-        self.storage.set_trial_intermediate_value(self.trial_id, epoch, float(value))
+        import optuna
+
+        try:
+            self.storage.set_trial_intermediate_value(self.trial_id, epoch, float(value))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # The sweep ended this trial (Ctrl-C or SIGTERM): the run stops as KILLED, not FAILED.
+            raise KeyboardInterrupt from None
         if self.study.pruner.prune(self.study, self.storage.get_trial(self.trial_id)):
             raise RunPruned(f"pruned after epoch {epoch}: {self.metric}={value:.4f}")

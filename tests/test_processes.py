@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -37,3 +38,17 @@ def test_work_of_another_host_or_container_is_never_called_dead():
     # Containers sharing this host name (--network host) have PID namespaces of their own.
     assert not processes.is_dead(processes.Owner(here.host, pid, "4026000001", "1").stamp())
     assert not processes.is_dead("") and not processes.is_dead("not a stamp")
+
+
+def test_a_machine_with_the_same_host_name_is_not_this_one():
+    here = processes.current()
+    other_machine = processes.Owner(here.host, exited_pid(), here.pid_namespace, "1", "another-boot-id")
+    assert not processes.is_dead(other_machine.stamp())
+
+
+def test_a_live_process_hidden_from_proc_is_not_dead(monkeypatch):
+    """/proc mounted with hidepid hides other users' processes; the kernel still knows they live."""
+    here = processes.current()
+    parent = processes.Owner(here.host, os.getppid(), here.pid_namespace, "1", here.boot_id)
+    monkeypatch.setattr(processes, "_start_time", lambda pid: None if pid == os.getppid() else here.start_time)
+    assert not processes.is_dead(parent.stamp())

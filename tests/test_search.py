@@ -330,3 +330,42 @@ def test_an_unusable_storage_is_one_line(tmp_path):
     (tmp_path / "notes.db").write_text("not a database")
     with pytest.raises(ExperimentError, match=r"^cannot use the Optuna storage sqlite:///.*notes\.db: "):
         make_storage(f"sqlite:///{tmp_path / 'notes.db'}")
+
+
+def test_a_failing_storage_ends_the_search_in_one_line_with_no_trial_running(tmp_path, monkeypatch):
+    found = make_search(tmp_path, n_trials=3)
+    real_tell, calls = search._tell, []
+
+    def tell_failing_once(study, trial, returned):
+        calls.append(trial.number)
+        if len(calls) == 2:
+            raise RuntimeError("database is locked")
+        return real_tell(study, trial, returned)
+
+    monkeypatch.setattr(search, "_tell", tell_failing_once)
+    with pytest.raises(ExperimentError, match="^the search stopped: RuntimeError: database is locked$"):
+        found.run([], completing)
+    states = [t.state.name for t in load_trials(found)]
+    assert states == ["COMPLETE", "FAIL"], states
+
+
+def test_two_searches_reaping_the_same_dead_trial_do_not_collide(tmp_path, monkeypatch):
+    found = make_search(tmp_path, n_trials=1)
+    study = optuna.create_study(storage=found.storage, study_name="test", direction="maximize")
+    orphan = study.ask()
+    orphan.set_user_attr("owner", dead_owner())
+    stale = study.get_trials(deepcopy=True)  # what a second search listed before the first failed it
+    storage = make_storage(found.storage)
+    assert search.fail_abandoned_trials(study, storage) == [orphan.number]
+    monkeypatch.setattr(study, "get_trials", lambda *args, **kwargs: stale)
+    assert search.fail_abandoned_trials(study, storage) == []
+
+
+def test_a_trial_the_sweep_ended_stops_its_run_as_killed(tmp_path):
+    found = make_search(tmp_path, n_trials=1)
+    study = found.open_study()
+    trial = study.ask()
+    reporter = TrialReporter.connect(StudyLink(found.storage, "test", "val_accuracy", {"name": "none"}), trial.number)
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # what the sweep does on Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        reporter(1, {"val_accuracy": 0.5})

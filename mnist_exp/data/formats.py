@@ -72,6 +72,8 @@ def _check_npz_sizes(path: Path) -> None:
     """Read each array's header before its data: a header may promise more than memory or the file holds."""
     with zipfile.ZipFile(path) as archive:
         for key in SPLIT_NAMES:
+            if f"{key}.npy" not in archive.namelist():
+                continue  # stored without the suffix: np.load reads it, and check_arrays checks it
             info = archive.getinfo(f"{key}.npy")
             with archive.open(info) as member:
                 version = np.lib.format.read_magic(member)
@@ -122,6 +124,8 @@ def read_idx(path: Path, dims: int) -> np.ndarray:
                 raise ExperimentError(f"{path} is truncated inside its IDX header")
             shape = struct.unpack(f">{ndim}I", sizes)
             expected = int(np.prod(shape, dtype=object))
+            if dims == 3 and shape[1:] != IMAGE_SHAPE:
+                raise ExperimentError(f"{path} holds images of shape {shape}; expected (n, 28, 28)")
             if expected > MAX_ARRAY_BYTES:
                 raise ExperimentError(f"{path}: its IDX header promises {shape} = {expected:,} bytes, more than the "
                                       f"{MAX_ARRAY_BYTES:,} bytes an array may have")
