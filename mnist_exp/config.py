@@ -1,18 +1,15 @@
 """Checks a composed config before anything heavy is imported, and resolves its paths.
 
-Hydra already rejects unknown group options and unknown keys; this module
-rejects values that compose fine but cannot work (`epochs=0`, `epochs=abc`,
-`optimizer.lr=-1`, `'model.hidden_units=[]'`, ...), naming the key and what
-is allowed.
+Hydra already rejects unknown group options and unknown keys; this module rejects values that compose
+fine but cannot work (`epochs=0`, `epochs=abc`, `optimizer.lr=-1`, `'model.hidden_units=[]'`, ...),
+naming the key and what is allowed.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
 import importlib.util
 import math
 import re
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from mnist_exp.errors import ExperimentError
 from mnist_exp.model import OPTIMIZERS
+from mnist_exp.module_lookup import module_found
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,28 +114,7 @@ def _loader(value: Any) -> str | None:
     if not isinstance(value, str) or not re.fullmatch(r"\w+(\.\w+)*:\w+", value):
         return allowed
     module = value.split(":")[0]
-    return None if _module_found(module) else f"module:function whose module can be found; {module} cannot be found"
-
-
-def _module_found(dotted: str) -> bool:
-    """Whether `dotted` names a module, found without running it or its packages (they may import numpy)."""
-    parts = dotted.split(".")
-    search_path = None
-    for depth in range(1, len(parts) + 1):
-        name = ".".join(parts[:depth])
-        module = sys.modules.get(name)
-        if module is not None:
-            spec = getattr(module, "__spec__", None)
-            search_path = getattr(module, "__path__", None)
-        else:
-            spec = (importlib.util.find_spec(name) if depth == 1
-                    else importlib.machinery.PathFinder.find_spec(name, search_path))
-            search_path = spec.submodule_search_locations if spec is not None else None
-        if module is None and spec is None:
-            return False
-        if depth < len(parts) and search_path is None:
-            return False  # a module, not a package: it has no submodules
-    return True
+    return None if module_found(module) else f"module:function whose module can be found; {module} cannot be found"
 
 
 def _layer_widths(value: Any) -> str | None:

@@ -9,7 +9,6 @@ The Hydra sweeper plugin adapts this to Hydra; the job side is mnist_exp.trial_r
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import math
 import shlex
@@ -21,18 +20,14 @@ from typing import Any
 from mnist_exp import interrupts, tables
 from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import JobOutcome
-from mnist_exp.processes import is_dead, owner
+from mnist_exp.processes import owner
 from mnist_exp.search_space import check_space, make_pruner, make_sampler, make_storage, suggest_overrides
+from mnist_exp.trial_reaper import OWNER_ATTR, fail_abandoned_trials
 
 log = logging.getLogger(__name__)
 
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM)"
-DIED_REASON = "its sweep process died"
-OWNER_ATTR = "owner"
-# A RUNNING trial without an owner was asked for by a process that died before stamping it (the two
-# writes are milliseconds apart); one this old cannot be in that gap any more.
-UNSTAMPED_GRACE = datetime.timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -244,32 +239,6 @@ class Search:
         except Exception as error:  # the storage failed: the main thread ends the search with it
             with loop.lock:
                 loop.error, loop.stopped = loop.error or error, True
-
-
-def fail_abandoned_trials(study, storage, now: datetime.datetime | None = None) -> list[int]:
-    """Mark FAIL the RUNNING trials whose sweep process has died; returns their numbers.
-
-    A trial stamped with a dead owner, or with none long after it started (its process died between
-    asking for it and stamping it), is abandoned. Trials of live processes, here or elsewhere, are left alone.
-    """
-    import optuna
-
-    now = now or datetime.datetime.now()
-    study_id = storage.get_study_id_from_name(study.study_name)
-    abandoned = []
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        stamp = trial.user_attrs.get(OWNER_ATTR)
-        unstamped_long = stamp is None and trial.datetime_start is not None and \
-            now - trial.datetime_start > UNSTAMPED_GRACE
-        if unstamped_long or (stamp is not None and is_dead(str(stamp))):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            try:
-                storage.set_trial_user_attr(trial_id, "fail_reason", DIED_REASON)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another search starting at the same time failed it first
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-            abandoned.append(trial.number)
-    return abandoned
 
 
 def _tell(study, trial, returned: Any) -> str:

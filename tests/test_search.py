@@ -13,7 +13,7 @@ import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mnist_exp import interrupts, processes, search
+from mnist_exp import interrupts, processes, search, trial_reaper
 from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.job_context import JobOutcome, StudyLink
 from mnist_exp.search_space import check_settings, check_space, make_storage, suggest_overrides
@@ -180,10 +180,10 @@ def test_a_trial_its_process_never_stamped_is_failed_once_it_is_old(tmp_path):
     unstamped = study.ask()
     storage = make_storage(found.storage)
     started = study.trials[unstamped.number].datetime_start
-    assert search.fail_abandoned_trials(study, storage, now=started + datetime.timedelta(seconds=1)) == [], \
+    assert trial_reaper.fail_abandoned_trials(study, storage, now=started + datetime.timedelta(seconds=1)) == [], \
         "a trial being stamped right now is left alone"
-    later = started + search.UNSTAMPED_GRACE + datetime.timedelta(seconds=1)
-    assert search.fail_abandoned_trials(study, storage, now=later) == [unstamped.number]
+    later = started + trial_reaper.UNSTAMPED_GRACE + datetime.timedelta(seconds=1)
+    assert trial_reaper.fail_abandoned_trials(study, storage, now=later) == [unstamped.number]
     assert study.trials[unstamped.number].state.name == "FAIL"
 
 
@@ -356,9 +356,9 @@ def test_two_searches_reaping_the_same_dead_trial_do_not_collide(tmp_path, monke
     orphan.set_user_attr("owner", dead_owner())
     stale = study.get_trials(deepcopy=True)  # what a second search listed before the first failed it
     storage = make_storage(found.storage)
-    assert search.fail_abandoned_trials(study, storage) == [orphan.number]
+    assert trial_reaper.fail_abandoned_trials(study, storage) == [orphan.number]
     monkeypatch.setattr(study, "get_trials", lambda *args, **kwargs: stale)
-    assert search.fail_abandoned_trials(study, storage) == []
+    assert trial_reaper.fail_abandoned_trials(study, storage) == []
 
 
 def test_a_trial_the_sweep_ended_stops_its_run_as_killed(tmp_path):
