@@ -21,7 +21,9 @@ from mnist_exp import interrupts, tables
 from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import JobOutcome
 from mnist_exp.processes import owner
-from mnist_exp.search_space import check_space, make_pruner, make_sampler, make_storage, suggest_overrides
+from mnist_exp.search_space import (
+    check_space, check_study_space, make_pruner, make_sampler, make_storage, suggest_overrides,
+)
 from mnist_exp.trial_reaper import OWNER_ATTR, fail_abandoned_trials
 
 log = logging.getLogger(__name__)
@@ -130,6 +132,10 @@ class Search:
                 f"study {self.study_name} in {self.storage} was created to {study.direction.name.lower()}, "
                 f"not {self.direction}; choose another hydra.sweeper.study_name"
             )
+        from mnist_exp.store import sqlite_store_lock
+
+        with sqlite_store_lock(self.storage):  # two new searches on one study: the first one's space holds
+            check_study_space(study, self.space, f"study {self.study_name} in {self.storage}")
         self._study = study
         return study
 

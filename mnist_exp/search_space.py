@@ -3,6 +3,7 @@ Hydra overrides, samplers, pruners and storages made by name. No search loop her
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ PRUNERS = ("median", "hyperband", "threshold", "none")
 PARAM_TYPES = ("categorical", "float", "int", "layers")
 SQLITE_LOCK_TIMEOUT_S = 60
 MAX_STUDY_NAME_LENGTH = 255  # a file name's limit
+SPACE_ATTR = "mnist_exp.search_space"  # the study's user attribute holding the space it was created with
 
 
 def check_settings(sweeper: Mapping[str, Any]) -> None:
@@ -64,6 +66,22 @@ def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
                 )
             if low < 1:
                 raise ExperimentError(f"{where} layer widths must be >= 1 (got low={low})")
+
+
+def check_study_space(study, space: Mapping[str, Mapping[str, Any]], where: str) -> None:
+    """A study keeps the space its first search gave it: trials drawn from two spaces do not compare, and Optuna
+    itself only fails (mid-trial) when a categorical's choices change. `where` names the study in the error."""
+    wanted = json.loads(json.dumps(space, sort_keys=True))
+    recorded = study.user_attrs.get(SPACE_ATTR)
+    if recorded is None:  # a new study, or one from before spaces were recorded: this search's space is its space
+        study.set_user_attr(SPACE_ATTR, wanted)
+        return
+    changed = sorted(key for key in {*recorded, *wanted} if recorded.get(key) != wanted.get(key))
+    if changed:
+        raise ExperimentError(
+            f"{where} was created with another search space (different: {', '.join(changed)}); "
+            "search it with its own space, or choose another hydra.sweeper.study_name"
+        )
 
 
 def suggest_overrides(trial, space: Mapping[str, Mapping[str, Any]]) -> list[str]:

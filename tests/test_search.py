@@ -369,3 +369,19 @@ def test_a_trial_the_sweep_ended_stops_its_run_as_killed(tmp_path):
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)  # what the sweep does on Ctrl-C
     with pytest.raises(KeyboardInterrupt):
         reporter(1, {"val_accuracy": 0.5})
+
+
+def test_a_study_reused_with_another_space_is_refused_before_any_trial(tmp_path):
+    """Once a 56-line traceback mid-trial (Optuna refuses changed categorical choices), a trial left RUNNING."""
+    make_search(tmp_path, n_trials=1).run([], completing)
+    changed = {**SPACE, "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]}}
+    launched = []
+    with pytest.raises(ExperimentError, match=r"^study test in sqlite:///.* was created with another search space "
+                                              r"\(different: optimizer\); "):
+        make_search(tmp_path, n_trials=2, space=changed).run([], lambda jobs, first: launched.extend(jobs))
+    assert launched == [] and [t.state.name for t in load_trials(make_search(tmp_path))] == ["COMPLETE"]
+    added = {**SPACE, "model.dropout": {"type": "float", "low": 0.0, "high": 0.5}}
+    with pytest.raises(ExperimentError, match=r"\(different: model\.dropout\)"):
+        make_search(tmp_path, space=added).open_study()
+    make_search(tmp_path, n_trials=2).run([], completing)  # the same space resumes
+    assert [t.state.name for t in load_trials(make_search(tmp_path))] == ["COMPLETE", "COMPLETE"]
