@@ -7,13 +7,14 @@ turns errors into one line on stderr and an exit code.
 from __future__ import annotations
 
 import os
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_exp import interrupts
+from mnist_exp import credentials, interrupts
 from mnist_exp.errors import BAD_INPUT, INTERRUPTED, ExperimentError, exit_with
 
 
@@ -45,7 +46,13 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # `kill` (SIGTERM) stops a run like Ctrl-C does, so it is recorded as KILLED.
     interrupts.install()
+    credentials.mask_log_records()
+    if any(argument.partition("=")[0] == "--experimental-rerun" for argument in sys.argv[1:]):
+        exit_with("--experimental-rerun is disabled: it unpickles the file it is given, running whatever code is "
+                  "in it; to run a recorded run again, pass the overrides in its overrides.txt")
     try:
+        # Before Hydra logs the arguments or saves them in runs_dir/hydra.
+        sys.argv[1:] = credentials.take_from_arguments(sys.argv[1:])
         main()
     except ExperimentError as error:
         exit_with(str(error), BAD_INPUT)

@@ -25,7 +25,9 @@ class RunPruned(Exception):
 
 def report(message: str, code: int = BAD_INPUT) -> int:
     """Print `error: message` on stderr; return `code` (for a command's main() that returns its exit code)."""
-    print(f"error: {message}", file=sys.stderr)
+    from mnist_exp.credentials import mask
+
+    print(f"error: {mask(message)}", file=sys.stderr)
     return code
 
 

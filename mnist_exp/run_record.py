@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import config, interrupts, run_tags
+from mnist_exp.credentials import mask
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.processes import is_dead, owner
@@ -198,15 +199,15 @@ def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
     """Params as MLflow stores them: strings of limited length, a limited number per request."""
     from mlflow.entities import Param
 
-    items = [Param(key, _param_value(value)[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+    items = [Param(key, mask(_param_value(value))[:MAX_PARAM_LENGTH]) for key, value in params.items()]
     for start in range(0, len(items), PARAMS_PER_REQUEST):
         client.log_batch(run_id, params=items[start:start + PARAMS_PER_REQUEST])
 
 
 def log_config(client, run_id: str, cfg: DictConfig, overrides: Sequence[str]) -> None:
     """config.yaml (the composed config) and overrides.txt, as artifacts of the run."""
-    client.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(config.plain(cfg))), "config.yaml")
-    client.log_text(run_id, "\n".join(overrides) + "\n", "overrides.txt")
+    client.log_text(run_id, mask(OmegaConf.to_yaml(OmegaConf.create(config.plain(cfg)))), "config.yaml")
+    client.log_text(run_id, mask("\n".join(overrides) + "\n"), "overrides.txt")
 
 
 def source_tags() -> dict[str, str]:
@@ -270,7 +271,7 @@ def _log_dataset(client, run_id: str, dataset: Dataset) -> None:
 def _job_tags(overrides: Sequence[str], context: RunContext) -> dict[str, str]:
     """The tags every job's run starts with: overrides, owner, source, git, parent."""
     tags = {
-        run_tags.OVERRIDES_TAG: " ".join(overrides),
+        run_tags.OVERRIDES_TAG: mask(" ".join(overrides)),
         run_tags.OWNER_TAG: owner(),
         "mlflow.source.name": "python -m mnist_exp",
         "mlflow.source.type": "LOCAL",

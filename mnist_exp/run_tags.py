@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mnist_exp.credentials import mask
+
 FAILURE_TAG = "mnist_exp.failure"          # why a run FAILED or was KILLED
 PRUNED_TAG = "mnist_exp.pruned"            # why the pruner stopped it
 OVERRIDES_TAG = "mnist_exp.overrides"      # the command-line overrides, space-separated
@@ -19,5 +21,5 @@ MAX_RUN_NAME_LENGTH = 250
 
 def run_name(overrides: Sequence[str]) -> str:
     """A readable name from the command-line overrides: 'optimizer=sgd epochs=10', or 'defaults'."""
-    shown = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "mlflow.", "runs_dir="))]
+    shown = [mask(o) for o in overrides if not o.lstrip("+~").startswith(("hydra.", "mlflow.", "runs_dir="))]
     return (" ".join(shown) or "defaults")[:MAX_RUN_NAME_LENGTH]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_exp import interrupts, tables
+from mnist_exp.credentials import mask
 from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import JobOutcome
 from mnist_exp.processes import owner
@@ -75,7 +76,7 @@ class SearchResult:
         """The single-run command that trains the best trial's configuration again."""
         if self.best is None:
             return None
-        return " ".join(["python -m mnist_exp", *(shlex.quote(a) for a in [*prefix, *self.best.overrides])])
+        return mask(" ".join(["python -m mnist_exp", *(shlex.quote(a) for a in [*prefix, *self.best.overrides])]))
 
 
 @dataclass

@@ -171,6 +171,7 @@ def make_storage(url: str):
     """Optuna's storage at `url`, created if new; one ExperimentError line when it cannot be used."""
     import optuna
 
+    from mnist_exp.credentials import connection_url
     from mnist_exp.errors import first_line
     from mnist_exp.store import sqlite_store_lock
 
@@ -180,6 +181,6 @@ def make_storage(url: str):
     try:
         # Two searches starting at once on a new file would both create its tables (and collide).
         with sqlite_store_lock(url):
-            return optuna.storages.RDBStorage(url, **options)
+            return optuna.storages.RDBStorage(connection_url(url), **options)
     except Exception as error:  # SQLAlchemy and driver errors: an unreachable server, a file of something else
         raise ExperimentError(f"cannot use the Optuna storage {url}: {first_line(str(error))}") from None

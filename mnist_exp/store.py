@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mnist_exp import config
+from mnist_exp.credentials import connection_url, mask, take_password
 from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
 
@@ -36,7 +37,10 @@ class Store:
 def tracking_uri(cfg: Mapping[str, Any]) -> str:
     """The configured URI, or SQLite at <runs_dir>/mlflow.db."""
     uri = cfg["mlflow"]["tracking_uri"]
-    return uri if uri else f"sqlite:///{config.runs_dir(cfg) / STORE_FILE}"
+    if not uri:
+        return f"sqlite:///{config.runs_dir(cfg) / STORE_FILE}"
+    # A password written into a config file (one on the command line was taken before Hydra saw it).
+    return take_password(uri, "mlflow.tracking_uri")
 
 
 def reading_uri() -> str:
@@ -53,12 +57,12 @@ def reading_uri() -> str:
 def ui_command(uri: str) -> str:
     """The command (or address) that shows this store in the MLflow UI."""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
+        return f"open {mask(uri)}"
     # The `mlflow` of this environment, by full path unless it is the one on PATH (e.g. outside the venv).
     script = Path(sys.executable).parent / "mlflow"
     found = shutil.which("mlflow")
     program = "mlflow" if found and Path(found).resolve() == script.resolve() else str(script)
-    return f"{shlex.quote(program)} ui --backend-store-uri {shlex.quote(uri)}"
+    return f"{shlex.quote(program)} ui --backend-store-uri {shlex.quote(mask(uri))}"
 
 
 def check_store(cfg: Mapping[str, Any]) -> None:
@@ -91,12 +95,12 @@ def _connect(cfg: Mapping[str, Any]) -> Store:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(uri)
+    mlflow.set_tracking_uri(connection_url(uri))
     name = cfg["mlflow"]["experiment"]
     try:
         with sqlite_store_lock(uri):
             # The client builds the store at once: on a new file, tables and migrations, which race.
-            client = mlflow.MlflowClient(uri)
+            client = mlflow.MlflowClient(connection_url(uri))
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 experiment_id = _create_experiment(client, name, _artifact_location(name, uri))
@@ -117,6 +121,7 @@ def _connect(cfg: Mapping[str, Any]) -> Store:
 
 def open_store(uri: str):
     """An MLflow client for an existing store, for reading; or one ExperimentError saying why not."""
+    uri = take_password(uri, "--tracking-uri")
     problem = config.tracking_uri_problem(uri)
     if problem is not None:
         raise ExperimentError(f"--tracking-uri {uri} is invalid: expected {problem}")
@@ -127,8 +132,8 @@ def open_store(uri: str):
 
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(uri)
+    mlflow.set_tracking_uri(connection_url(uri))
+    return mlflow.MlflowClient(connection_url(uri))
 
 
 @contextlib.contextmanager

@@ -56,6 +56,10 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
         ("nosuchkey=1", "error: Could not override 'nosuchkey'."),
         ("data.path=/no/such/mnist.npz", "error: data.path=/no/such/mnist.npz does not exist"),
         ("mlflow.tracking_uri=http://127.0.0.1:9", "error: cannot reach the MLflow tracking server at http://127.0.0.1:9"),
+        ("mlflow.tracking_uri=http://alice:S3cret@127.0.0.1:9",
+         "error: cannot reach the MLflow tracking server at http://alice:***@127.0.0.1:9"),
+        # Hydra's flag unpickles the file it is given: whoever wrote the file runs code here.
+        ("--experimental-rerun=/tmp/config.pickle", "error: --experimental-rerun is disabled"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_run(tmp_path, override, message):

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import glob
+import http.server
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,7 +43,8 @@ def as_postgres(*command: str, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
-    """PostgreSQL and an MLflow server on 127.0.0.1, both in a temporary folder; their URL."""
+    """PostgreSQL and an MLflow server on 127.0.0.1, both in a temporary folder: the server's URL, its artifacts
+    folder, and PostgreSQL's host:port (its databases: mlflow, and an empty one named optuna)."""
     if POSTGRES_BIN is None:
         pytest.skip("needs Debian's postgresql (scripts/install-system-packages.sh)")
     pytest.importorskip("psycopg", reason="needs psycopg (pip install -e '.[test]')")
@@ -55,7 +62,8 @@ def tracking_server(tmp_path_factory):
     as_postgres(f"{POSTGRES_BIN}/pg_ctl", "-D", str(data), "-l", str(root / "postgres.log"), "-w", "start",
                 "-o", f"-h 127.0.0.1 -p {pg_port} -k {socket_dir}")
     try:
-        as_postgres(f"{POSTGRES_BIN}/createdb", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "mlflow")
+        for database in ("mlflow", "optuna"):
+            as_postgres(f"{POSTGRES_BIN}/createdb", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", database)
         server = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server",
              "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
@@ -66,7 +74,7 @@ def tracking_server(tmp_path_factory):
         try:
             url = f"http://127.0.0.1:{mlflow_port}"
             wait_for_http(f"{url}/health", server)
-            yield url, artifacts
+            yield url, artifacts, f"127.0.0.1:{pg_port}"
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -76,7 +84,7 @@ def tracking_server(tmp_path_factory):
 
 
 def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path):
-    url, artifacts = tracking_server
+    url, artifacts, _ = tracking_server
     runs_dir = tmp_path / "runs"
     result = run_cli("-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=2", "mlflow=server",
                      f"mlflow.tracking_uri={url}", runs_dir=runs_dir)
@@ -112,3 +120,78 @@ def test_an_unreachable_server_is_one_line_before_training(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: cannot reach the MLflow tracking server at http://127.0.0.1:{port}")
     assert len(result.stderr.strip().splitlines()) == 1 and "Epoch" not in result.stdout
+
+
+SECRET = "S3cret-pw"
+
+
+def test_passwords_in_the_urls_reach_their_servers_and_nothing_else(tracking_server, tmp_path):
+    """A search with two joblib workers, given a tracking URI and an Optuna storage with passwords: every request
+    of every process carries the credentials (through MLFLOW_TRACKING_USERNAME/PASSWORD and PGPASSWORD), and the
+    password is in no file under runs_dir, no artifact, param, tag or run name, no printed line."""
+    url, artifacts, postgres = tracking_server
+    runs_dir = tmp_path / "runs"
+    with recording_proxy(url) as (proxy, authorizations):
+        result = run_cli(
+            "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=1", "hydra.sweeper.n_trials=2",
+            "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.name=none", "mlflow=server",
+            f"mlflow.tracking_uri=http://alice:{SECRET}@{proxy.removeprefix('http://')}",
+            f"hydra.sweeper.storage=postgresql+psycopg://postgres:{SECRET}@{postgres}/optuna", runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    basic = "Basic " + base64.b64encode(f"alice:{SECRET}".encode()).decode()
+    assert authorizations and set(authorizations) == {basic}, "the sweeping process and both workers"
+    client = store_client(url)
+    parent, children = single_sweep(client)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+
+    printed = result.stdout + result.stderr
+    assert f"UI: open http://alice:***@{proxy.removeprefix('http://')}" in printed
+    assert f"postgresql+psycopg://postgres:***@{postgres}/optuna" in printed
+    recorded = [printed, parent.data.tags["optuna.storage"]]
+    for run in [parent, *children]:
+        recorded += [run.info.run_name, *run.data.params.values(), *run.data.tags.values()]
+    assert not [text for text in recorded if SECRET in text]
+    files = [path for folder in (runs_dir, artifacts) for path in folder.rglob("*") if path.is_file()]
+    assert any(path.name == "overrides.txt" for path in files) and any(path.name == "overrides.yaml" for path in files)
+    assert not [path for path in files if SECRET.encode() in path.read_bytes()]
+
+
+@contextlib.contextmanager
+def recording_proxy(upstream: str):
+    """An HTTP proxy to `upstream` on a free port that keeps each request's Authorization header: its URL and
+    that list."""
+    authorizations: list[str | None] = []
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        def forward(self) -> None:
+            authorizations.append(self.headers.get("Authorization"))
+            length = int(self.headers.get("Content-Length") or 0)
+            hop = ("host", "authorization", "connection", "content-length", "transfer-encoding")
+            headers = {key: value for key, value in self.headers.items() if key.lower() not in hop}
+            request = urllib.request.Request(upstream + self.path, data=self.rfile.read(length) if length else None,
+                                             headers=headers, method=self.command)
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    status, answer, answer_headers = response.status, response.read(), response.headers
+            except urllib.error.HTTPError as error:
+                status, answer, answer_headers = error.code, error.read(), error.headers
+            self.send_response(status)
+            for key, value in answer_headers.items():
+                if key.lower() not in hop:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", authorizations
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -72,6 +72,7 @@ class OptunaSweeper(Sweeper):
 
     def _search(self, arguments: list[str]):
         from mnist_exp import config, sweeping
+        from mnist_exp.credentials import take_password
         from mnist_exp.errors import ExperimentError
         from mnist_exp.search import Search
         from mnist_exp.search_space import check_settings
@@ -88,6 +89,8 @@ class OptunaSweeper(Sweeper):
         sweeping.check_ray_cluster(self.config)
         metric = self.config.optimized_metric
         storage = s.get("storage") or f"sqlite:///{config.runs_dir(self.config) / 'optuna.db'}"
+        # A password written into a config file (one on the command line was taken before Hydra saw it).
+        storage = take_password(storage, "hydra.sweeper.storage")
         if storage.startswith("sqlite:///"):
             config.runs_dir(self.config).mkdir(parents=True, exist_ok=True)
         return Search(
