@@ -70,6 +70,11 @@ def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None
             model_uri = models[0].model_uri
         else:
             run = client.get_run(_model_run_id(client, model_uri))
+        unfinished = [m for m in logged_models(client, run.info.experiment_id, run.info.run_id)
+                      if str(m.status) != "READY"]
+        if unfinished:
+            raise ExperimentError(f"{what} was never saved whole (status {unfinished[0].status}: its run ended "
+                                  "while saving it); train it again or choose another run")
         flavors = mlflow.models.get_model_info(model_uri).flavors
         if "keras" not in flavors:
             raise ExperimentError(f"{what} is not a Keras model (its flavors: {', '.join(sorted(flavors))})")
@@ -129,6 +134,13 @@ def register_champion(cfg: Mapping[str, Any], run_id: str) -> str | None:
     )
     client.set_registered_model_alias(name, CHAMPION_ALIAS, model_version.version)
     return f"{name}/{model_version.version}"
+
+
+def fail_unfinished_models(client, experiment_id: str, run_id: str) -> None:
+    """The models `run_id` began to log and never finished (its process died while saving them): FAILED."""
+    for model in logged_models(client, experiment_id, run_id):
+        if str(model.status) == "PENDING":
+            client.finalize_logged_model(model.model_id, "FAILED")
 
 
 def logged_models(client, experiment_id: str, run_id: str) -> list:

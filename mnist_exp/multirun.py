@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from mnist_exp import run_tags, tables
 from mnist_exp.credentials import mask
 from mnist_exp.processes import owner
-from mnist_exp.run_record import kill_abandoned_runs, log_config, log_params, source_tags
+from mnist_exp.run_record import kill_abandoned_runs, log_config, log_params
 from mnist_exp.store import Store, connect
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class MultirunParent:
         store = connect(cfg)
         kill_abandoned_runs(store)
         tags = {run_tags.SWEEP_TAG: "true", run_tags.OVERRIDES_TAG: mask(" ".join(sweep_overrides)),
-                run_tags.OWNER_TAG: owner(), **source_tags()}
+                run_tags.OWNER_TAG: owner(), **run_tags.source_tags()}
         name = f"sweep {run_tags.run_name(sweep_overrides)}"[:run_tags.MAX_RUN_NAME_LENGTH]
         run = store.client.create_run(store.experiment_id, run_name=name, tags=tags)
         log_config(store.client, run.info.run_id, cfg, sweep_overrides)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import subprocess
 import threading
 import time
 import warnings
@@ -181,18 +180,24 @@ def record_failed_job(cfg: DictConfig, overrides: Sequence[str], context: RunCon
 
 
 def kill_abandoned_runs(store: Store) -> list[str]:
-    """Mark KILLED the RUNNING runs whose process is gone (SIGKILL, a lost worker)."""
+    """Mark KILLED the RUNNING runs, in every experiment of the store, whose process is gone (SIGKILL, a lost
+    worker), and FAILED the models they were still saving (PENDING), which `predict` then refuses."""
+    from mnist_exp.logged_models import fail_unfinished_models
+
+    experiments = [e.experiment_id for e in store.client.search_experiments(max_results=50_000)]
     running = store.client.search_runs(
-        [store.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000
+        experiments or [store.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000
     )
-    abandoned = [run.info.run_id for run in running if is_dead(run.data.tags.get(run_tags.OWNER_TAG, ""))]
-    for run_id in abandoned:
+    abandoned = [run for run in running if is_dead(run.data.tags.get(run_tags.OWNER_TAG, ""))]
+    for run in abandoned:
+        run_id = run.info.run_id
         store.client.set_tag(run_id, run_tags.FAILURE_TAG, "its process died without ending the run")
         store.client.set_tag(run_id, run_tags.STATE_TAG, "KILLED")
+        fail_unfinished_models(store.client, run.info.experiment_id, run_id)
         store.client.set_terminated(run_id, "KILLED")
     if abandoned:
         log.warning("marked KILLED %d runs left RUNNING by processes that died", len(abandoned))
-    return abandoned
+    return [run.info.run_id for run in abandoned]
 
 
 def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
@@ -208,21 +213,6 @@ def log_config(client, run_id: str, cfg: DictConfig, overrides: Sequence[str]) -
     """config.yaml (the composed config) and overrides.txt, as artifacts of the run."""
     client.log_text(run_id, mask(OmegaConf.to_yaml(OmegaConf.create(config.plain(cfg)))), "config.yaml")
     client.log_text(run_id, mask("\n".join(overrides) + "\n"), "overrides.txt")
-
-
-def source_tags() -> dict[str, str]:
-    """The commit the code ran from, and whether the checkout had uncommitted changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"mlflow.source.git.commit": commit, run_tags.GIT_DIRTY_TAG: str(dirty).lower()}
 
 
 def _log_inputs(store: Store, run_id: str, cfg: DictConfig, dataset: Dataset, overrides: Sequence[str]) -> None:
@@ -275,7 +265,7 @@ def _job_tags(overrides: Sequence[str], context: RunContext) -> dict[str, str]:
         run_tags.OWNER_TAG: owner(),
         "mlflow.source.name": "python -m mnist_exp",
         "mlflow.source.type": "LOCAL",
-        **source_tags(),
+        **run_tags.source_tags(),
         **context.tags,
     }
     if context.parent_run_id:

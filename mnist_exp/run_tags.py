@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
 from collections.abc import Sequence
 
+from mnist_exp import config
 from mnist_exp.credentials import mask
 
 FAILURE_TAG = "mnist_exp.failure"          # why a run FAILED or was KILLED
@@ -17,9 +21,28 @@ GIT_DIRTY_TAG = "mnist_exp.git_dirty"
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 MAX_TAG_LENGTH = 5000
 MAX_RUN_NAME_LENGTH = 250
+GIT_TIMEOUT_S = 5
 
 
 def run_name(overrides: Sequence[str]) -> str:
     """A readable name from the command-line overrides: 'optimizer=sgd epochs=10', or 'defaults'."""
     shown = [mask(o) for o in overrides if not o.lstrip("+~").startswith(("hydra.", "mlflow.", "runs_dir="))]
     return (" ".join(shown) or "defaults")[:MAX_RUN_NAME_LENGTH]
+
+
+@functools.cache
+def source_tags() -> dict[str, str]:
+    """The commit the code ran from, and whether the checkout had uncommitted changes; {} when git cannot
+    tell within seconds. Asked once per process: the code a process runs is what it imported at its start."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+            check=True, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},  # never write the index: read-only checkouts
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, GIT_DIRTY_TAG: str(dirty).lower()}

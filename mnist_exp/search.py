@@ -23,7 +23,12 @@ from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import JobOutcome
 from mnist_exp.processes import owner
 from mnist_exp.search_space import (
-    check_space, check_study_space, make_pruner, make_sampler, make_storage, suggest_overrides,
+    check_space,
+    check_study_space,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    suggest_overrides,
 )
 from mnist_exp.trial_reaper import OWNER_ATTR, fail_abandoned_trials
 

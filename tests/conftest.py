@@ -270,9 +270,9 @@ def signals_handled():
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_written_outside_the_run_folders():
-    """No test may leave MLflow's default ./mlruns in the project (or wherever pytest runs): writes stay in
-    the run folders the test chose."""
-    places = [PROJECT_ROOT / "mlruns", Path.cwd() / "mlruns"]
+    """No test may leave MLflow's default ./mlruns in the project (or wherever pytest runs), nor a Ray token in
+    the home folder: writes stay in the run folders the test chose."""
+    places = [PROJECT_ROOT / "mlruns", Path.cwd() / "mlruns", Path.home() / ".ray" / "auth_token"]
     before = {place for place in places if place.exists()}
     yield
-    assert not {place for place in places if place.exists()} - before, "a test wrote ./mlruns"
+    assert not {place for place in places if place.exists()} - before, "a test wrote outside its folders"

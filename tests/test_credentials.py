@@ -25,10 +25,10 @@ def clean_environment(monkeypatch):
 
 @pytest.mark.parametrize("text, masked", [
     (f"http://alice:{SECRET}@host:5000", "http://alice:***@host:5000"),
-    (f"see postgresql+psycopg://u:{SECRET}@db.example/mlflow, then", "see postgresql+psycopg://u:***@db.example/mlflow, then"),
+    (f"see postgresql+psycopg://u:{SECRET}@db/mlflow, then", "see postgresql+psycopg://u:***@db/mlflow, then"),
     (f"mysql://:{SECRET}@h/db?password={SECRET}&x=1", "mysql://:***@h/db?password=***&x=1"),
     ("http://alice:p@ss@host/x", "http://alice:***@host/x"),  # an @ in the password itself
-    ("http://host:5000/a@b http://alice@host sqlite:////a/b.db", "http://host:5000/a@b http://alice@host sqlite:////a/b.db"),
+    ("http://host:5000/a@b http://alice@host sqlite:////a.db", "http://host:5000/a@b http://alice@host sqlite:////a.db"),
 ])
 def test_mask_hides_every_password_and_nothing_else(text, masked):
     assert credentials.mask(text) == masked

@@ -13,6 +13,7 @@ import pytest
 
 from mnist_exp import experiment, run_tags
 from mnist_exp.errors import ExperimentError, TrainingDiverged
+from mnist_exp.logged_models import load_logged_model
 from mnist_exp.run_record import RunRecorder
 from mnist_exp.store import connect, tracking_uri
 from tests.conftest import all_runs, artifact_paths, compose_cfg, metric_steps, store_client, write_npz
@@ -219,9 +220,36 @@ def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny):
     # A stamp written before stamps had four fields: host:pid.
     old_orphan = client.create_run(store.experiment_id, tags={run_tags.OWNER_TAG: ":".join(stamp.split(":")[:2])})
     elsewhere = client.create_run(store.experiment_id, tags={run_tags.OWNER_TAG: "another-host:1"})
+    # Killed in another experiment of the store while saving its model: the model stays PENDING.
+    other_experiment = client.create_experiment("another-experiment")
+    saving = client.create_run(other_experiment, tags={run_tags.OWNER_TAG: stamp})
+    half_saved = client.create_logged_model(other_experiment, source_run_id=saving.info.run_id, name="model")
 
     experiment.run(cfg)
-    for run in (orphan, old_orphan):
+    for run in (orphan, old_orphan, saving):
         assert client.get_run(run.info.run_id).info.status == "KILLED"
         assert "process died" in client.get_run(run.info.run_id).data.tags[run_tags.FAILURE_TAG]
     assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"  # cannot know: left alone
+    assert str(client.get_logged_model(half_saved.model_id).status) == "FAILED"
+    with pytest.raises(ExperimentError, match=f"^the model of run {saving.info.run_id} was never saved whole "
+                                              r"\(status FAILED"):
+        load_logged_model(tracking_uri(cfg), run_id=saving.info.run_id)
+
+
+def test_git_is_asked_once_per_process_and_never_fails_a_run(tmp_path, monkeypatch):
+    """Each run once called `git status` in the checkout: a huge or read-only one should not slow or fail runs."""
+    calls = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda command, **options: calls.append(options["env"]) or real_run(
+        command, **options))
+    run_tags.source_tags.cache_clear()
+    try:
+        first = run_tags.source_tags()
+        asked = len(calls)  # rev-parse and status (rev-parse alone where the code is no checkout)
+        assert run_tags.source_tags() == first and len(calls) == asked
+        assert all(env["GIT_OPTIONAL_LOCKS"] == "0" for env in calls), "git status may not write the index"
+        run_tags.source_tags.cache_clear()
+        monkeypatch.setattr(run_tags.config, "PROJECT_ROOT", tmp_path)  # not a checkout
+        assert run_tags.source_tags() == {}
+    finally:
+        run_tags.source_tags.cache_clear()

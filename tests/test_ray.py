@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +25,14 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray"
+# Ray's token authentication, with the token in the environment of the cluster and its clients: without it
+# `ray start` writes a token, readable by everyone, to ~/.ray/auth_token and leaves it there.
+RAY_TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
 
 
 def cluster_answers(address: str) -> bool:
-    return subprocess.run([str(RAY), "status", f"--address={address}"], capture_output=True, timeout=60).returncode == 0
+    return subprocess.run([str(RAY), "status", f"--address={address}"], capture_output=True, timeout=60,
+                          env={**os.environ, **RAY_TOKEN}).returncode == 0
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,7 @@ def ray_cluster(tmp_path_factory):
             [str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
              f"--port={address.rsplit(':', 1)[1]}", "--num-cpus=2", "--include-dashboard=false",
              "--disable-usage-stats"],
-            stdout=output, stderr=subprocess.STDOUT, text=True,
+            stdout=output, stderr=subprocess.STDOUT, text=True, env={**os.environ, **RAY_TOKEN},
         )
     try:
         wait_until(lambda: cluster_answers(address), 180, f"the Ray cluster at {address} (log: {log})", head)
@@ -62,7 +68,7 @@ def test_an_optuna_search_runs_its_trials_on_ray(ray_cluster, tmp_path):
     sweep = start_cli(
         "-m", "hparams_search=optuna", "hydra/launcher=ray_cluster", "hydra.sweeper.n_trials=4",
         "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.name=none", "data=mnist_sample", "epochs=1",
-        runs_dir=runs_dir, env={"RAY_ADDRESS": ray_cluster},
+        runs_dir=runs_dir, env={"RAY_ADDRESS": ray_cluster, **RAY_TOKEN},
     )
     result = finish(sweep, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -87,7 +93,7 @@ def test_an_optuna_search_runs_its_trials_on_ray(ray_cluster, tmp_path):
 def test_a_grid_sweep_runs_its_jobs_on_ray(ray_cluster, tmp_path):
     runs_dir = tmp_path / "runs"
     sweep = start_cli("-m", "hydra/launcher=ray_cluster", "optimizer=sgd,adam", "data=mnist_sample", "epochs=1",
-                      "plots=false", runs_dir=runs_dir, env={"RAY_ADDRESS": ray_cluster})
+                      "plots=false", runs_dir=runs_dir, env={"RAY_ADDRESS": ray_cluster, **RAY_TOKEN})
     result = finish(sweep, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = single_sweep(store_client(runs_dir))
