@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -22,9 +23,9 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_exp import config, interrupts, run_tags
 from mnist_exp.credentials import mask
 from mnist_exp.data import Dataset
-from mnist_exp.errors import ExperimentError, RunPruned
+from mnist_exp.errors import ExperimentError, RunPruned, StoreFailed
 from mnist_exp.processes import is_dead, owner
-from mnist_exp.store import Store, connect, sqlite_store_lock, tracking_uri
+from mnist_exp.store import Store, connect, sqlite_store_lock, store_writes, tracking_uri
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
@@ -92,13 +93,14 @@ class RunRecorder:
         from mnist_exp.logged_models import log_keras_model
 
         self.wait_until_open()
-        try:
-            return log_keras_model(self.run_id, model, dataset)
-        except OSError as error:  # a full disk, a read-only or vanished artifact folder
-            location = self.client.get_run(self.run_id).info.artifact_uri
-            raise ExperimentError(
-                f"cannot save the model of run {self.run_id} in {location}: {error.strerror or error}"
-            ) from None
+        with store_writes(self.uri, f"saving the model of run {self.run_id}"):
+            try:
+                return log_keras_model(self.run_id, model, dataset)
+            except OSError as error:  # a full disk, a read-only or vanished artifact folder
+                location = self.client.get_run(self.run_id).info.artifact_uri
+                raise ExperimentError(
+                    f"cannot save the model of run {self.run_id} in {location}: {error.strerror or error}"
+                ) from None
 
     def log_artifacts(self, folder: Path, artifact_path: str) -> None:
         self.wait_until_open()
@@ -109,13 +111,27 @@ class RunRecorder:
 
         now = int(time.time() * 1000)
         points = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=points)
+        with store_writes(self.uri, f"recording run {self.run_id} (epochs recorded: {self.epochs_logged})"):
+            self.client.log_batch(self.run_id, metrics=points)
 
-    def _tag(self, key: str, value: str) -> None:
+    def end(self, status: str, tags: Mapping[str, str], another_error: bool) -> None:
+        """The run's last tags and its final status. A store failing here while `another_error` is on its way
+        leaves that error to be reported; the run stays RUNNING until the next start marks it KILLED."""
+        from mlflow.entities import RunTag
+
         if self._opening is not None:
             self._opening.join()
-        if self.run_id is not None:
-            self.client.set_tag(self.run_id, key, value[:run_tags.MAX_TAG_LENGTH])
+        if self.run_id is None:
+            return
+        try:
+            # One request for the tags: against a failing store, every request costs a round of retries.
+            with store_writes(self.uri, f"ending run {self.run_id}"):
+                ending = [RunTag(key, value[:run_tags.MAX_TAG_LENGTH]) for key, value in tags.items()]
+                self.client.log_batch(self.run_id, tags=ending)
+                self.client.set_terminated(self.run_id, status)
+        except StoreFailed:
+            if not another_error:
+                raise
 
 
 @contextlib.contextmanager
@@ -131,36 +147,34 @@ def record_run(
     def open_run() -> None:
         try:
             store = connect(cfg)
-            kill_abandoned_runs(store)
-            run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
-            recorder.store, recorder.run_id = store, run.info.run_id
-            _log_inputs(store, run.info.run_id, cfg, dataset, overrides)
+            with store_writes(store.uri, "starting the run"):
+                kill_abandoned_runs(store)
+                run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
+                recorder.store, recorder.run_id = store, run.info.run_id
+                _log_inputs(store, run.info.run_id, cfg, dataset, overrides)
         except BaseException as error:  # handed to the main thread by wait_until_open
             recorder._open_error = error
 
     recorder._opening = threading.Thread(target=open_run, name="open-mlflow-run", daemon=True)
     recorder._opening.start()
-    status, state = "KILLED", "KILLED"
+    status, state, ending_tags = "KILLED", "KILLED", {}
     try:
         yield recorder
         recorder.wait_until_open()
         status, state = "FINISHED", "COMPLETE"
     except RunPruned as pruned:
         status, state = "FINISHED", "PRUNED"
-        recorder._tag(run_tags.PRUNED_TAG, str(pruned))
+        ending_tags[run_tags.PRUNED_TAG] = str(pruned)
         raise
     except Exception as error:
         status, state = "FAILED", "FAIL"
-        recorder._tag(run_tags.FAILURE_TAG, f"{type(error).__name__}: {error}")
+        ending_tags[run_tags.FAILURE_TAG] = f"{type(error).__name__}: {error}"
         raise
     finally:
         # KeyboardInterrupt and SystemExit land here as KILLED. The closing writes are not interrupted.
         with interrupts.deferred():
-            if recorder._opening is not None:
-                recorder._opening.join()
-            if recorder.run_id is not None:
-                recorder.client.set_tag(recorder.run_id, run_tags.STATE_TAG, state)
-                recorder.client.set_terminated(recorder.run_id, status)
+            another_error = sys.exc_info()[1] is not None
+            recorder.end(status, {**ending_tags, run_tags.STATE_TAG: state}, another_error)
 
 
 def record_failed_job(cfg: DictConfig, overrides: Sequence[str], context: RunContext, error: Exception) -> None:

@@ -19,10 +19,15 @@ from urllib.parse import urlparse
 
 from mnist_exp import config
 from mnist_exp.credentials import connection_url, mask, take_password
-from mnist_exp.errors import ExperimentError, first_line
+from mnist_exp.errors import ExperimentError, StoreFailed, first_line
 from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
 
 STORE_FILE = "mlflow.db"
+# The port a database URI without one means, per MLflow's database schemes (optionally `+driver`).
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+# MLflow's retries of a failed HTTP request, unless the user set them: a few seconds in all, where
+# MLflow's own defaults (sized for rate-limited hosted servers) spend minutes on every call of a run.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 
 
 @dataclass(frozen=True)
@@ -66,18 +71,20 @@ def ui_command(uri: str) -> str:
 
 
 def check_store(cfg: Mapping[str, Any]) -> None:
-    """Fail fast, without importing MLflow, when the configured store is plainly unusable."""
-    check_store_uri(tracking_uri(cfg))
+    """Fail fast, without importing MLflow, when the configured store is plainly unusable for a run."""
+    check_store_uri(tracking_uri(cfg), writing=True)
 
 
-def check_store_uri(uri: str) -> None:
-    """Catches a folder that cannot be created, a file that is no SQLite database or someone else's,
-    an unreachable server."""
+def check_store_uri(uri: str, writing: bool) -> None:
+    """Catches a folder that cannot be created, a file that is no SQLite database or someone else's, a
+    store file runs cannot write (when `writing`), an unreachable server or database."""
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
-        _check_sqlite_location(uri)
+        _check_sqlite_location(uri, writing)
     elif scheme in ("http", "https"):
         _check_server_reachable(uri)
+    elif scheme.split("+", 1)[0] in DATABASE_PORTS:
+        _check_database_reachable(uri)
 
 
 def connect(cfg: Mapping[str, Any]) -> Store:
@@ -90,7 +97,7 @@ def connect(cfg: Mapping[str, Any]) -> Store:
 def _connect(cfg: Mapping[str, Any]) -> Store:
     _quiet_mlflow_logging()
     uri = tracking_uri(cfg)
-    check_store_uri(uri)
+    check_store_uri(uri, writing=True)
 
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -128,7 +135,7 @@ def open_store(uri: str):
     _quiet_mlflow_logging()
     if urlparse(uri).scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ExperimentError(f"no MLflow store at {uri}; train a model first, or pass --tracking-uri")
-    check_store_uri(uri)
+    check_store_uri(uri, writing=False)
 
     import mlflow
 
@@ -153,6 +160,28 @@ def sqlite_store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def store_writes(uri: str, doing: str) -> Iterator[None]:
+    """Errors of the store's client while `doing` (MLflow, SQLAlchemy, HTTP and file errors alike) as one
+    StoreFailed line naming the store and the cause."""
+    try:
+        yield
+    except ExperimentError:
+        raise
+    except Exception as error:
+        gone = urlparse(uri).scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).exists()
+        raise StoreFailed(
+            f"the MLflow store {uri} failed while {doing}: {_root_cause(error)}{' (its file is gone)' if gone else ''}"
+        ) from None
+
+
+def _root_cause(error: BaseException) -> str:
+    """The first line of the innermost cause: the driver's or the socket's words, not a wrapper's preamble."""
+    while error.__cause__ is not None and first_line(str(error.__cause__)):
+        error = error.__cause__
+    return first_line(str(error))
+
+
 def _create_experiment(client, name: str, artifact_location: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
@@ -174,7 +203,7 @@ def _artifact_location(experiment: str, uri: str) -> str | None:
     return (database.parent / "artifacts" / experiment).as_uri()
 
 
-def _check_sqlite_location(uri: str) -> None:
+def _check_sqlite_location(uri: str, writing: bool) -> None:
     database = Path(uri.removeprefix("sqlite:///"))
     try:
         database.parent.mkdir(parents=True, exist_ok=True)
@@ -193,6 +222,9 @@ def _check_sqlite_location(uri: str) -> None:
                 f"{database} is an SQLite database but not an MLflow store (it holds {', '.join(foreign[:3])}); "
                 "choose another file"
             )
+        # os.access also answers for root: an immutable file (chattr +i) or a read-only mount.
+        if writing and not os.access(database, os.W_OK):
+            raise ExperimentError(f"{database} is read-only; runs cannot be recorded in it (mlflow.tracking_uri={uri})")
 
 
 def _foreign_tables(database: Path) -> list[str]:
@@ -218,10 +250,29 @@ def _check_server_reachable(uri: str) -> None:
         )
 
 
+def _check_database_reachable(uri: str) -> None:
+    """MLflow retries a database that does not answer for minutes; a TCP connection says so in seconds. A
+    URI without a host (a local socket) is left to the driver."""
+    parsed = urlparse(uri)
+    if not parsed.hostname:
+        return
+    port = parsed.port or DATABASE_PORTS[parsed.scheme.split("+", 1)[0]]
+    if not can_connect(parsed.hostname, port):
+        raise ExperimentError(
+            f"cannot reach the database of the MLflow store at {parsed.hostname}:{port} "
+            f"(no answer within {CONNECT_TIMEOUT_S:.0f} s)"
+        )
+
+
 def _quiet_mlflow_logging() -> None:
     # MLflow's telemetry would try the network on every run; this machine may have none.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # Reading a model draws download progress bars on stderr, between the command's own lines.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in ("alembic", "mlflow.store.db.utils"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    # libpq waits forever for a server that accepts the connection but never answers.
+    os.environ.setdefault("PGCONNECT_TIMEOUT", str(int(CONNECT_TIMEOUT_S)))
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Its retry warnings and database errors, with tracebacks, reach the user as one ExperimentError line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
