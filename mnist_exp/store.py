@@ -100,6 +100,10 @@ def _connect(cfg: Mapping[str, Any]) -> Store:
     check_store_uri(uri, writing=True)
 
     import mlflow
+
+    from mnist_exp.workarounds import bounded_mlflow_database_retries
+
+    bounded_mlflow_database_retries()
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(connection_url(uri))
@@ -138,6 +142,10 @@ def open_store(uri: str):
     check_store_uri(uri, writing=False)
 
     import mlflow
+
+    from mnist_exp.workarounds import bounded_mlflow_database_retries
+
+    bounded_mlflow_database_retries()
 
     mlflow.set_tracking_uri(connection_url(uri))
     return mlflow.MlflowClient(connection_url(uri))

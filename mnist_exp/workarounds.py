@@ -98,3 +98,21 @@ def ray_init_settings(launcher: Any) -> dict | None:
         return None
     init = settings.init
     return OmegaConf.to_container(init, resolve=True) if OmegaConf.is_config(init) else dict(init or {})
+
+
+MLFLOW_DATABASE_ATTEMPTS = 4  # sleeps of 0.1, 0.3, 0.7 and 1.5 s: a database still starting up gets 2.6 s
+
+
+def bounded_mlflow_database_retries() -> None:
+    """MLflow retries creating its SQLAlchemy engine 10 times with doubling sleeps, about 100 s of silence,
+    also for what no retry mends (a wrong password, a missing database): added by
+    https://github.com/mlflow/mlflow/pull/3784 (for https://github.com/mlflow/mlflow/issues/1749), with no
+    setting (mlflow 3.17). Lowers the private `mlflow.store.db.utils.MAX_RETRY_COUNT`; when it is gone or
+    no longer a count, nothing is changed."""
+    import mlflow.store.db.utils as db_utils
+
+    attempts = getattr(db_utils, "MAX_RETRY_COUNT", None)
+    if not isinstance(attempts, int) or isinstance(attempts, bool):
+        log.debug("mlflow.store.db.utils.MAX_RETRY_COUNT is gone; MLflow's own database retries apply")
+        return
+    db_utils.MAX_RETRY_COUNT = min(attempts, MLFLOW_DATABASE_ATTEMPTS)

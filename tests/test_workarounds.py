@@ -80,3 +80,14 @@ def test_the_ray_launchers_settings_are_read_or_none():
     ray_launcher = pytest.importorskip("hydra_plugins.hydra_ray_launcher.ray_launcher")
     launcher = ray_launcher.RayLauncher(ray=OmegaConf.create({"init": {"address": "auto"}, "remote": {}}))
     assert workarounds.ray_init_settings(launcher) == {"address": "auto"}
+
+
+def test_mlflows_database_retries_are_bounded_and_left_alone_when_gone(monkeypatch):
+    import mlflow.store.db.utils as db_utils
+
+    monkeypatch.setattr(db_utils, "MAX_RETRY_COUNT", 10)
+    workarounds.bounded_mlflow_database_retries()
+    assert db_utils.MAX_RETRY_COUNT == workarounds.MLFLOW_DATABASE_ATTEMPTS
+    monkeypatch.delattr(db_utils, "MAX_RETRY_COUNT")
+    workarounds.bounded_mlflow_database_retries()
+    assert not hasattr(db_utils, "MAX_RETRY_COUNT")
