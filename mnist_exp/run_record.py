@@ -126,7 +126,7 @@ class RunRecorder:
         try:
             # One request for the tags: against a failing store, every request costs a round of retries.
             with store_writes(self.uri, f"ending run {self.run_id}"):
-                ending = [RunTag(key, value[:run_tags.MAX_TAG_LENGTH]) for key, value in tags.items()]
+                ending = [RunTag(key, mask(value)[:run_tags.MAX_TAG_LENGTH]) for key, value in tags.items()]
                 self.client.log_batch(self.run_id, tags=ending)
                 self.client.set_terminated(self.run_id, status)
         except StoreFailed:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,19 @@ def read_only(path: Path):
         if flagged:
             subprocess.run(["chattr", "-i", str(path)], check=True)
         path.chmod(0o644)
+
+
+def break_mid_run(process: subprocess.Popen, ready: Callable[[], bool], waiting_for: str,
+                  breaking: Callable[[], None]) -> tuple[subprocess.CompletedProcess, float]:
+    """Once `ready()` holds, `breaking()` the store: the process's result, and the seconds it took to end after."""
+    try:
+        wait_until(ready, 600, waiting_for, process=process)
+        breaking()
+        broken = time.monotonic()
+        result = finish(process, timeout=1200)
+    finally:
+        process.kill()
+    return result, time.monotonic() - broken
 
 
 def one_error_line(stderr: str) -> str:
@@ -182,14 +196,8 @@ def test_a_read_only_store_file_is_one_line_and_left_as_it_was(tmp_path):
 def test_the_store_folder_deleted_mid_run_is_one_line_within_seconds(tmp_path):
     runs_dir = tmp_path / "runs"
     process = start_cli("data=mnist_sample", "epochs=30", "plots=false", runs_dir=runs_dir)
-    try:
-        wait_until(lambda: epochs_recorded(runs_dir) >= 1, 600, "epoch 1 in the store", process=process)
-        shutil.rmtree(runs_dir)
-        deleted = time.monotonic()
-        result = finish(process, timeout=600)
-    finally:
-        process.kill()
-    seconds = time.monotonic() - deleted
+    result, seconds = break_mid_run(process, lambda: epochs_recorded(runs_dir) >= 1, "epoch 1 in the store",
+                                    lambda: shutil.rmtree(runs_dir))
     print(f"exit {result.returncode} {seconds:.1f} s after the folder was deleted: {result.stderr.strip()}")
     assert result.returncode == 2
     assert "(its file is gone)" in one_error_line(result.stderr)
@@ -233,14 +241,8 @@ def test_a_tracking_server_killed_mid_run_is_one_line_within_seconds_and_keeps_w
     url, server, database = tracking_server
     process = start_cli("data=mnist_sample", "epochs=30", "plots=false", f"mlflow.tracking_uri={url}",
                         runs_dir=tmp_path / "runs")
-    try:
-        wait_until(lambda: server_epochs(database) >= 1, 600, "epoch 1 on the server", process=process)
-        os.killpg(server.pid, signal.SIGKILL)
-        killed = time.monotonic()
-        result = finish(process, timeout=1200)
-    finally:
-        process.kill()
-    seconds = time.monotonic() - killed
+    result, seconds = break_mid_run(process, lambda: server_epochs(database) >= 1, "epoch 1 on the server",
+                                    lambda: os.killpg(server.pid, signal.SIGKILL))
     print(f"exit {result.returncode} {seconds:.1f} s after the server was killed: {result.stderr.strip()}")
     assert result.returncode == 2
     assert f"the MLflow store {url} failed while recording run" in one_error_line(result.stderr)
