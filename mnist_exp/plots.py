@@ -154,13 +154,14 @@ def repeat_spread(path: Path, groups: Sequence[Any], metric: str) -> Path | None
     if not shown:
         return None
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(max(5.0, 1.2 * len(shown) + 2), 4.5))
+    # One row per configuration, best on top: long labels read across, however many there are.
+    figure, axis = plt.subplots(figsize=(10, max(2.5, 1.2 + 0.45 * len(shown))))
     spreads = [group.scores[f"final_{metric}"] for group in shown]
-    axis.errorbar(range(len(shown)), [s.mean for s in spreads], yerr=[s.std or 0.0 for s in spreads],
+    axis.errorbar([s.mean for s in spreads], range(len(shown)), xerr=[s.std or 0.0 for s in spreads],
                   fmt="o", capsize=5)
-    axis.set_xticks(range(len(shown)), [f"{g.label}\n({g.complete} seeds)" for g in shown], rotation=20,
-                    ha="right", fontsize=8)
-    axis.set(ylabel=f"final {metric}", title=f"final {metric}: mean ± one standard deviation over seeds")
+    axis.set_yticks(range(len(shown)), [f"{g.label} ({g.complete} seeds)" for g in shown], fontsize=8)
+    axis.invert_yaxis()
+    axis.set(xlabel=f"final {metric}", title=f"final {metric}: mean ± one standard deviation over seeds")
     axis.grid(alpha=0.3)
     return _save(figure, path)
 
