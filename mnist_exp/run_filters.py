@@ -2,7 +2,8 @@
 
 A key names a run's attribute (run_id, experiment, name, status, state, seconds), a metric, a param or a tag,
 looked up in that order; `metrics.`, `params.` or `tags.` in front picks one place. `val_accuracy` and
-`val_loss` are the kept model's scores (final_val_accuracy, final_val_loss), not the last epoch's.
+`val_loss` are the kept model's scores (final_val_accuracy, final_val_loss); `metrics.val_accuracy` is the
+last epoch's.
 Values are read as JSON where they parse (`0.01`, `[512]`, `true`), else as text.
 """
 
@@ -36,6 +37,8 @@ def lookup(row: Mapping[str, Any], key: str) -> Any:
         return _in_place(row, place, name)
     if key in ATTRIBUTES:
         return row.get(key, MISSING)
+    if key in FINAL_ALIASES:  # never the last epoch's value in its place: a failed run has no score
+        return (row.get("metrics") or {}).get(FINAL_ALIASES[key], MISSING)
     for place in PLACES:
         found = _in_place(row, place, key)
         if found is not MISSING:
@@ -46,10 +49,7 @@ def lookup(row: Mapping[str, Any], key: str) -> Any:
 def _in_place(row: Mapping[str, Any], place: str, name: str) -> Any:
     if place == "params":
         return row.get(f"params.{name}", MISSING)
-    values = row.get(place) or {}
-    if place == "metrics" and name in FINAL_ALIASES and FINAL_ALIASES[name] in values:
-        return values[FINAL_ALIASES[name]]
-    return values.get(name, MISSING)
+    return (row.get(place) or {}).get(name, MISSING)
 
 
 def known_keys(rows: Sequence[Mapping[str, Any]]) -> list[str]:

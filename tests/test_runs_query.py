@@ -12,6 +12,7 @@ import pytest
 from mnist_exp import config, run_tags, runs
 from mnist_exp.run_record import log_params
 from mnist_exp.store import connect
+from tests.conftest import compose_cfg
 
 DIGEST = "0123456789abcdef"
 
@@ -55,16 +56,24 @@ def tiny_store(make_cfg):
     return TinyStore(make_cfg)
 
 
-@pytest.fixture
-def three_runs(tiny_store):
-    """sgd [512] 0.45, adam [512] 0.91, adam [256,128] 0.93: (store, {name: run id})."""
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    """One store the reading tests share (a new store costs seconds): (store, {name: run id}).
+    sgd [512] 0.45, adam [512] 0.91, adam [256,128] 0.93, a FAILED sgd, and two runs like `adam`:
+    `twin` identical, `other_data` on data of another digest."""
+    runs_dir = tmp_path_factory.mktemp("shared") / "runs"
+    store = TinyStore(lambda *overrides: compose_cfg(runs_dir, *overrides))
     ids = {
-        "sgd": tiny_store.add("optimizer=sgd", val_accuracy=0.45, test_accuracy=0.44, val_loss=1.5),
-        "adam": tiny_store.add("optimizer=adam", val_accuracy=0.91, test_accuracy=0.9, val_loss=0.3),
-        "wide": tiny_store.add("optimizer=adam", "model.hidden_units=[256,128]", val_accuracy=0.93,
-                               test_accuracy=0.92, val_loss=0.25),
+        "sgd": store.add("optimizer=sgd", val_accuracy=0.45, test_accuracy=0.44, val_loss=1.5),
+        "adam": store.add("optimizer=adam", val_accuracy=0.91, test_accuracy=0.9, val_loss=0.3),
+        "wide": store.add("optimizer=adam", "model.hidden_units=[256,128]", val_accuracy=0.93,
+                          test_accuracy=0.92, val_loss=0.25),
+        "failed": store.add("optimizer=sgd", "optimizer.lr=10", state="FAIL", status="FAILED"),
+        "twin": store.add("optimizer=adam", val_accuracy=0.91, test_accuracy=0.9, val_loss=0.3),
+        "other_data": store.add("optimizer=adam", val_accuracy=0.91, test_accuracy=0.9, val_loss=0.3,
+                                digest="f" * 16),
     }
-    return tiny_store, ids
+    return store, ids
 
 
 def run_main(capsys, *args: str) -> tuple[int, str, str]:
@@ -83,18 +92,19 @@ def listed(capsys, store, *args: str) -> list[str]:
     return out.splitlines()[1:]
 
 
-def test_where_filters_on_params_final_metrics_tags_and_status(three_runs, capsys):
-    store, ids = three_runs
-    failed = store.add("optimizer=sgd", "optimizer.lr=10", state="FAIL", status="FAILED")
+def test_where_filters_on_params_final_metrics_tags_and_status(shared_store, capsys):
+    store, ids = shared_store
+    failed = ids["failed"]
     assert listed(capsys, store, "--where", "optimizer.name=sgd", "--sort", "run_id") == sorted([ids["sgd"], failed])
-    assert set(listed(capsys, store, "--where", "val_accuracy>0.9")) == {ids["adam"], ids["wide"]}
-    assert listed(capsys, store, "--where", "model.hidden_units=[512]", "--where", "val_accuracy>0.9") == [ids["adam"]]
+    assert set(listed(capsys, store, "--where", "val_accuracy>0.92")) == {ids["wide"]}
+    assert set(listed(capsys, store, "--where", "model.hidden_units=[512]", "--where", "val_accuracy>0.9")) == {
+        ids["adam"], ids["twin"], ids["other_data"]}
     assert listed(capsys, store, "--where", "model.hidden_units=[256, 128]") == [ids["wide"]]
     assert listed(capsys, store, "--where", "status=FAILED") == [failed]
     assert listed(capsys, store, "--where", "mnist_exp.state!=COMPLETE") == [failed]
     assert listed(capsys, store, "--where", "tags.mnist_exp.failure~nan") == [failed]
-    assert listed(capsys, store, "--where", "optimizer.lr<=0.001", "--where", "optimizer.name=adam",
-                  "--sort", "val_accuracy") == [ids["adam"], ids["wide"]]
+    assert listed(capsys, store, "--where", "optimizer.lr<=0.001", "--where", "model.hidden_units!=[512]",
+                  "--sort", "val_accuracy") == [ids["wide"]]
     code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--where", "val_accuracy>0.99")
     assert (code, out) == (0, "no runs match\n")
 
@@ -116,8 +126,8 @@ def test_where_filters_on_params_final_metrics_tags_and_status(three_runs, capsy
         (["show"], "the following arguments are required: run"),
     ],
 )
-def test_bad_input_is_one_error_line_and_exit_2(three_runs, capsys, arguments, message):
-    store, _ = three_runs
+def test_bad_input_is_one_error_line_and_exit_2(shared_store, capsys, arguments, message):
+    store, _ = shared_store
     code, out, err = run_main(capsys, *arguments, "--tracking-uri", store.uri)
     assert (code, out) == (2, "")
     assert err.startswith(f"error: {message}") or (message in err and err.startswith("error: ")), err
@@ -126,36 +136,42 @@ def test_bad_input_is_one_error_line_and_exit_2(three_runs, capsys, arguments, m
         assert "optimizer.name" in err and "final_val_accuracy" in err and "mnist_exp.state" in err
 
 
-def test_sort_and_columns_choose_order_and_cells(three_runs, capsys):
-    store, ids = three_runs
-    code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--sort", "-val_accuracy",
+def test_sort_and_columns_choose_order_and_cells(shared_store, capsys):
+    store, ids = shared_store
+    code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--sort", "-val_accuracy", "--where", "seed=42",
+                            "--where", "dataset.digest=" + DIGEST, "--where", "run_id!=" + ids["twin"],
                             "--columns", "run_id,optimizer.name,model.hidden_units,val_accuracy,epochs_completed")
     assert code == 0
     header, *lines = out.splitlines()
     assert header.split() == ["run_id", "optimizer.name", "model.hidden_units", "val_accuracy", "epochs_completed"]
-    assert [line.split()[0] for line in lines] == [ids["wide"], ids["adam"], ids["sgd"]]
+    assert [line.split()[0] for line in lines] == [ids["wide"], ids["adam"], ids["sgd"], ids["failed"]]
     assert lines[0].split()[1:] == ["adam", "[256,", "128]", "0.9300", "1"]
-    code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--sort", "optimizer.name,-test_accuracy",
-                            "--columns", "run_id", "--limit", "2")
-    assert out.splitlines()[1:] == [ids["wide"], ids["adam"]]
+    assert lines[-1].split()[1:] == ["sgd", "[512]", "-", "-"]
+    ordered = listed(capsys, store, "--sort", "optimizer.name,-test_accuracy", "--where", "dataset.digest=" + DIGEST,
+                     "--where", "run_id!=" + ids["twin"], "--limit", "3")
+    assert ordered == [ids["wide"], ids["adam"], ids["sgd"]]
 
 
-def test_csv_and_json_carry_every_value_at_full_precision(three_runs, capsys):
-    store, ids = three_runs
-    code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--format", "csv", "--sort", "val_accuracy")
+def test_csv_and_json_carry_every_value_at_full_precision(shared_store, capsys):
+    store, ids = shared_store
+    code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--format", "csv", "--sort", "-val_accuracy")
     table = list(csv.DictReader(io.StringIO(out)))
-    assert code == 0 and [row["run_id"] for row in table] == [ids["sgd"], ids["adam"], ids["wide"]]
-    assert table[2]["metrics.final_val_accuracy"] == "0.93" and table[2]["params.model.hidden_units"] == "[256, 128]"
-    assert table[0]["state"] == "COMPLETE" and table[0]["params.optimizer.name"] == "sgd"
-    code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--format", "json", "--where", "optimizer.name=sgd")
+    assert code == 0 and len(table) == len(ids) and [row["run_id"] for row in table][0] == ids["wide"]
+    assert table[-1]["run_id"] == ids["failed"] and table[-1]["metrics.final_val_accuracy"] == ""
+    table = {row["run_id"]: row for row in table}
+    assert table[ids["wide"]]["metrics.final_val_accuracy"] == "0.93"
+    assert table[ids["wide"]]["params.model.hidden_units"] == "[256, 128]"
+    assert table[ids["sgd"]]["state"] == "COMPLETE" and table[ids["sgd"]]["params.optimizer.name"] == "sgd"
+    code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--format", "json", "--where", "optimizer.name=sgd",
+                            "--where", "state=COMPLETE")
     (run,) = json.loads(out)
     assert {"run_id", "status", "params", "metrics", "tags"} <= set(run)
     assert run["run_id"] == ids["sgd"] and run["status"] == "FINISHED"
     assert run["params"]["optimizer.name"] == "sgd" and run["metrics"]["final_val_accuracy"] == 0.45
     assert run["tags"][run_tags.STATE_TAG] == "COMPLETE"
     code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--format", "csv", "--columns", "run_id,val_loss",
-                            "--where", "optimizer.name=sgd")
-    assert out.splitlines() == ["run_id,val_loss", f"{ids['sgd']},1.5"]
+                            "--where", "optimizer.name=sgd", "--sort", "val_loss")
+    assert out.splitlines() == ["run_id,val_loss", f"{ids['sgd']},1.5", f"{ids['failed']},"]
 
 
 def test_best_follows_each_experiments_optimized_metric(tiny_store, capsys):
@@ -188,8 +204,8 @@ def test_group_averages_each_configuration_over_its_seeds(tiny_store, capsys):
     assert sorted(group["seeds"].split()) == ["1", "2", "3"]
 
 
-def test_show_prints_config_final_metrics_state_dataset_model_and_rerun(three_runs, capsys):
-    store, ids = three_runs
+def test_show_prints_config_final_metrics_state_dataset_model_and_rerun(shared_store, capsys):
+    store, ids = shared_store
     code, out, _ = run_main(capsys, "show", ids["wide"], "--tracking-uri", store.uri)
     assert code == 0
     lines = out.splitlines()
@@ -207,14 +223,14 @@ def test_show_prints_config_final_metrics_state_dataset_model_and_rerun(three_ru
                        "test_accuracy": "0.9200"}
 
 
-def test_show_names_why_a_run_failed(tiny_store, capsys):
-    failed = tiny_store.add("optimizer.lr=10", state="FAIL", status="FAILED")
-    code, out, _ = run_main(capsys, "show", failed, "--tracking-uri", tiny_store.uri)
+def test_show_names_why_a_run_failed(shared_store, capsys):
+    store, ids = shared_store
+    code, out, _ = run_main(capsys, "show", ids["failed"], "--tracking-uri", store.uri)
     assert "state       FAIL (MLflow status FAILED): TrainingDiverged: loss became nan at epoch 1" in out
 
 
-def test_diff_prints_only_what_differs_and_says_when_nothing_does(three_runs, tiny_store, capsys):
-    store, ids = three_runs
+def test_diff_prints_only_what_differs_and_says_when_nothing_does(shared_store, capsys):
+    store, ids = shared_store
     code, out, _ = run_main(capsys, "diff", ids["sgd"], ids["adam"], ids["wide"], "--tracking-uri", store.uri)
     assert code == 0
     header, *lines = out.splitlines()
@@ -224,9 +240,7 @@ def test_diff_prints_only_what_differs_and_says_when_nothing_does(three_runs, ti
     assert rows["final_val_accuracy"].split() == ["0.4500", "0.9100", "0.9300"]
     assert "model.hidden_units" in rows and "batch_size" not in rows and "epochs_completed" not in rows
     assert "dataset.digest" not in rows
-    other = tiny_store.add("optimizer=adam", val_accuracy=0.91, test_accuracy=0.9, val_loss=0.3, digest="f" * 16)
-    code, out, _ = run_main(capsys, "diff", ids["adam"], other, "--tracking-uri", store.uri)
+    code, out, _ = run_main(capsys, "diff", ids["adam"], ids["other_data"], "--tracking-uri", store.uri)
     assert [line.split() for line in out.splitlines()[1:]] == [["dataset.digest", DIGEST, "f" * 16]]
-    twin = tiny_store.add("optimizer=adam", val_accuracy=0.91, test_accuracy=0.9, val_loss=0.3)
-    code, out, _ = run_main(capsys, "diff", ids["adam"], twin, "--tracking-uri", store.uri)
+    code, out, _ = run_main(capsys, "diff", ids["adam"], ids["twin"], "--tracking-uri", store.uri)
     assert (code, out) == (0, "the 2 runs have the same config, dataset and final metrics\n")
