@@ -6,13 +6,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 
 from mnist_exp import config, run_tags, runs
 from mnist_exp.run_record import log_params
 from mnist_exp.store import connect
-from tests.conftest import compose_cfg
+from tests.conftest import PROJECT_ROOT, compose_cfg
+from tests.test_failing_stores import tracking_server  # noqa: F401 - a fixture
 
 DIGEST = "0123456789abcdef"
 
@@ -20,15 +23,15 @@ DIGEST = "0123456789abcdef"
 class TinyStore:
     """A store of runs recorded as a training run records them (params, final and per-epoch metrics, tags)."""
 
-    def __init__(self, make_cfg):
-        self.make_cfg = make_cfg
-        self.store = connect(make_cfg("data=mnist_sample"))
+    def __init__(self, make_cfg, *base: str):
+        self.make_cfg = lambda *overrides: make_cfg("data=mnist_sample", *base, *overrides)
+        self.store = connect(self.make_cfg())
         self.uri = self.store.uri
 
     def add(self, *overrides: str, val_accuracy: float | None = None, test_accuracy: float | None = None,
             val_loss: float | None = None, state: str = "COMPLETE", status: str = "FINISHED",
             digest: str = DIGEST, experiment: str | None = None) -> str:
-        cfg = self.make_cfg("data=mnist_sample", *overrides)
+        cfg = self.make_cfg(*overrides)
         client = self.store.client
         experiment_id = self.store.experiment_id
         if experiment is not None:
@@ -244,3 +247,39 @@ def test_diff_prints_only_what_differs_and_says_when_nothing_does(shared_store, 
     assert [line.split() for line in out.splitlines()[1:]] == [["dataset.digest", DIGEST, "f" * 16]]
     code, out, _ = run_main(capsys, "diff", ids["adam"], ids["twin"], "--tracking-uri", store.uri)
     assert (code, out) == (0, "the 2 runs have the same config, dataset and final metrics\n")
+
+
+@pytest.mark.slow
+def test_the_commands_start_without_mlflow_and_fail_in_one_line(tmp_path):
+    def runs_command(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-X", "importtime", "-m", "mnist_exp.runs", *args], cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    for args in (["--help"], ["show", "--help"], ["diff", "--help"]):
+        result = runs_command(*args)
+        imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()}
+        assert result.returncode == 0 and "usage: python -m mnist_exp.runs" in result.stdout
+        assert not {"mlflow", "tensorflow", "keras"} & imported, args
+    missing = f"sqlite:///{tmp_path}/none.db"
+    for args in (["--where", "val_accuracy=>1"], ["show", "x" * 32, "--tracking-uri", missing], ["diff", "x"],
+                 ["--sort"]):
+        result = runs_command(*args)
+        errors = [line for line in result.stderr.splitlines() if "|" not in line]  # without -X importtime's lines
+        assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: "), result.stderr
+
+
+@pytest.mark.slow
+def test_a_tracking_server_is_queried_like_a_local_store(tracking_server, make_cfg, capsys,  # noqa: F811
+                                                          monkeypatch):
+    url, _, _ = tracking_server
+    store = TinyStore(make_cfg, f"mlflow.tracking_uri={url}")
+    sgd = store.add("optimizer=sgd", val_accuracy=0.45, test_accuracy=0.44)
+    adam = store.add("optimizer=adam", val_accuracy=0.91, test_accuracy=0.9)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)  # the default store of the reading commands
+    capsys.readouterr()  # MLflow's "View run at" lines from writing the runs
+    code, out, _ = run_main(capsys, "--where", "optimizer.name=adam", "--format", "json")
+    assert code == 0 and [run["run_id"] for run in json.loads(out)] == [adam]
+    code, out, _ = run_main(capsys, "show", sgd)
+    assert code == 0 and f"python -m mnist_exp.rerun {sgd}" in out
+    code, out, _ = run_main(capsys, "diff", sgd, adam, "--tracking-uri", url)
+    assert code == 0 and "optimizer.name" in out and "final_val_accuracy" in out
