@@ -16,8 +16,9 @@ from mnist_exp import tables
 from mnist_exp.run_filters import ATTRIBUTES, MISSING, lookup
 
 FORMATS = ("table", "csv", "json")
-# Metrics that count things: shown whole, not with 4 decimals.
+# Metrics that count things: shown whole, not with 4 decimals; durations: to a tenth of a second.
 COUNTS = ("epochs_completed", "jobs_failed")
+SECONDS_SUFFIX = "_seconds"
 
 
 def columns_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -31,7 +32,10 @@ def table_cell(key: str, value: Any) -> str:
     if value is MISSING or value is None or value == "":
         return "-"
     if _is_number(value):
-        return str(int(value)) if key.rpartition(".")[2] in COUNTS else tables.score(value)
+        name = key.rpartition(".")[2]
+        if name in COUNTS:
+            return str(int(value))
+        return f"{value:.1f}" if name.endswith(SECONDS_SUFFIX) else tables.score(value)
     return tables.short_number(str(value))
 
 
