@@ -78,7 +78,7 @@ def group_repeats(rows: Iterable[Mapping[str, Any]], metric: str) -> list[Repeat
         members.setdefault(configuration(row), []).append(row)
     labels = _labels(list(members.items()))
     groups = []
-    for (key, runs), label in zip(members.items(), labels, strict=True):
+    for runs, label in zip(members.values(), labels, strict=True):
         complete = [row for row in runs if tables.row_state(row) == tables.COMPLETE]
         groups.append(RepeatGroup(
             label=label, runs=len(runs), complete=len(complete),

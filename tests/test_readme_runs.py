@@ -20,7 +20,6 @@ from mnist_exp.multirun import SweepSummary
 from tests.test_readme import README, activated_environment, code_blocks, ui_uri  # noqa: F401 - a fixture
 
 
-
 def runs_transcripts(subcommand: str | None = None) -> list[tuple[list[str], list[str]]]:
     """(the arguments after `python -m mnist_exp.runs`, the output) of each README transcript of it; only
     those of `show` or `diff` when `subcommand` names one, only listings when it is None."""
