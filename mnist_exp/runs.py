@@ -11,6 +11,7 @@ from typing import NoReturn
 from mnist_exp.errors import ExperimentError, exit_with, report
 
 DEFAULT_LIMIT = 20
+LIST_DESCRIPTION = "The runs of a store, filtered, sorted or grouped over seeds, as a table, CSV or JSON."
 EPILOG = """\
 keys (--where, --sort, --columns): run_id experiment name status state seconds, any metric (val_accuracy and
 val_loss: the kept model's), any param (optimizer.name, model.hidden_units, ...), any tag; metrics., params. or
@@ -47,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def list_runs(argv: Sequence[str]) -> int:
     from mnist_exp.run_export import FORMATS
 
-    parser = _Parser(prog="python -m mnist_exp.runs", description=__doc__.splitlines()[0].removesuffix(";"),
-                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m mnist_exp.runs", description=LIST_DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--where", action="append", default=[], metavar="KEY_OP_VALUE",
                         help="only runs where this holds, e.g. optimizer.name=sgd 'val_accuracy>0.9' (repeatable)")
     parser.add_argument("--sort", metavar="KEYS", help="order by these comma-separated keys; -KEY descending")
