@@ -22,6 +22,7 @@ from mnist_exp.run_record import kill_abandoned_runs, log_config, log_params
 from mnist_exp.store import Store, connect
 
 if TYPE_CHECKING:
+    from mnist_exp.repeats import RepeatGroup
     from mnist_exp.search import SearchResult
 
 
@@ -32,6 +33,8 @@ class SweepSummary:
     metric: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     champion: str | None = None  # 'NAME/VERSION' of the model a search registered
+    # The configurations that ran over several seeds (mnist_exp.repeats); [] when every job is its own.
+    repeats: list[RepeatGroup] = field(default_factory=list)
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -129,6 +132,7 @@ class MultirunParent:
             client.log_text(self.run_id, tables.sweep_table(summary.rows), "sweep_summary.txt")
             if self.cfg["plots"]:
                 self._log_sweep_plot(summary.rows)
+            self._log_repeats(summary)
         if summary.best is not None:
             client.set_tag(self.run_id, "best_child_run_id", summary.best["run_id"])
         client.log_metric(self.run_id, "jobs_failed", summary.failed)
@@ -141,6 +145,25 @@ class MultirunParent:
             plot = sweep_parameters(Path(folder) / f"{self.metric}_by_parameter.png", rows, self.metric)
             if plot is not None:
                 self.store.client.log_artifact(self.run_id, str(plot), artifact_path="plots")
+
+    def _log_repeats(self, summary: SweepSummary) -> None:
+        """Jobs that repeat a configuration over seeds: mean ± std per configuration, as a table and a plot."""
+        from mnist_exp import repeats
+
+        groups = repeats.group_repeats(summary.rows, self.metric)
+        if not repeats.has_repeats(groups):
+            return
+        summary.repeats = groups
+        client = self.store.client
+        client.log_table(self.run_id, data=repeats.as_columns(groups), artifact_file="repeats_summary.json")
+        client.log_text(self.run_id, repeats.repeats_table(groups), "repeats_summary.txt")
+        if self.cfg["plots"]:
+            from mnist_exp.plots import repeat_spread
+
+            with tempfile.TemporaryDirectory(prefix="mnist-exp-plots-") as folder:
+                plot = repeat_spread(Path(folder) / f"{self.metric}_by_configuration.png", groups, self.metric)
+                if plot is not None:
+                    client.log_artifact(self.run_id, str(plot), artifact_path="plots")
 
     def _end(self, summary: SweepSummary) -> None:
         # FINISHED when any job ran to its end (a PRUNED trial did: the pruner stopped it, it did not fail).

@@ -147,6 +147,25 @@ def sweep_parameters(path: Path, rows: Sequence[Mapping[str, Any]], metric: str)
     return _save(figure, path)
 
 
+def repeat_spread(path: Path, groups: Sequence[Any], metric: str) -> Path | None:
+    """Mean final `metric` of each configuration (mnist_exp.repeats.RepeatGroup) with one standard deviation
+    as error bars, best first; None when no configuration has a complete run."""
+    shown = [group for group in groups if group.mean(f"final_{metric}") is not None]
+    if not shown:
+        return None
+    plt = _pyplot()
+    # One row per configuration, best on top: long labels read across, however many there are.
+    figure, axis = plt.subplots(figsize=(10, max(2.5, 1.2 + 0.45 * len(shown))))
+    spreads = [group.scores[f"final_{metric}"] for group in shown]
+    axis.errorbar([s.mean for s in spreads], range(len(shown)), xerr=[s.std or 0.0 for s in spreads],
+                  fmt="o", capsize=5)
+    axis.set_yticks(range(len(shown)), [f"{g.label} ({g.complete} seeds)" for g in shown], fontsize=8)
+    axis.invert_yaxis()
+    axis.set(xlabel=f"final {metric}", title=f"final {metric}: mean ± one standard deviation over seeds")
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
 def _as_numbers(values: Sequence[Any]) -> list[float] | None:
     try:
         return [float(v) for v in values]

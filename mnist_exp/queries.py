@@ -11,6 +11,10 @@ from mnist_exp.store import open_store
 
 PAGE_SIZE = 1000
 MAX_CHILDREN = 50_000
+MAX_RUNS = 50_000
+# Logged at every epoch (mnist_exp.train): their last value is no final score.
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds", "samples_per_second",
+                 "learning_rate")
 
 
 def run_row(run) -> dict[str, Any]:
@@ -39,7 +43,8 @@ def children(client, experiment_id: str, parent_run_id: str) -> list:
 
 
 def recent_runs(uri: str, limit: int, experiment: str | None = None) -> list[dict[str, Any]]:
-    """The newest training runs (not sweep parents), newest first, as rows with experiment, name and seconds."""
+    """The newest training runs (not sweep parents), newest first, as rows with experiment, name, seconds, and
+    every metric (its last value) and tag under `metrics` and `tags`."""
     client = open_store(uri)
     experiments = [e for e in client.search_experiments() if experiment is None or e.name == experiment]
     if experiment is not None and not experiments:
@@ -59,6 +64,12 @@ def recent_runs(uri: str, limit: int, experiment: str | None = None) -> list[dic
         row = run_row(run)
         ended = run.info.end_time or int(time.time() * 1000)
         row.update(experiment=names[run.info.experiment_id], name=run.info.run_name,
-                   seconds=(ended - run.info.start_time) / 1000, started=run.info.start_time)
+                   seconds=(ended - run.info.start_time) / 1000, started=run.info.start_time,
+                   metrics=dict(run.data.metrics), tags=dict(run.data.tags))
         rows.append(row)
     return rows
+
+
+def final_metrics(run) -> dict[str, float]:
+    """A run's metrics logged once at its end (test and kept-model scores, epochs, seconds), by name."""
+    return {key: value for key, value in sorted(run.data.metrics.items()) if key not in EPOCH_METRICS}

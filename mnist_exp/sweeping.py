@@ -112,6 +112,11 @@ def report_grid(parent: MultirunParent, summary: SweepSummary) -> None:
 
     print(f"\nSweep {parent.run_id}: {len(summary.rows)} jobs, sorted by final {summary.metric}")
     print(sweep_table(summary.rows), end="")
+    if summary.repeats:
+        from mnist_exp.repeats import repeats_table
+
+        print(f"Repeats: {len(summary.repeats)} configurations, mean ± std over seeds (complete runs only)")
+        print(repeats_table(summary.repeats), end="")
     if summary.best is not None:
         print(f"best: {summary.best['run_id']}  ({summary.best['overrides'] or 'defaults'})")
     print(f"UI: {ui_command(parent.store.uri)}")

@@ -6,7 +6,9 @@ import pytest
 
 from mnist_exp import run_tags
 from mnist_exp.multirun import MultirunParent
+from mnist_exp.run_record import log_params
 from mnist_exp.store import connect
+from tests.conftest import artifact_paths
 
 
 @pytest.fixture
@@ -43,3 +45,44 @@ def test_how_a_parent_ends(store_cfg, children, ended):
     assert run.info.status == ended
     best = summary.best
     assert best is None or best["state"] == "COMPLETE", "never a pruned run"
+
+
+def seeded_child(parent: MultirunParent, seed: int, optimizer: str, val_accuracy: float | None) -> None:
+    """A job of a sweep over seeds: params seed and optimizer.name, its final scores (none: it failed)."""
+    client = parent.store.client
+    overrides = f"seed={seed} optimizer={optimizer}"
+    run_id = client.create_run(parent.store.experiment_id, tags={
+        "mlflow.parentRunId": parent.run_id, run_tags.STATE_TAG: "COMPLETE" if val_accuracy else "FAIL",
+        run_tags.OVERRIDES_TAG: overrides,
+    }).info.run_id
+    log_params(client, run_id, {"seed": seed, "optimizer.name": optimizer, "epochs": 1})
+    if val_accuracy is not None:
+        for key in ("final_val_accuracy", "test_accuracy"):
+            client.log_metric(run_id, key, val_accuracy)
+    client.set_terminated(run_id, "FINISHED" if val_accuracy else "FAILED")
+
+
+def test_a_sweep_over_seeds_summarises_each_configuration_on_the_parent(store_cfg):
+    parent = MultirunParent.open(store_cfg, ["-m", "seed=1,2,3", "optimizer=sgd,adam"])
+    for seed, sgd, adam in ((1, 0.40, 0.90), (2, 0.50, 0.88), (3, None, 0.92)):
+        seeded_child(parent, seed, "sgd", sgd)
+        seeded_child(parent, seed, "adam", adam)
+    summary = parent.close_grid()
+    assert [(g.label, g.runs, g.complete) for g in summary.repeats] == [("optimizer=adam", 3, 3),
+                                                                        ("optimizer=sgd", 3, 2)]
+    adam = summary.repeats[0].scores["final_val_accuracy"]
+    assert (adam.mean, adam.std, adam.count) == (pytest.approx(0.9), pytest.approx(0.02), 3)
+    client = connect(store_cfg).client
+    assert {"repeats_summary.json", "repeats_summary.txt"} <= artifact_paths(client, parent.run_id)
+    assert "plots/val_accuracy_by_configuration.png" in artifact_paths(client, parent.run_id, "plots")
+    table = client.download_artifacts(parent.run_id, "repeats_summary.txt")
+    assert open(table).read().splitlines()[1].split() == [
+        "3", "0.9000", "±", "0.0200", "-", "0.9000", "±", "0.0200", "-", "optimizer=adam"]
+
+
+def test_a_sweep_without_repeated_configurations_has_no_repeats_table(store_cfg):
+    parent = MultirunParent.open(store_cfg, ["-m", "optimizer=sgd,adam"])
+    seeded_child(parent, 1, "sgd", 0.4)
+    seeded_child(parent, 1, "adam", 0.9)
+    assert parent.close_grid().repeats == []
+    assert "repeats_summary.json" not in artifact_paths(connect(store_cfg).client, parent.run_id)

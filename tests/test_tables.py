@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mnist_exp import runs, tables
+from mnist_exp import run_filters, tables
 from mnist_exp.multirun import SweepSummary
 
 
@@ -33,7 +33,7 @@ def test_runs_best_uses_each_runs_optimized_metric():
         row("loss-low", "COMPLETE", 0.1, 0.05, experiment="e", **{"params.optimized_metric": "val_loss"}),
         row("loss-high", "COMPLETE", 0.95, 0.4, experiment="e", **{"params.optimized_metric": "val_loss"}),
     ]
-    assert sorted(r["run_id"] for r in runs.best_per_experiment(rows)) == ["acc-high", "loss-low"]
+    assert sorted(r["run_id"] for r in run_filters.best_per_experiment(rows)) == ["acc-high", "loss-low"]
 
 
 def test_columns_line_up_and_scores_have_four_decimals():
