@@ -26,9 +26,12 @@ def main(cfg: DictConfig):
         from mnist_exp.sweep_job import run_job
 
         return run_job(cfg, overrides, hydra_cfg.job.num)
-    from mnist_exp import experiment
+    from mnist_exp import config, experiment
 
     try:
+        config.validate(cfg)
+        if cfg.repeats > 1:  # the grid sweeper runs the repeats (mnist_exp.grid_jobs)
+            raise ExperimentError(f"repeats={cfg.repeats} runs {cfg.repeats} jobs, one per seed: add -m")
         outcome = experiment.run(cfg, overrides)
     except ExperimentError as error:
         exit_with(str(error))  # here, not in cli(): Hydra would log the job's overrides first

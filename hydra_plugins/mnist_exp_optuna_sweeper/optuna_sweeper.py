@@ -86,6 +86,8 @@ class OptunaSweeper(Sweeper):
         s = self.settings
         check_settings(s)
         config.validate(self.config)
+        if self.config.repeats != 1:
+            raise ExperimentError(f"repeats={self.config.repeats} is for grid sweeps; a search runs each trial once")
         sweeping.check_ray_cluster(self.config)
         metric = self.config.optimized_metric
         storage = s.get("storage") or f"sqlite:///{config.runs_dir(self.config) / 'optuna.db'}"
