@@ -52,7 +52,7 @@ def cli() -> None:
     credentials.mask_log_records()
     if any(argument.partition("=")[0] == "--experimental-rerun" for argument in sys.argv[1:]):
         exit_with("--experimental-rerun is disabled: it unpickles the file it is given, running whatever code is "
-                  "in it; to run a recorded run again, pass the overrides in its overrides.txt")
+                  "in it; to run a recorded run again: python -m mnist_exp.rerun RUN_ID")
     try:
         # Before Hydra logs the arguments or saves them in runs_dir/hydra.
         sys.argv[1:] = credentials.take_from_arguments(sys.argv[1:])

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from mnist_exp import config, experiment, store, sweeping, tables
+from mnist_exp import config, experiment, rerun, store, sweeping, tables
 from mnist_exp.multirun import SweepSummary
 from mnist_exp.search import SearchResult, TrialOutcome
 from tests.conftest import PROJECT_ROOT, run_cli
@@ -125,7 +125,7 @@ def test_the_sweep_table_is_what_a_grid_sweep_prints(activated_environment, caps
         "one row per job of the command's grid"
 
 
-def test_the_search_summary_is_what_an_optuna_search_prints(activated_environment, capsys):
+def test_the_search_summary_is_what_an_optuna_search_prints(activated_environment, capsys, monkeypatch):
     arguments, output = transcript("Study ")
     heading = re.fullmatch(r"Study (\S+) \((\S+)\): (\d+) finished trials .*; (\d+) run by this sweep", output[0])
     assert heading, output[0]
@@ -146,8 +146,11 @@ def test_the_search_summary_is_what_an_optuna_search_prints(activated_environmen
     parent = SimpleNamespace(run_id=parent_line.split()[3], store=SimpleNamespace(uri=ui_uri(output[-1])))
     summary = SimpleNamespace(champion=f"{champion[1]}/{champion[2]}" if champion else None,
                               failed=sum(t.state == "FAIL" for t in trials), rows=trials)
-    # What the Optuna sweeper passes: the command's overrides, without Hydra's own.
-    retrain = result.retrain_command([a for a in arguments if a != "-m" and not a.startswith("hydra.")])
+    # The best trial's run (its id is in no other line), in the store the transcript's checkout reads by default.
+    retrain_line = next(line for line in output if line.startswith("retrain: "))
+    result.best.run_id = retrain_line.split()[4]
+    monkeypatch.setattr(rerun, "reading_uri", lambda: parent.store.uri)
+    retrain = result.retrain_command(parent.store.uri)
 
     sweeping.report_search(parent, result, summary, retrain)
     assert capsys.readouterr().out.lstrip("\n").splitlines() == output
