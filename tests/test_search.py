@@ -107,7 +107,7 @@ def test_search_runs_until_n_trials_finished_and_finds_the_best(tmp_path, monkey
     best_run = f"run-of-trial-{result.best.number}"
     assert result.retrain_command(store.reading_uri()) == f"python -m mnist_exp.rerun {best_run}"
     assert result.retrain_command("http://alice:secret@mlflow.example:5000") == \
-        f"python -m mnist_exp.rerun {best_run} --tracking-uri http://alice:***@mlflow.example:5000"
+        f"python -m mnist_exp.rerun {best_run} --tracking-uri 'http://alice:***@mlflow.example:5000'"
 
 
 def test_rerun_resumes_and_only_adds_the_missing_trials(tmp_path):
