@@ -243,6 +243,6 @@ def test_a_sweep_killed_outright_is_finished_by_the_same_command_each_job_once(t
     assert (second.stdout + second.stderr).count("FINISHED in this sweep before") == finished_before
     assert not [run for run in all_runs(client) if run.info.status == "RUNNING"]
     table = json.loads(open(client.download_artifacts(parent.info.run_id, "sweep_summary.json")).read())
-    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
     assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
     assert "Sweep " + parent.info.run_id + ": 4 jobs" in second.stdout

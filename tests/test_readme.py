@@ -52,7 +52,8 @@ def transcript(marker: str) -> tuple[list[str], list[str]]:
     """(the command's arguments after `python -m mnist_exp`, the output from the line starting with `marker`)
     of the README's one transcript that has such a line."""
     found = [block for block in code_blocks(README.read_text())
-             if block and block[0].startswith("$ ") and any(line.startswith(marker) for line in block)]
+             if block and block[0].startswith("$ python -m mnist_exp ")
+             and any(line.startswith(marker) for line in block)]
     assert len(found) == 1, f"expected one README example with a line starting {marker!r}, found {len(found)}"
     block = found[0]
     command = shlex.split(block[0].removeprefix("$ "))
@@ -157,6 +158,28 @@ def test_the_search_summary_is_what_an_optuna_search_prints(activated_environmen
 
     n_trials = int(dict(a.split("=", 1) for a in arguments if "=" in a)["hydra.sweeper.n_trials"])
     assert int(heading[3]) == n_trials, "the search ran until the study held n_trials finished trials"
+
+
+def test_the_rerun_is_what_a_rerun_prints_and_scores_as_the_search_s_best_trial(activated_environment):
+    (block,) = [block for block in code_blocks(README.read_text())
+                if block and block[0].startswith("$ python -m mnist_exp.rerun ")]
+    (run_id,) = shlex.split(block[0].removeprefix("$ "))[3:]
+    assert block[1] == "...", "between the command and the output: only `...`"
+    output = block[2:]
+    assert len(output) == 4 and output[3] == f"rerun of {run_id}", output
+    scores = re.fullmatch(r"val_accuracy (\S+)  test_accuracy (\S+)  \((\S+), (\d+) epochs?, (\S+) s\)", output[0])
+    assert scores, output[0]
+    printed = experiment.summary({
+        "val_accuracy": float(scores[1]), "test_accuracy": float(scores[2]), "dataset": scores[3],
+        "epochs_completed": int(scores[4]), "train_seconds": float(scores[5]),
+        "run_id": output[1].removeprefix("MLflow run "), "tracking_uri": ui_uri(output[2]),
+    })
+    assert printed.splitlines() == output[:3]
+    # The search transcript's best trial: its retrain line, and the scores of its row.
+    _, search = transcript("Study ")
+    assert f"retrain: python -m mnist_exp.rerun {run_id}" in search
+    best_row = search[2].split()
+    assert (best_row[2], best_row[3]) == (scores[1], scores[2]), "the same seed reproduced the trial"
 
 
 def test_the_prediction_is_in_the_form_predict_prints():
