@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_exp import config, run_tags
 from mnist_exp.credentials import mask
 from mnist_exp.errors import BAD_INPUT, INTERRUPTED, ExperimentError, first_line, report
-from mnist_exp.store import reading_uri, tracking_uri
+from mnist_exp.store import default_uri, reading_uri, tracking_uri
 
 GROUPS = ("optimizer", "model", "data", "mlflow")  # the config groups whose option a rerun may switch
 # Overrides that choose the store themselves: with one of them the rerun goes where they say.
@@ -28,8 +28,9 @@ STORE_KEYS = ("mlflow", "mlflow.tracking_uri", "runs_dir")
 
 
 def command(run_id: str, tracking_uri: str | None = None) -> str:
-    """The command that reruns `run_id`; it names the store when that is not the one reruns read by default."""
-    store = [] if tracking_uri in (None, reading_uri()) else ["--tracking-uri", shlex.quote(mask(tracking_uri))]
+    """The command that reruns `run_id`; it names the store unless that is the default config's: whoever runs
+    the command may have another $MLFLOW_TRACKING_URI (and MLflow sets it in this process)."""
+    store = [] if tracking_uri in (None, default_uri()) else ["--tracking-uri", shlex.quote(mask(tracking_uri))]
     return " ".join(["python -m mnist_exp.rerun", run_id, *store])
 
 

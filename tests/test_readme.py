@@ -147,10 +147,10 @@ def test_the_search_summary_is_what_an_optuna_search_prints(activated_environmen
     parent = SimpleNamespace(run_id=parent_line.split()[3], store=SimpleNamespace(uri=ui_uri(output[-1])))
     summary = SimpleNamespace(champion=f"{champion[1]}/{champion[2]}" if champion else None,
                               failed=sum(t.state == "FAIL" for t in trials), rows=trials)
-    # The best trial's run (its id is in no other line), in the store the transcript's checkout reads by default.
+    # The best trial's run (its id is in no other line), in the store of the transcript's checkout's default config.
     retrain_line = next(line for line in output if line.startswith("retrain: "))
     result.best.run_id = retrain_line.split()[4]
-    monkeypatch.setattr(rerun, "reading_uri", lambda: parent.store.uri)
+    monkeypatch.setattr(rerun, "default_uri", lambda: parent.store.uri)
     retrain = result.retrain_command(parent.store.uri)
 
     sweeping.report_search(parent, result, summary, retrain)

@@ -103,9 +103,11 @@ def test_search_runs_until_n_trials_finished_and_finds_the_best(tmp_path, monkey
     assert [t.state for t in result.trials] == ["COMPLETE"] * 5
     assert result.best.value == max(t.value for t in result.trials)
     # The best trial's run, rerun from its recorded config; the store named unless it is the default one.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")  # MLflow sets it in the sweeper
     best_run = f"run-of-trial-{result.best.number}"
-    assert result.retrain_command(store.reading_uri()) == f"python -m mnist_exp.rerun {best_run}"
+    assert result.retrain_command(store.default_uri()) == f"python -m mnist_exp.rerun {best_run}"
+    assert result.retrain_command("http://mlflow.example:5000") == \
+        f"python -m mnist_exp.rerun {best_run} --tracking-uri http://mlflow.example:5000"
     assert result.retrain_command("http://alice:secret@mlflow.example:5000") == \
         f"python -m mnist_exp.rerun {best_run} --tracking-uri 'http://alice:***@mlflow.example:5000'"
 
