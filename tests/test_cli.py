@@ -22,6 +22,7 @@ from tests.conftest import (
     single_sweep,
     start_cli,
     store_client,
+    write_npz,
 )
 
 pytestmark = pytest.mark.slow
@@ -246,3 +247,23 @@ def test_a_sweep_killed_outright_is_finished_by_the_same_command_each_job_once(t
     rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
     assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
     assert "Sweep " + parent.info.run_id + ": 4 jobs" in second.stdout
+
+
+def test_a_sweep_with_a_failed_job_is_finished_by_the_same_command(tmp_path):
+    """The failed job runs again (its data file now exists), the finished one does not; the parent's table
+    and jobs_failed count each job once, by its best attempt."""
+    runs_dir, late = tmp_path / "runs", tmp_path / "late.npz"
+    command = ("-m", f"data.path={write_npz(tmp_path / 'early.npz')},{late}", "epochs=1", "plots=false",
+               "mlflow.log_model=false")
+    first = run_cli(*command, runs_dir=runs_dir)
+    assert first.returncode == 1 and first.stderr.strip().endswith("error: 1 of 2 jobs failed"), first.stderr
+    write_npz(late)
+
+    second = run_cli(*command, runs_dir=runs_dir)
+    assert second.returncode == 0, second.stderr[-3000:]
+    client = store_client(runs_dir)
+    parent, children = single_sweep(client)
+    by_state = Counter((c.data.params["data.path"].rsplit("/", 1)[1], c.info.status) for c in children)
+    assert by_state == {("early.npz", "FINISHED"): 1, ("late.npz", "FAILED"): 1, ("late.npz", "FINISHED"): 1}
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_failed"] == 0
+    assert [row[0] for row in sweep_table(second.stdout)[1:]] == ["COMPLETE", "COMPLETE"]
