@@ -8,7 +8,7 @@ from mnist_exp import rerun, run_tags
 from mnist_exp.errors import ExperimentError
 from mnist_exp.run_record import log_config
 from mnist_exp.store import connect
-from tests.conftest import store_client, store_uri
+from tests.conftest import compose_cfg, store_client, store_uri
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -58,6 +58,15 @@ def test_a_rerun_with_the_same_seed_reproduces_every_epoch_and_takes_overrides(m
     assert [p.step for p in client.get_metric_history(changed.info.run_id, "val_accuracy")] == [1]
 
 
+@pytest.fixture(scope="module")
+def recorded_store(tmp_path_factory):
+    """(runs_dir, {"run": a recorded run, "parent": a sweep's parent run}): one store for the error cases, which
+    write nothing (each checks)."""
+    runs_dir = tmp_path_factory.mktemp("rerun") / "runs"
+    cfg = compose_cfg(runs_dir, "data=mnist_sample")
+    return runs_dir, {"run": recorded_run(cfg), "parent": recorded_run(cfg, tags={run_tags.SWEEP_TAG: "true"})}
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -74,17 +83,14 @@ def test_a_rerun_with_the_same_seed_reproduces_every_epoch_and_takes_overrides(m
     ids=["unknown run", "unknown option", "bad value", "unknown key", "sweep", "repeats", "hydra key", "delete",
          "parent run"],
 )
-def test_what_cannot_be_rerun_is_one_line_and_no_run(make_cfg, tmp_path, signals_handled, capsys, arguments,
-                                                      message):
-    cfg = make_cfg("data=mnist_sample")
-    runs = {"run": recorded_run(cfg), "parent": recorded_run(cfg, tags={run_tags.SWEEP_TAG: "true"})}
-    uri = store_uri(tmp_path / "runs")
-
-    code = rerun.main([argument.format(**runs) for argument in arguments] + ["--tracking-uri", uri])
+def test_what_cannot_be_rerun_is_one_line_and_no_run(recorded_store, signals_handled, capsys, arguments, message):
+    runs_dir, runs = recorded_store
+    code = rerun.main([argument.format(**runs) for argument in arguments] + ["--tracking-uri", store_uri(runs_dir)])
     assert code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: ") and message in line, line
-    assert len(store_client(tmp_path / "runs").search_runs([connect(cfg).experiment_id])) == 2, "no new run"
+    client = store_client(runs_dir)
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == 2, "no new run"
 
 
 def test_a_run_of_other_code_is_rerun_with_a_one_line_warning(make_cfg, tmp_path, capsys, monkeypatch):
