@@ -26,9 +26,12 @@ def main(cfg: DictConfig):
         from mnist_exp.sweep_job import run_job
 
         return run_job(cfg, overrides, hydra_cfg.job.num)
-    from mnist_exp import experiment
+    from mnist_exp import config, experiment
 
     try:
+        config.validate(cfg)
+        if cfg.repeats > 1:  # the grid sweeper runs the repeats (mnist_exp.grid_jobs)
+            raise ExperimentError(f"repeats={cfg.repeats} runs {cfg.repeats} jobs, one per seed: add -m")
         outcome = experiment.run(cfg, overrides)
     except ExperimentError as error:
         exit_with(str(error))  # here, not in cli(): Hydra would log the job's overrides first
@@ -49,7 +52,7 @@ def cli() -> None:
     credentials.mask_log_records()
     if any(argument.partition("=")[0] == "--experimental-rerun" for argument in sys.argv[1:]):
         exit_with("--experimental-rerun is disabled: it unpickles the file it is given, running whatever code is "
-                  "in it; to run a recorded run again, pass the overrides in its overrides.txt")
+                  "in it; to run a recorded run again: python -m mnist_exp.rerun RUN_ID")
     try:
         # Before Hydra logs the arguments or saves them in runs_dir/hydra.
         sys.argv[1:] = credentials.take_from_arguments(sys.argv[1:])

@@ -40,6 +40,7 @@ MAX_LAYER_WIDTH = 65_536
 MAX_EXPERIMENT_NAME_LENGTH = 500  # MLflow's limit (mlflow.utils.validation)
 MAX_MODEL_NAME_LENGTH = 250
 MAX_HIDDEN_LAYERS = 64
+MAX_REPEATS = 1000
 
 # A check returns None when the value is fine, else a phrase saying what is allowed.
 Check = Callable[[Any], "str | None"]
@@ -162,6 +163,7 @@ TOP_LEVEL: dict[str, Check] = {
     "epochs": _integer(1, 100_000),
     "batch_size": _integer(1, 1_000_000),
     "seed": _integer(0, 2**32 - 1),
+    "repeats": _integer(1, MAX_REPEATS),
     "early_stopping_patience": _optional(_integer(1, 100_000)),
     "reduce_lr_patience": _optional(_integer(1, 100_000)),
     "deterministic": _boolean,

@@ -19,7 +19,7 @@ from mnist_exp import run_tags, tables
 from mnist_exp.credentials import mask
 from mnist_exp.processes import owner
 from mnist_exp.run_record import kill_abandoned_runs, log_config, log_params
-from mnist_exp.store import Store, connect
+from mnist_exp.store import Store, connect, sqlite_store_lock
 
 if TYPE_CHECKING:
     from mnist_exp.repeats import RepeatGroup
@@ -57,15 +57,35 @@ class MultirunParent:
         self.metric: str = cfg["optimized_metric"]
 
     @classmethod
-    def open(cls, cfg: DictConfig, sweep_overrides: Sequence[str]) -> MultirunParent:
+    def open(cls, cfg: DictConfig, sweep_overrides: Sequence[str], sweep_key: str | None = None,
+             resume: bool = False) -> MultirunParent:
+        """A new parent run; with `resume`, the parent run of the sweep named `sweep_key` when there is one,
+        RUNNING again (mnist_exp.grid_jobs)."""
+        from mnist_exp import grid_jobs
+
         store = connect(cfg)
         kill_abandoned_runs(store)
-        tags = {run_tags.SWEEP_TAG: "true", run_tags.OVERRIDES_TAG: mask(" ".join(sweep_overrides)),
-                run_tags.OWNER_TAG: owner(), **run_tags.source_tags()}
-        name = f"sweep {run_tags.run_name(sweep_overrides)}"[:run_tags.MAX_RUN_NAME_LENGTH]
-        run = store.client.create_run(store.experiment_id, run_name=name, tags=tags)
+        with sqlite_store_lock(store.uri):  # the same sweep started twice at once: one of them opens it
+            previous = grid_jobs.previous_sweep(store.client, store.experiment_id, sweep_key) \
+                if resume and sweep_key else None
+            if previous is not None:
+                grid_jobs.reopen(store.client, previous)
+                return cls(cfg, store, previous.info.run_id)
+            tags = {run_tags.SWEEP_TAG: "true", run_tags.OVERRIDES_TAG: mask(" ".join(sweep_overrides)),
+                    run_tags.OWNER_TAG: owner(), **run_tags.source_tags()}
+            if sweep_key:
+                tags[run_tags.SWEEP_KEY_TAG] = sweep_key
+            name = f"sweep {run_tags.run_name(sweep_overrides)}"[:run_tags.MAX_RUN_NAME_LENGTH]
+            run = store.client.create_run(store.experiment_id, run_name=name, tags=tags)
         log_config(store.client, run.info.run_id, cfg, sweep_overrides)
         return cls(cfg, store, run.info.run_id)
+
+    def children(self) -> list:
+        """The child runs that count: one per job, its best attempt when a resumed sweep ran it again."""
+        from mnist_exp.grid_jobs import counted
+        from mnist_exp.queries import children
+
+        return counted(children(self.store.client, self.store.experiment_id, self.run_id))
 
     def close_grid(self) -> SweepSummary:
         """The children's table and plot, the best child's id and scores; FINISHED unless no job finished."""
@@ -120,10 +140,10 @@ class MultirunParent:
                 client.set_terminated(self.run_id, "KILLED")
 
     def _log_children(self) -> SweepSummary:
-        from mnist_exp.queries import children, run_row
+        from mnist_exp.queries import run_row
 
         client = self.store.client
-        rows = [run_row(child) for child in children(client, self.store.experiment_id, self.run_id)]
+        rows = [run_row(child) for child in self.children()]
         summary = SweepSummary(self.metric, tables.best_first(
             rows, self.metric, lambda row: row.get(f"final_{self.metric}"), tables.row_state
         ))

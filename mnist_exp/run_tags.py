@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import subprocess
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mnist_exp import config
 from mnist_exp.credentials import mask
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 FAILURE_TAG = "mnist_exp.failure"          # why a run FAILED or was KILLED
 PRUNED_TAG = "mnist_exp.pruned"            # why the pruner stopped it
@@ -18,6 +23,10 @@ STATE_TAG = "mnist_exp.state"              # COMPLETE, PRUNED, FAIL or KILLED (O
 OWNER_TAG = "mnist_exp.owner"              # the process that runs it (mnist_exp.processes)
 FALLBACK_TAG = "mnist_exp.dataset_fallback"
 GIT_DIRTY_TAG = "mnist_exp.git_dirty"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+RERUN_OF_TAG = "mnist_exp.rerun_of"        # on a run made by `python -m mnist_exp.rerun RUN`: RUN's id
+SWEEP_KEY_TAG = "mnist_exp.sweep_key"      # on a grid sweep's parent: its identity (mnist_exp.grid_jobs.sweep_key)
+CONFIG_DIGEST_TAG = "mnist_exp.config_digest"  # on a sweep job's run: config_digest of its composed config
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 MAX_TAG_LENGTH = 5000
 MAX_RUN_NAME_LENGTH = 250
@@ -45,4 +54,13 @@ def source_tags() -> dict[str, str]:
         dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"mlflow.source.git.commit": commit, GIT_DIRTY_TAG: str(dirty).lower()}
+    return {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(dirty).lower()}
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """A digest of the composed config as config.yaml records it (Hydra's own node left out): equal digests,
+    equal configs. A resumed grid sweep skips the jobs whose digest already FINISHED in it."""
+    from omegaconf import OmegaConf
+
+    text = mask(OmegaConf.to_yaml(OmegaConf.create(config.plain(cfg)), sort_keys=True))
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -11,14 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shlex
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_exp import interrupts, tables
-from mnist_exp.credentials import mask
 from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import JobOutcome
 from mnist_exp.processes import owner
@@ -77,11 +75,14 @@ class SearchResult:
     def best(self) -> TrialOutcome | None:
         return tables.best(self.trials, self.metric, lambda t: t.value, lambda t: t.state)
 
-    def retrain_command(self, prefix: Sequence[str]) -> str | None:
-        """The single-run command that trains the best trial's configuration again."""
-        if self.best is None:
+    def retrain_command(self, tracking_uri: str | None = None) -> str | None:
+        """The command that trains the best trial's run again from its recorded config (mnist_exp.rerun);
+        `tracking_uri` is the store the run is in."""
+        from mnist_exp.rerun import command
+
+        if self.best is None or self.best.run_id is None:
             return None
-        return mask(" ".join(["python -m mnist_exp", *(shlex.quote(a) for a in [*prefix, *self.best.overrides])]))
+        return command(self.best.run_id, tracking_uri)
 
 
 @dataclass

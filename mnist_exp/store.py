@@ -51,8 +51,11 @@ def tracking_uri(cfg: Mapping[str, Any]) -> str:
 def reading_uri() -> str:
     """The store the reading commands (predict, runs) open by default: $MLFLOW_TRACKING_URI, else the store
     a run with the default config writes to."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def default_uri() -> str:
+    """The store a run with the default config writes to."""
     from omegaconf import OmegaConf
 
     default_runs_dir = OmegaConf.load(config.PROJECT_ROOT / "conf" / "config.yaml").runs_dir

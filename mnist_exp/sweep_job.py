@@ -5,6 +5,7 @@ A failure is recorded (FAILED in MLflow) and returned, never raised: the sweep g
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -30,6 +31,11 @@ def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOu
             reporter = TrialReporter.connect(job.study, job.trial_number)
             label += f" (trial {job.trial_number})"
         tags = {run_tags.TRIAL_NUMBER_TAG: str(job.trial_number)} if job.trial_number is not None else {}
+        if job.study is None:
+            # What a resumed grid sweep compares to leave out the jobs that FINISHED (mnist_exp.grid_jobs); not
+            # on trials, which a search may draw twice alike. A config that cannot be read fails below.
+            with contextlib.suppress(ExperimentError):
+                tags[run_tags.CONFIG_DIGEST_TAG] = run_tags.config_digest(cfg)
         context = RunContext(parent_run_id=job.parent_run_id, tags=tags, on_epoch=reporter)
     try:
         outcome = experiment.run(cfg, overrides, context)

@@ -34,15 +34,17 @@ def launcher_kind(config: DictConfig) -> str:
 
 
 @contextlib.contextmanager
-def parent_run(config: DictConfig, sweep_overrides: Sequence[str]) -> Iterator[MultirunParent]:
-    """Check the config and the Ray cluster, then open the multirun's parent run (mnist_exp.multirun); one
-    error line and exit 2 when something cannot work. The parent ends KILLED if the block does not close it."""
+def parent_run(config: DictConfig, sweep_overrides: Sequence[str], sweep_key: str | None = None,
+               resume: bool = False) -> Iterator[MultirunParent]:
+    """Check the config and the Ray cluster, then open the multirun's parent run (mnist_exp.multirun; with
+    `resume`, the one of the sweep named `sweep_key`); one error line and exit 2 when something cannot work.
+    The parent ends KILLED if the block does not close it."""
     from mnist_exp.multirun import MultirunParent
 
     try:
         settings.validate(config)
         check_ray_cluster(config)
-        parent = MultirunParent.open(config, sweep_overrides)
+        parent = MultirunParent.open(config, sweep_overrides, sweep_key, resume)
     except ExperimentError as error:
         exit_with(str(error))
     try:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
+import sqlite3
+from collections import Counter
 
 import pytest
 
@@ -18,6 +22,7 @@ from tests.conftest import (
     single_sweep,
     start_cli,
     store_client,
+    write_npz,
 )
 
 pytestmark = pytest.mark.slow
@@ -198,3 +203,67 @@ def test_interrupted_run_is_killed_with_the_epochs_so_far(tmp_path, signal_numbe
     assert run.info.status == "KILLED"
     epochs = metric_steps(client, run.info.run_id, "val_accuracy")
     assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) < 500
+
+
+def finished_children(runs_dir) -> int:
+    """FINISHED child runs in a runs_dir's store so far, read with plain sqlite3 (read-only; see
+    conftest.epochs_recorded)."""
+    database = runs_dir / "mlflow.db"
+    if not database.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute(
+                "SELECT COUNT(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+                "WHERE tags.key = 'mlflow.parentRunId' AND runs.status = 'FINISHED'"
+            ).fetchone()[0]
+    except sqlite3.Error:  # the tables are not there yet
+        return 0
+
+
+def test_a_sweep_killed_outright_is_finished_by_the_same_command_each_job_once(tmp_path):
+    """SIGKILL after the first job, then the same command: the jobs that FINISHED are not run again, the
+    others are, and the one parent run counts every job of the sweep once. Each job runs `repeats` times."""
+    runs_dir = tmp_path / "runs"
+    command = ("-m", "optimizer=sgd,adam", "repeats=2", "data=mnist_sample", "epochs=1", "plots=false")
+    first = start_cli(*command, runs_dir=runs_dir)
+    signal_when(first, lambda: finished_children(runs_dir) >= 1, signal.SIGKILL, 600, "a job to finish")
+    finished_before = finished_children(runs_dir)
+
+    second = run_cli(*command, runs_dir=runs_dir)
+    assert second.returncode == 0, second.stderr[-3000:]
+    client = store_client(runs_dir)
+    parent, children = single_sweep(client)
+    assert parent.info.status == "FINISHED" and parent.data.tags["mnist_exp.state"] == "COMPLETE"
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert Counter(c.data.tags["mnist_exp.config_digest"] for c in finished).most_common(1)[0][1] == 1, \
+        "no config FINISHED twice"
+    assert sorted((c.data.params["optimizer.name"], c.data.params["seed"]) for c in finished) == [
+        ("adam", "42"), ("adam", "43"), ("sgd", "42"), ("sgd", "43")], "each job, once per seed"
+    assert sum(owner_pid(c) == first.pid for c in finished) == finished_before, "what finished was not run again"
+    assert (second.stdout + second.stderr).count("FINISHED in this sweep before") == finished_before
+    assert not [run for run in all_runs(client) if run.info.status == "RUNNING"]
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "sweep_summary.json")).read())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert len(rows) == 4 and {row["state"] for row in rows} == {"COMPLETE"}
+    assert "Sweep " + parent.info.run_id + ": 4 jobs" in second.stdout
+
+
+def test_a_sweep_with_a_failed_job_is_finished_by_the_same_command(tmp_path):
+    """The failed job runs again (its data file now exists), the finished one does not; the parent's table
+    and jobs_failed count each job once, by its best attempt."""
+    runs_dir, late = tmp_path / "runs", tmp_path / "late.npz"
+    command = ("-m", f"data.path={write_npz(tmp_path / 'early.npz')},{late}", "epochs=1", "plots=false",
+               "mlflow.log_model=false")
+    first = run_cli(*command, runs_dir=runs_dir)
+    assert first.returncode == 1 and first.stderr.strip().endswith("error: 1 of 2 jobs failed"), first.stderr
+    write_npz(late)
+
+    second = run_cli(*command, runs_dir=runs_dir)
+    assert second.returncode == 0, second.stderr[-3000:]
+    client = store_client(runs_dir)
+    parent, children = single_sweep(client)
+    by_state = Counter((c.data.params["data.path"].rsplit("/", 1)[1], c.info.status) for c in children)
+    assert by_state == {("early.npz", "FINISHED"): 1, ("late.npz", "FAILED"): 1, ("late.npz", "FINISHED"): 1}
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_failed"] == 0
+    assert [row[0] for row in sweep_table(second.stdout)[1:]] == ["COMPLETE", "COMPLETE"]

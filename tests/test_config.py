@@ -79,6 +79,8 @@ def test_list_override_and_flattened_params(make_cfg):
         ("model.activation=relux", "model.activation='relux'"),
         ("data.val_fraction=0", "data.val_fraction=0"),
         ("seed=-1", "seed=-1"),
+        ("repeats=0", "repeats=0"),
+        ("repeats=1.5", "repeats=1.5"),
         ("mlflow.tracking_uri=ftp://host/x", "mlflow.tracking_uri='ftp://host/x'"),
         ("mlflow.experiment=''", "mlflow.experiment=''"),
         ("optimizer.name=foo", "optimizer.name='foo'"),

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from mnist_exp import config, experiment, store, sweeping, tables
+from mnist_exp import config, experiment, rerun, store, sweeping, tables
 from mnist_exp.multirun import SweepSummary
 from mnist_exp.search import SearchResult, TrialOutcome
 from tests.conftest import PROJECT_ROOT, run_cli
@@ -52,7 +52,8 @@ def transcript(marker: str) -> tuple[list[str], list[str]]:
     """(the command's arguments after `python -m mnist_exp`, the output from the line starting with `marker`)
     of the README's one transcript that has such a line."""
     found = [block for block in code_blocks(README.read_text())
-             if block and block[0].startswith("$ ") and any(line.startswith(marker) for line in block)]
+             if block and block[0].startswith("$ python -m mnist_exp ")
+             and any(line.startswith(marker) for line in block)]
     assert len(found) == 1, f"expected one README example with a line starting {marker!r}, found {len(found)}"
     block = found[0]
     command = shlex.split(block[0].removeprefix("$ "))
@@ -125,7 +126,7 @@ def test_the_sweep_table_is_what_a_grid_sweep_prints(activated_environment, caps
         "one row per job of the command's grid"
 
 
-def test_the_search_summary_is_what_an_optuna_search_prints(activated_environment, capsys):
+def test_the_search_summary_is_what_an_optuna_search_prints(activated_environment, capsys, monkeypatch):
     arguments, output = transcript("Study ")
     heading = re.fullmatch(r"Study (\S+) \((\S+)\): (\d+) finished trials .*; (\d+) run by this sweep", output[0])
     assert heading, output[0]
@@ -146,14 +147,39 @@ def test_the_search_summary_is_what_an_optuna_search_prints(activated_environmen
     parent = SimpleNamespace(run_id=parent_line.split()[3], store=SimpleNamespace(uri=ui_uri(output[-1])))
     summary = SimpleNamespace(champion=f"{champion[1]}/{champion[2]}" if champion else None,
                               failed=sum(t.state == "FAIL" for t in trials), rows=trials)
-    # What the Optuna sweeper passes: the command's overrides, without Hydra's own.
-    retrain = result.retrain_command([a for a in arguments if a != "-m" and not a.startswith("hydra.")])
+    # The best trial's run (its id is in no other line), in the store of the transcript's checkout's default config.
+    retrain_line = next(line for line in output if line.startswith("retrain: "))
+    result.best.run_id = retrain_line.split()[4]
+    monkeypatch.setattr(rerun, "default_uri", lambda: parent.store.uri)
+    retrain = result.retrain_command(parent.store.uri)
 
     sweeping.report_search(parent, result, summary, retrain)
     assert capsys.readouterr().out.lstrip("\n").splitlines() == output
 
     n_trials = int(dict(a.split("=", 1) for a in arguments if "=" in a)["hydra.sweeper.n_trials"])
     assert int(heading[3]) == n_trials, "the search ran until the study held n_trials finished trials"
+
+
+def test_the_rerun_is_what_a_rerun_prints_and_scores_as_the_search_s_best_trial(activated_environment):
+    (block,) = [block for block in code_blocks(README.read_text())
+                if block and block[0].startswith("$ python -m mnist_exp.rerun ")]
+    (run_id,) = shlex.split(block[0].removeprefix("$ "))[3:]
+    assert block[1] == "...", "between the command and the output: only `...`"
+    output = block[2:]
+    assert len(output) == 4 and output[3] == f"rerun of {run_id}", output
+    scores = re.fullmatch(r"val_accuracy (\S+)  test_accuracy (\S+)  \((\S+), (\d+) epochs?, (\S+) s\)", output[0])
+    assert scores, output[0]
+    printed = experiment.summary({
+        "val_accuracy": float(scores[1]), "test_accuracy": float(scores[2]), "dataset": scores[3],
+        "epochs_completed": int(scores[4]), "train_seconds": float(scores[5]),
+        "run_id": output[1].removeprefix("MLflow run "), "tracking_uri": ui_uri(output[2]),
+    })
+    assert printed.splitlines() == output[:3]
+    # The search transcript's best trial: its retrain line, and the scores of its row.
+    _, search = transcript("Study ")
+    assert f"retrain: python -m mnist_exp.rerun {run_id}" in search
+    best_row = search[2].split()
+    assert (best_row[2], best_row[3]) == (scores[1], scores[2]), "the same seed reproduced the trial"
 
 
 def test_the_prediction_is_in_the_form_predict_prints():

@@ -13,7 +13,7 @@ import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mnist_exp import interrupts, processes, search, trial_reaper
+from mnist_exp import interrupts, processes, search, store, trial_reaper
 from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.job_context import JobOutcome, StudyLink
 from mnist_exp.search_space import check_settings, check_space, make_storage, suggest_overrides
@@ -42,7 +42,8 @@ def value_of(job: search.TrialJob) -> float:
 
 
 def completing(jobs, first_index):
-    return [JobOutcome("COMPLETE", value=value_of(job), test_accuracy=0.5) for job in jobs]
+    return [JobOutcome("COMPLETE", value=value_of(job), test_accuracy=0.5, run_id=f"run-of-trial-{job.number}")
+            for job in jobs]
 
 
 def load_trials(found: search.Search):
@@ -89,7 +90,7 @@ def test_bad_sampler_and_pruner_names():
         check_settings({"n_trials": 0, "n_jobs": 1, "study_name": "s", "search_space": SPACE})
 
 
-def test_search_runs_until_n_trials_finished_and_finds_the_best(tmp_path):
+def test_search_runs_until_n_trials_finished_and_finds_the_best(tmp_path, monkeypatch):
     launched = []
 
     def launch(jobs, first_index):
@@ -101,9 +102,14 @@ def test_search_runs_until_n_trials_finished_and_finds_the_best(tmp_path):
     assert [job.index for job in launched] == [0, 1, 2, 3, 4]
     assert [t.state for t in result.trials] == ["COMPLETE"] * 5
     assert result.best.value == max(t.value for t in result.trials)
-    retrain = result.retrain_command(["data=mnist_sample"])
-    assert retrain.startswith("python -m mnist_exp data=mnist_sample ")
-    assert " ".join(result.best.overrides[:2]) in retrain
+    # The best trial's run, rerun from its recorded config; the store named unless it is the default one.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")  # MLflow sets it in the sweeper
+    best_run = f"run-of-trial-{result.best.number}"
+    assert result.retrain_command(store.default_uri()) == f"python -m mnist_exp.rerun {best_run}"
+    assert result.retrain_command("http://mlflow.example:5000") == \
+        f"python -m mnist_exp.rerun {best_run} --tracking-uri http://mlflow.example:5000"
+    assert result.retrain_command("http://alice:secret@mlflow.example:5000") == \
+        f"python -m mnist_exp.rerun {best_run} --tracking-uri 'http://alice:***@mlflow.example:5000'"
 
 
 def test_rerun_resumes_and_only_adds_the_missing_trials(tmp_path):
@@ -143,7 +149,7 @@ def test_a_search_that_only_fails_stops(tmp_path):
         [], lambda jobs, first: [JobOutcome("FAIL", reason="boom") for _ in jobs]
     )
     assert [t.state for t in result.trials] == ["FAIL"] * 3 and result.best is None
-    assert result.retrain_command([]) is None
+    assert result.retrain_command() is None
 
 
 def dead_owner() -> str:

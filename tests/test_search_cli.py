@@ -85,10 +85,11 @@ def test_parallel_search_with_pruning_then_resume(tmp_path):
     table = json.loads(open(client.download_artifacts(parent.info.run_id, "optuna_trials.json")).read())
     assert len(table["data"]) == 4
     assert f"best trial {best.number}: val_accuracy={best.value:.4f}" in first.stdout
-    retrain = next(line for line in first.stdout.splitlines() if line.startswith("retrain: "))
-    assert retrain.startswith("retrain: python -m mnist_exp hparams_search=hopeless epochs=2")
     champion = client.get_model_version_by_alias("mnist-mlp", "champion")
     best_run = next(c for c in trials if c.data.tags["optuna.trial_number"] == str(best.number))
+    # The best trial's run, trained again from its recorded config, in the store the search wrote to.
+    retrain = f"python -m mnist_exp.rerun {best_run.info.run_id} --tracking-uri sqlite:///{runs_dir}/mlflow.db"
+    assert f"retrain: {retrain}\n" in first.stdout and parent.data.tags["retrain_command"] == retrain
     assert str(champion.version) == "1" and champion.run_id == best_run.info.run_id
     assert "registered models:/mnist-mlp@champion (version 1)" in first.stdout
 
@@ -158,6 +159,14 @@ def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
     assert result.stderr.strip() == (
         "error: hydra.sweeper.search_space.model.dropout has inverted bounds: low=0.9 > high=0.5"
     )
+    assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
+
+
+def test_a_search_refuses_repeats_in_one_line(tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = search("hparams_search=optuna", "repeats=2", runs_dir=runs_dir)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: repeats=2 is for grid sweeps; a search runs each trial once"
     assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
 
 

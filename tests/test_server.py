@@ -113,6 +113,29 @@ def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path):
     assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == best
 
 
+def test_a_run_on_the_server_is_rerun_there_with_the_same_epochs(tracking_server, tmp_path):
+    url, _, _ = tracking_server
+    runs_dir = tmp_path / "runs"
+    result = run_cli("data=mnist_sample", "epochs=2", "plots=false", "mlflow.log_model=false", "mlflow=server",
+                     f"mlflow.tracking_uri={url}", runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_id = next(line.split()[2] for line in result.stdout.splitlines() if line.startswith("MLflow run "))
+
+    again = subprocess.run([sys.executable, "-m", "mnist_exp.rerun", run_id, "--tracking-uri", url],
+                           capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "warning:" not in again.stderr, "the same commit"
+    client = store_client(url)
+    original = client.get_run(run_id)
+    (rerun,) = client.search_runs([original.info.experiment_id],
+                                  filter_string=f"tags.`mnist_exp.rerun_of` = '{run_id}'")
+    assert rerun.info.status == "FINISHED" and rerun.info.artifact_uri.startswith("mlflow-artifacts:")
+    for key in ("loss", "val_accuracy"):
+        assert [(p.step, p.value) for p in client.get_metric_history(run_id, key)] == \
+            [(p.step, p.value) for p in client.get_metric_history(rerun.info.run_id, key)]
+    assert not (runs_dir / "mlflow.db").exists(), "nothing goes to the local store"
+
+
 def test_an_unreachable_server_is_one_line_before_training(tmp_path):
     port = free_port()  # nothing listens there
     result = run_cli("mlflow=server", f"mlflow.tracking_uri=http://127.0.0.1:{port}", runs_dir=tmp_path / "runs",

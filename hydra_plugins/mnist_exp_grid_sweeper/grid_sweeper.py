@@ -1,5 +1,6 @@
 """mnist-exp's grid sweeper: Hydra's basic sweeper (`-m key=a,b`), with the sweep's MLflow parent run around
-its jobs and each job's JobContext added to its overrides."""
+its jobs, each job `repeats` times, the jobs that already FINISHED in a resumed sweep left out
+(mnist_exp.grid_jobs), and each job's JobContext added to its overrides."""
 
 from __future__ import annotations
 
@@ -11,27 +12,43 @@ from omegaconf import DictConfig
 from mnist_exp.workarounds import hydra_basic_sweeper_class
 
 
-class _WithOverrides:
-    """A launcher that appends the same overrides to every job it launches."""
+class _PlannedLauncher:
+    """A launcher that launches what the plan keeps of each batch, with the same overrides added to every job.
+    It numbers the jobs itself: repeats make a batch longer than the basic sweeper counts."""
 
-    def __init__(self, launcher: Any, extra: Sequence[str]) -> None:
-        self.launcher, self.extra = launcher, list(extra)
+    def __init__(self, launcher: Any, plan: Any, extra: Sequence[str]) -> None:
+        self.launcher, self.plan, self.extra = launcher, plan, list(extra)
+        self.next_index = 0
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
-        return self.launcher.launch([[*job, *self.extra] for job in job_overrides], initial_job_idx=initial_job_idx)
+        jobs = self.plan.jobs(job_overrides)
+        if not jobs:
+            return []
+        first, self.next_index = self.next_index, self.next_index + len(jobs)
+        return self.launcher.launch([[*job, *self.extra] for job in jobs], initial_job_idx=first)
 
 
 class GridSweeper(hydra_basic_sweeper_class()):
     """Configured under hydra.sweeper (conf/hydra/sweeper/mnist_grid.yaml); the default of every multirun."""
 
+    def __init__(self, max_batch_size: int | None = None, params: dict | None = None, resume: bool = True,
+                 name: str | None = None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.resume, self.name = resume, name
+
     def sweep(self, arguments: list[str]) -> Any:
-        from mnist_exp import sweeping
+        from mnist_exp import grid_jobs, sweeping
         from mnist_exp.job_context import JobContext
 
         config: DictConfig = self.config
-        with sweeping.parent_run(config, arguments) as parent:
+        key = grid_jobs.sweep_key(arguments, self.name)
+        with sweeping.parent_run(config, arguments, sweep_key=key, resume=self.resume) as parent:
+            plan = grid_jobs.GridPlan(
+                compose=lambda overrides: self.hydra_context.config_loader.load_sweep_config(config, overrides),
+                done=grid_jobs.finished_digests(parent.children()),
+            )
             launcher = self.launcher
-            self.launcher = _WithOverrides(launcher, [JobContext(parent.run_id).override()])
+            self.launcher = _PlannedLauncher(launcher, plan, [JobContext(parent.run_id).override()])
             try:
                 returns = super().sweep(arguments)
             finally:

@@ -64,7 +64,7 @@ class OptunaSweeper(Sweeper):
                 exit_with(str(error))
             from mnist_exp import config
 
-            retrain = result.retrain_command([a for a in arguments if not a.startswith("hydra.")])
+            retrain = result.retrain_command(parent.store.uri)
             plots = search_plots(result, config.runs_dir(self.config) / "optuna" / result.study_name)
             summary = parent.close_search(result, plots, retrain)
         sweeping.report_search(parent, result, summary, retrain)
@@ -86,6 +86,8 @@ class OptunaSweeper(Sweeper):
         s = self.settings
         check_settings(s)
         config.validate(self.config)
+        if self.config.repeats != 1:
+            raise ExperimentError(f"repeats={self.config.repeats} is for grid sweeps; a search runs each trial once")
         sweeping.check_ray_cluster(self.config)
         metric = self.config.optimized_metric
         storage = s.get("storage") or f"sqlite:///{config.runs_dir(self.config) / 'optuna.db'}"

@@ -1,0 +1,150 @@
+"""`python -m mnist_exp.rerun RUN [overrides] [--tracking-uri URI]`: train a recorded run again.
+
+The run's own config.yaml is the starting point, not today's conf/ files; overrides change it as on the main
+command line (`key=value`, `group=option`, `+key=value`, `~key`). The new run goes to the store the run was
+read from (unless the overrides choose another), tagged mnist_exp.rerun_of=RUN. With the same seed, on the
+same machine and the same code, it reproduces the run's per-epoch metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_exp import config, run_tags
+from mnist_exp.credentials import mask
+from mnist_exp.errors import BAD_INPUT, INTERRUPTED, ExperimentError, first_line, report
+from mnist_exp.store import default_uri, reading_uri, tracking_uri
+
+GROUPS = ("optimizer", "model", "data", "mlflow")  # the config groups whose option a rerun may switch
+# Overrides that choose the store themselves: with one of them the rerun goes where they say.
+STORE_KEYS = ("mlflow", "mlflow.tracking_uri", "runs_dir")
+
+
+def command(run_id: str, tracking_uri: str | None = None) -> str:
+    """The command that reruns `run_id`; it names the store unless that is the default config's: whoever runs
+    the command may have another $MLFLOW_TRACKING_URI (and MLflow sets it in this process)."""
+    store = [] if tracking_uri in (None, default_uri()) else ["--tracking-uri", shlex.quote(mask(tracking_uri))]
+    return " ".join(["python -m mnist_exp.rerun", run_id, *store])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mnist_exp.rerun", description=__doc__.splitlines()[0])
+    parser.add_argument("run", metavar="RUN", help="the id of the MLflow run to train again")
+    parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="changes to its config, e.g. epochs=10")
+    parser.add_argument("--tracking-uri", default=reading_uri(), help="the MLflow store (default: %(default)s)")
+    args = parser.parse_args(argv)
+    from mnist_exp import credentials, experiment, interrupts
+    from mnist_exp.run_record import RunContext
+
+    interrupts.install()
+    credentials.mask_log_records()
+    try:
+        overrides = credentials.take_from_arguments(args.overrides)
+        store_uri = credentials.take_password(args.tracking_uri, "--tracking-uri")
+        cfg, recorded_overrides = prepare(args.run, store_uri, overrides)
+        context = RunContext(tags={run_tags.RERUN_OF_TAG: args.run, "mlflow.source.name": "python -m mnist_exp.rerun"})
+        outcome = experiment.run(cfg, [*recorded_overrides, *overrides], context)
+    except ExperimentError as error:
+        return report(str(error), BAD_INPUT)
+    except KeyboardInterrupt:
+        return report("interrupted; the run is recorded as KILLED", INTERRUPTED)
+    print(experiment.summary(outcome))
+    print(f"rerun of {args.run}")
+    return 0
+
+
+def prepare(run_id: str, store_uri: str, overrides: Sequence[str]) -> tuple[DictConfig, list[str]]:
+    """The run's config with `overrides` applied and validated, and the overrides it was recorded with;
+    warns (one line) when the run's code was another commit. ExperimentError when it cannot be rerun."""
+    from mnist_exp.store import open_store
+
+    client = open_store(store_uri)
+    run = _recorded_run(client, run_id, store_uri)
+    with tempfile.TemporaryDirectory(prefix="mnist-exp-rerun-") as folder:
+        try:
+            cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
+            recorded = Path(client.download_artifacts(run_id, "overrides.txt", folder)).read_text().split("\n")
+        except Exception as error:  # MLflow's, the artifact store's or the file system's words
+            raise ExperimentError(f"run {run_id} has no config.yaml and overrides.txt to rerun from: "
+                                  f"{first_line(str(error))}") from None
+    if "repeats" not in cfg:
+        cfg.repeats = 1  # recorded before the key existed: one run, as every run then was
+    cfg = apply_overrides(cfg, overrides)
+    if not any(o.lstrip("+~").partition("=")[0] in STORE_KEYS for o in overrides):
+        if tracking_uri(cfg) != store_uri:
+            cfg.mlflow.tracking_uri = store_uri  # where the run was found, not where its config pointed
+    config.validate(cfg)
+    if cfg.repeats > 1 and any(o.lstrip("+").partition("=")[0] == "repeats" for o in overrides):
+        raise ExperimentError(f"repeats={cfg.repeats}: a rerun is one run; repeat with python -m mnist_exp -m")
+    _warn_about_other_code(run)
+    return cfg, [o for o in recorded if o and not o.lstrip("+~").startswith("hydra.")]
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """`cfg` changed by command-line overrides in Hydra's grammar; `group=option` replaces the whole group
+    with conf/<group>/<option>.yaml."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as error:
+        raise ExperimentError(first_line(str(error))) from None
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_sweep_override():
+            raise ExperimentError(f"{override.input_line}: a rerun is one run; sweep with python -m mnist_exp -m")
+        if key.startswith("hydra") or override.package is not None:
+            raise ExperimentError(f"{override.input_line}: a rerun takes key=value and group=option overrides only")
+        if override.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            if not isinstance(node, DictConfig) or leaf not in node:
+                raise ExperimentError(f"{override.input_line}: the run's config has no {key}")
+            node.pop(leaf)
+        elif key in GROUPS:
+            cfg[key] = _group_option(key, override.value())
+        else:
+            OmegaConf.update(cfg, key, override.value(), merge=False)
+    return cfg
+
+
+def _group_option(group: str, option: object) -> DictConfig:
+    folder = config.PROJECT_ROOT / "conf" / group
+    options = sorted(path.stem for path in folder.glob("*.yaml"))
+    if option not in options:
+        raise ExperimentError(f"{group}/{option} does not exist; choose {group} from: {', '.join(options)}")
+    return OmegaConf.load(folder / f"{option}.yaml")
+
+
+def _recorded_run(client, run_id: str, store_uri: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise ExperimentError(f"no run {run_id} in {mask(store_uri)} (--tracking-uri picks another store)") from None
+    if run.data.tags.get(run_tags.SWEEP_TAG) == "true":
+        best = run.data.tags.get("best_child_run_id")
+        raise ExperimentError(f"run {run_id} is a sweep's parent run; rerun one of its jobs"
+                              + (f", e.g. its best: {best}" if best else ""))
+    return run
+
+
+def _warn_about_other_code(run) -> None:
+    recorded = run.data.tags.get(run_tags.GIT_COMMIT_TAG)
+    current = run_tags.source_tags().get(run_tags.GIT_COMMIT_TAG)
+    if recorded and current and recorded != current:
+        print(f"warning: run {run.info.run_id} was trained by commit {recorded[:12]}, this checkout is "
+              f"{current[:12]}: its metrics may not be reproduced", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
