@@ -29,7 +29,7 @@ DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 # MLflow's own defaults (sized for rate-limited hosted servers) spend minutes on every call of a run.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 # MLflow 3's UI shows an experiment without this tag as a GenAI one (traces, evaluation runs); this value
-# opens it as model training (runs, metrics charts). Names as mlflow/utils/mlflow_tags.py and the UI read them.
+# opens it as model training (runs, metrics charts). Names as the UI reads them (mlflow/server/js/build).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
 
