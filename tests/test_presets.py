@@ -127,3 +127,11 @@ def test_presets_work_from_the_command_line(tmp_path):
     assert line.startswith("error: the model cannot learn: training accuracy reached ")
     states = sorted((run.info.status, run.data.params["train_subset"]) for run in all_runs(store_client(runs_dir)))
     assert states == [("FAILED", "300"), ("FINISHED", "null")]
+
+
+@pytest.mark.slow
+def test_help_lists_the_presets():
+    result = run_cli("--help", runs_dir=None, timeout=60)
+    assert result.returncode == 0
+    assert "experiment: classic_mnist, fashion_mnist_best" in result.stdout
+    assert "debug: fast_dev_run, overfit" in result.stdout
