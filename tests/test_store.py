@@ -28,3 +28,20 @@ def test_an_existing_experiment_without_a_kind_gets_it_and_one_with_a_kind_keeps
         connect(compose_cfg(tmp_path / "runs", f"mlflow.experiment={name}"))
     assert client.get_experiment(unmarked).tags[KIND_TAG] == MODEL_TRAINING
     assert client.get_experiment(genai).tags[KIND_TAG] == "genai_development", "someone's choice is kept"
+
+
+def test_a_store_that_refuses_the_tag_still_takes_runs(tmp_path, monkeypatch, caplog):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    cfg = compose_cfg(tmp_path / "runs", "mlflow.experiment=someone-elses")
+    connect(compose_cfg(tmp_path / "runs"))  # creates the store's tables
+    store_client(tracking_uri(cfg)).create_experiment("someone-elses")
+
+    def refuse(self, *args, **kwargs):
+        raise MlflowException("Permission denied: EDIT on experiment")
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", refuse)
+    store = connect(cfg)
+    assert store.client.get_experiment(store.experiment_id).name == "someone-elses"
+    assert "not tagged: Permission denied" in caplog.text
