@@ -173,6 +173,8 @@ TOP_LEVEL: dict[str, Check] = {
     "jit_compile": _one_of_values("auto", True, False),
     "steps_per_execution": _integer(1, 10_000),
     "plots": _boolean,
+    "train_subset": _optional(_integer(1, 100_000_000)),
+    "min_train_accuracy": _optional(_number(0, 1, low_open=True)),
 }
 # Every optimizer has a name and a learning rate; its other keys are checked by name, whichever optimizer has
 # them, and any key not listed here must be a finite number or a boolean. Whether the optimizer takes a key

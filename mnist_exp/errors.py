@@ -19,6 +19,11 @@ class TrainingDiverged(ExperimentError):
     """The loss became NaN or infinite; the run is recorded as FAILED with this reason."""
 
 
+class ModelCannotLearn(ExperimentError):
+    """Training never reached `min_train_accuracy` (the overfit check, debug=overfit); the run is recorded
+    as FAILED with this reason."""
+
+
 class StoreFailed(ExperimentError):
     """The MLflow store stopped taking writes during a run (a server gone, a file made read-only or deleted);
     what was written stays, and the run is ended FAILED if the store still takes that."""

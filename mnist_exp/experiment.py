@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mnist_exp import config, interrupts
-from mnist_exp.data import Dataset, load_dataset
+from mnist_exp.data import Dataset, load_dataset, with_training_subset
 from mnist_exp.errors import ExperimentError
 from mnist_exp.run_record import RunContext, RunRecorder
 from mnist_exp.store import check_store
@@ -54,6 +54,8 @@ def _validated_data(cfg: DictConfig, overrides: Sequence[str], context: RunConte
         config.validate(cfg)
         check_store(cfg)
         dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
+        if cfg.train_subset is not None:
+            dataset = with_training_subset(dataset, cfg.train_subset, cfg.seed)
         # Imported here, after the checks that need neither: together they cost seconds.
         from mnist_exp.keras_backend import import_keras, select_backend
         from mnist_exp.model import build_optimizer

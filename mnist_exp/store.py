@@ -28,6 +28,10 @@ DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 # MLflow's retries of a failed HTTP request, unless the user set them: a few seconds in all, where
 # MLflow's own defaults (sized for rate-limited hosted servers) spend minutes on every call of a run.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+# MLflow 3 keeps an experiment's kind in this tag; this value is model training, not GenAI. Names as its UI reads
+# them (mlflow/server/js/build); 3.17's UI still opens the workflow the browser last chose (README: the MLflow UI).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,8 @@ def _connect(cfg: Mapping[str, Any]) -> Store:
                     raise ExperimentError(
                         f"mlflow.experiment={name} was deleted in {uri}; restore it in the UI or choose another name"
                     )
+                if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before we set it, or by someone else
+                    _mark_model_development(client, experiment_id)
     except MlflowException as error:
         raise ExperimentError(f"cannot use the MLflow store {uri}: {first_line(error.message)}") from None
     except ExperimentError:
@@ -197,13 +203,25 @@ def _create_experiment(client, name: str, artifact_location: str | None) -> str:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(
+            name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT}
+        )
     except MlflowException:
         # Another process created it between our lookup and create.
         existing = client.get_experiment_by_name(name)
         if existing is None:
             raise
         return existing.experiment_id
+
+
+def _mark_model_development(client, experiment_id: str) -> None:
+    """Tag an existing experiment as model training; a store that refuses costs the run nothing (a UI hint)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    except MlflowException as error:
+        logging.getLogger(__name__).warning("experiment %s not tagged: %s", experiment_id, first_line(error.message))
 
 
 def _artifact_location(experiment: str, uri: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mnist_exp.data import Dataset
-from mnist_exp.errors import ExperimentError, TrainingDiverged
+from mnist_exp.errors import ExperimentError, ModelCannotLearn, TrainingDiverged
 from mnist_exp.keras_backend import import_keras, select_backend
 from mnist_exp.model import build_mlp, build_optimizer
 from mnist_exp.pipeline import InMemoryBatches
@@ -72,6 +72,8 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=metric, mode=mode, patience=cfg["early_stopping_patience"], restore_best_weights=True,
         ))
+    if cfg["min_train_accuracy"] is not None:
+        callbacks.append(_stop_at_train_accuracy(keras, cfg["min_train_accuracy"]))
     # Last, so the epoch's logs include what the callbacks above add (the learning rate).
     callbacks.append(_epoch_reporter(keras, dataset.sizes["train"], on_epoch))
     batches = InMemoryBatches(dataset, cfg["seed"])
@@ -97,6 +99,7 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
             f"loss became {watchdog.diverged_value} at epoch {watchdog.diverged_at}; "
             f"lower optimizer.lr (now {cfg['optimizer']['lr']})"
         )
+    _check_learned(cfg, history.history, dataset.sizes["train"])
 
     if cfg["early_stopping_patience"]:
         # The kept weights may come from an earlier epoch: score them again.
@@ -123,6 +126,30 @@ def _predicted_classes(model, images: np.ndarray) -> np.ndarray:
         for start in range(0, len(images), PREDICTION_CHUNK)
     ]
     return np.concatenate(classes).astype(np.uint8)
+
+
+def _check_learned(cfg: Mapping[str, Any], history: Mapping[str, list[float]], train_examples: int) -> None:
+    """The overfit check: a model that cannot fit even a few hundred examples has a bug, not a tuning problem."""
+    threshold = cfg["min_train_accuracy"]
+    reached = max(history.get("accuracy", []), default=0.0)
+    if threshold is not None and reached < threshold:
+        epochs = len(history.get("accuracy", []))
+        raise ModelCannotLearn(
+            f"the model cannot learn: training accuracy reached {reached:.4f} on {train_examples} examples in "
+            f"{epochs} epoch{'' if epochs == 1 else 's'}, below min_train_accuracy={threshold}; "
+            "check the data's labels, optimizer.lr and the model"
+        )
+
+
+def _stop_at_train_accuracy(keras, threshold: float):
+    class StopAtTrainAccuracy(keras.callbacks.Callback):
+        """Ends training at the first epoch whose training accuracy reaches `threshold`: the check has passed."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            if float((logs or {}).get("accuracy", 0.0)) >= threshold:
+                self.model.stop_training = True
+
+    return StopAtTrainAccuracy()
 
 
 def _divergence_watch(keras):

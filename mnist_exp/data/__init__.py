@@ -11,8 +11,9 @@ numpy only: TensorFlow is imported only to download through Keras.
 """
 
 from mnist_exp.data.formats import RawData, check_arrays
-from mnist_exp.data.loading import Dataset, hold_out_validation, load_dataset
+from mnist_exp.data.loading import Dataset, hold_out_validation, load_dataset, with_training_subset
 from mnist_exp.data.memory import aligned
 from mnist_exp.data.sources import OfflineError
 
-__all__ = ["Dataset", "OfflineError", "RawData", "aligned", "check_arrays", "hold_out_validation", "load_dataset"]
+__all__ = ["Dataset", "OfflineError", "RawData", "aligned", "check_arrays", "hold_out_validation", "load_dataset",
+           "with_training_subset"]

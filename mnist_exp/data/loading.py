@@ -108,6 +108,25 @@ def load_dataset(data_cfg: Mapping[str, Any], *, seed: int, cache_dir: Path | No
     )
 
 
+def with_training_subset(dataset: Dataset, examples: int, seed: int) -> Dataset:
+    """The dataset with only `examples` of its training rows, drawn by `seed` (a file's rows may be sorted
+    by class); validation and test stay whole. A copy, but a small one: the subset is for a quick check."""
+    available = dataset.sizes["train"]
+    if examples > available:
+        raise ExperimentError(
+            f"train_subset={examples} is more than the {available} training examples of {dataset.name}"
+        )
+    chosen = np.sort(np.random.default_rng(seed).choice(available, size=examples, replace=False))
+    rows = np.concatenate([np.arange(dataset.val_examples), dataset.val_examples + chosen])
+    train_digest = hashlib.sha256(f"{dataset.split_digests.get('train', dataset.digest)}:subset:{examples}".encode())
+    return dataclasses.replace(
+        dataset,
+        images=aligned(dataset.images[rows]),
+        labels=aligned(dataset.labels[rows]),
+        split_digests={**dataset.split_digests, "train": train_digest.hexdigest()[:16]},
+    )
+
+
 def hold_out_validation(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> int:
     """Move a seeded random `fraction` of the rows to the front, in place; return how many.
 
