@@ -1,4 +1,4 @@
-"""The MLflow store: where it is, whether it can be used, and a client for it.
+"""The MLflow store: where it is, a client for it, and its failures as one line (store_checks: whether it can be used).
 
 MLflow is imported inside functions only: its import is slow, and `--help` and config errors should not pay for it.
 """
@@ -20,11 +20,10 @@ from urllib.parse import urlparse
 from mnist_exp import config
 from mnist_exp.credentials import connection_url, mask, take_password
 from mnist_exp.errors import ExperimentError, StoreFailed, first_line
-from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
+from mnist_exp.net import CONNECT_TIMEOUT_S
+from mnist_exp.store_checks import check_store_uri
 
 STORE_FILE = "mlflow.db"
-# The port a database URI without one means, per MLflow's database schemes (optionally `+driver`).
-DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 # MLflow's retries of a failed HTTP request, unless the user set them: a few seconds in all, where
 # MLflow's own defaults (sized for rate-limited hosted servers) spend minutes on every call of a run.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
@@ -80,18 +79,6 @@ def ui_command(uri: str) -> str:
 def check_store(cfg: Mapping[str, Any]) -> None:
     """Fail fast, without importing MLflow, when the configured store is plainly unusable for a run."""
     check_store_uri(tracking_uri(cfg), writing=True)
-
-
-def check_store_uri(uri: str, writing: bool) -> None:
-    """Catches a folder that cannot be created, a file that is no SQLite database or someone else's, a
-    store file runs cannot write (when `writing`), an unreachable server or database."""
-    scheme = urlparse(uri).scheme
-    if scheme == "sqlite":
-        _check_sqlite_location(uri, writing)
-    elif scheme in ("http", "https"):
-        _check_server_reachable(uri)
-    elif scheme.split("+", 1)[0] in DATABASE_PORTS:
-        _check_database_reachable(uri)
 
 
 def connect(cfg: Mapping[str, Any]) -> Store:
@@ -230,67 +217,6 @@ def _artifact_location(experiment: str, uri: str) -> str | None:
         return None
     database = Path(uri.removeprefix("sqlite:///"))
     return (database.parent / "artifacts" / experiment).as_uri()
-
-
-def _check_sqlite_location(uri: str, writing: bool) -> None:
-    database = Path(uri.removeprefix("sqlite:///"))
-    try:
-        database.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ExperimentError(f"cannot create {database.parent} for the MLflow store: {error.strerror}") from None
-    if not os.access(database.parent, os.W_OK):
-        raise ExperimentError(f"{database.parent} is not writable; set runs_dir or mlflow.tracking_uri elsewhere")
-    if database.exists():
-        with open(database, "rb") as stream:
-            if database.stat().st_size and not stream.read(16).startswith(b"SQLite format 3"):
-                raise ExperimentError(f"{database} is not an SQLite database (mlflow.tracking_uri={uri})")
-        foreign = _foreign_tables(database)
-        if foreign:
-            # MLflow would add its tables to someone else's database.
-            raise ExperimentError(
-                f"{database} is an SQLite database but not an MLflow store (it holds {', '.join(foreign[:3])}); "
-                "choose another file"
-            )
-        # os.access also answers for root: an immutable file (chattr +i) or a read-only mount.
-        if writing and not os.access(database, os.W_OK):
-            raise ExperimentError(f"{database} is read-only; runs cannot be recorded in it (mlflow.tracking_uri={uri})")
-
-
-def _foreign_tables(database: Path) -> list[str]:
-    """The tables of a database MLflow did not create: [] for an empty file or an MLflow store."""
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as connection:
-            tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-    except sqlite3.Error as error:
-        raise ExperimentError(f"{database} cannot be read as an SQLite database ({error})") from None
-    if not tables or {"alembic_version", "experiments"} <= set(tables):
-        return []
-    return sorted(tables)
-
-
-def _check_server_reachable(uri: str) -> None:
-    parsed = urlparse(uri)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    if not parsed.hostname or not can_connect(parsed.hostname, port):
-        raise ExperimentError(
-            f"cannot reach the MLflow tracking server at {uri} (no answer within {CONNECT_TIMEOUT_S:.0f} s)"
-        )
-
-
-def _check_database_reachable(uri: str) -> None:
-    """MLflow retries a database that does not answer for minutes; a TCP connection says so in seconds. A
-    URI without a host (a local socket) is left to the driver."""
-    parsed = urlparse(uri)
-    if not parsed.hostname:
-        return
-    port = parsed.port or DATABASE_PORTS[parsed.scheme.split("+", 1)[0]]
-    if not can_connect(parsed.hostname, port):
-        raise ExperimentError(
-            f"cannot reach the database of the MLflow store at {parsed.hostname}:{port} "
-            f"(no answer within {CONNECT_TIMEOUT_S:.0f} s)"
-        )
 
 
 def _quiet_mlflow_logging() -> None:

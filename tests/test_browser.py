@@ -3,8 +3,8 @@ the experiment opens as model training, a sweep's jobs are grouped under their p
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import subprocess
 import sys
 import urllib.request

@@ -20,7 +20,8 @@ import pytest
 from mnist_exp import experiment, run_tags
 from mnist_exp.errors import ExperimentError, StoreFailed
 from mnist_exp.run_record import RunContext
-from mnist_exp.store import HTTP_RETRY_DEFAULTS, check_store, check_store_uri, connect, open_store, tracking_uri
+from mnist_exp.store import HTTP_RETRY_DEFAULTS, check_store, connect, open_store, tracking_uri
+from mnist_exp.store_checks import check_store_uri
 from tests.conftest import (
     all_runs,
     compose_cfg,
