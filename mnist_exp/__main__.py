@@ -45,16 +45,19 @@ def cli() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     # `kill` (SIGTERM) stops a run like Ctrl-C does, so it is recorded as KILLED.
     interrupts.install()
-    try:
-        main()
-    except ExperimentError as error:
-        exit_with(str(error), BAD_INPUT)
-    except (HydraException, OmegaConfBaseException) as error:
-        if show_tracebacks:
-            raise
-        exit_with(_hydra_message(error), BAD_INPUT)
-    except KeyboardInterrupt:
-        exit_with("interrupted; the run is recorded as KILLED", INTERRUPTED)
+    # The whole command is one scope: more signals while the first one stops it are absorbed.
+    with interrupts.scope():
+        try:
+            main()
+        except ExperimentError as error:
+            exit_with(str(error), BAD_INPUT)
+        except (HydraException, OmegaConfBaseException) as error:
+            if show_tracebacks:
+                raise
+            exit_with(_hydra_message(error), BAD_INPUT)
+        except KeyboardInterrupt:
+            interrupts.ignore()
+            exit_with("interrupted; the run is recorded as KILLED", INTERRUPTED)
 
 
 def _hydra_message(error: Exception) -> str:
