@@ -6,6 +6,7 @@ turns errors into one line on stderr and an exit code.
 
 from __future__ import annotations
 
+import gc
 import os
 
 import hydra
@@ -57,6 +58,9 @@ def cli() -> None:
             exit_with(_hydra_message(error), BAD_INPUT)
         except KeyboardInterrupt:
             interrupts.ignore()
+            # Python's last collections walk every object TensorFlow and MLflow made, for seconds: the
+            # objects are left to the operating system instead (atexit handlers still run).
+            gc.freeze()
             exit_with("interrupted; the run is recorded as KILLED", INTERRUPTED)
 
 

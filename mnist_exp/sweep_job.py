@@ -5,6 +5,7 @@ A failure is recorded (FAILED in MLflow) and returned, never raised: the sweep g
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Sequence
 
@@ -33,6 +34,9 @@ def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOu
     except KeyboardInterrupt:
         # The run is KILLED; the sweep already counts the trial as FAIL (or this worker alone was signalled).
         log.info("%s stopped: %s", label, INTERRUPTED_REASON)
+        # The sweep is stopping and shuts this worker down next, waiting for it: its exit must not spend
+        # seconds collecting every object TensorFlow made (the operating system frees them at once).
+        gc.freeze()
         return JobOutcome("FAIL", reason=INTERRUPTED_REASON)
 
 

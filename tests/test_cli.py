@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 
@@ -18,6 +19,7 @@ from tests.conftest import (
     single_sweep,
     start_cli,
     store_client,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -194,3 +196,30 @@ def test_interrupted_run_is_killed_with_the_epochs_so_far(tmp_path, signal_numbe
     assert run.info.status == "KILLED"
     epochs = metric_steps(client, run.info.run_id, "val_accuracy")
     assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) < 500
+
+
+def test_ctrl_c_pressed_again_and_again_keeps_exit_130_and_the_run_killed(tmp_path):
+    """Signals at every poll from the first one until the process is gone: before, a second Ctrl-C while
+    Python shut down ended it by SIGINT (-2), or printed a traceback from a finalizer."""
+    runs_dir = tmp_path / "runs"
+    process = start_cli("data=mnist_sample", "epochs=500", runs_dir=runs_dir)
+    wait_until(lambda: epochs_recorded(runs_dir) > 0, 180, "an epoch in the store", process=process)
+    first_signal = time.monotonic()
+
+    def interrupted_again() -> bool:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        return process.poll() is not None
+
+    try:
+        wait_until(interrupted_again, 120, "the interrupted run to exit")
+        seconds = time.monotonic() - first_signal
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "error: interrupted; the run is recorded as KILLED"
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert seconds <= 30, f"{seconds:.0f} s from the first signal to the exit"
+    (run,) = all_runs(store_client(runs_dir))
+    assert run.info.status == "KILLED"
