@@ -6,6 +6,7 @@ turns errors into one line on stderr and an exit code.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -53,18 +54,24 @@ def cli() -> None:
     if any(argument.partition("=")[0] == "--experimental-rerun" for argument in sys.argv[1:]):
         exit_with("--experimental-rerun is disabled: it unpickles the file it is given, running whatever code is "
                   "in it; to run a recorded run again: python -m mnist_exp.rerun RUN_ID")
-    try:
-        # Before Hydra logs the arguments or saves them in runs_dir/hydra.
-        sys.argv[1:] = credentials.take_from_arguments(sys.argv[1:])
-        main()
-    except ExperimentError as error:
-        exit_with(str(error), BAD_INPUT)
-    except (HydraException, OmegaConfBaseException) as error:
-        if show_tracebacks:
-            raise
-        exit_with(_hydra_message(error), BAD_INPUT)
-    except KeyboardInterrupt:
-        exit_with("interrupted; the run is recorded as KILLED", INTERRUPTED)
+    # The whole command is one scope: more signals while the first one stops it are absorbed.
+    with interrupts.scope():
+        try:
+            # Before Hydra logs the arguments or saves them in runs_dir/hydra.
+            sys.argv[1:] = credentials.take_from_arguments(sys.argv[1:])
+            main()
+        except ExperimentError as error:
+            exit_with(str(error), BAD_INPUT)
+        except (HydraException, OmegaConfBaseException) as error:
+            if show_tracebacks:
+                raise
+            exit_with(_hydra_message(error), BAD_INPUT)
+        except KeyboardInterrupt:
+            interrupts.ignore()
+            # Python's last collections walk every object TensorFlow and MLflow made, for seconds: the
+            # objects are left to the operating system instead (atexit handlers still run).
+            gc.freeze()
+            exit_with("interrupted; the run is recorded as KILLED", INTERRUPTED)
 
 
 def _hydra_message(error: Exception) -> str:

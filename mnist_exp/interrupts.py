@@ -8,6 +8,11 @@ The record belongs to the outermost `scope()` that is open (a run, a search): it
 that scope ends, so a long-lived process (a notebook) runs normally after one interrupted run.
 `deferred()` holds an interrupt back while a few store writes that belong together complete
 (asking for a trial and recording who runs it), then raises it.
+
+A second signal while the first is still stopping the work (people press Ctrl-C again, a process
+group gets SIGINT and SIGTERM) is absorbed: raised again, it would break off the very writes that
+record the work as KILLED, or print "Exception ignored" from a finalizer. Once nothing is left to
+record, `ignore()` makes further signals harmless, so the exit code stays the one chosen.
 """
 
 from __future__ import annotations
@@ -27,6 +32,14 @@ def install() -> None:
     """Make SIGINT and SIGTERM raise KeyboardInterrupt and be remembered."""
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+
+
+def ignore() -> None:
+    """Ignore SIGINT and SIGTERM from now on: the work is recorded, the process only has to exit.
+    (Python puts back the default action for signals that have a Python handler while it shuts down,
+    and a signal then would end the process by that signal instead of the exit code it chose.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def check() -> None:
@@ -68,7 +81,10 @@ def deferred() -> Iterator[None]:
 
 
 def _on_signal(signum, frame) -> None:
+    stopping = _requested.is_set() and _scopes > 0
     _requested.set()
+    if stopping:
+        return  # the first signal is already stopping this work
     if getattr(_state, "deferring", 0):
         return  # raised when the deferred block ends
     raise KeyboardInterrupt

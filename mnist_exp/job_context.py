@@ -19,6 +19,8 @@ JOB_ENV = "MNIST_EXP_JOB"
 # TensorFlow's thread pools for one job when several share a machine (see the sweepers' threads_per_job).
 THREAD_ENVS = ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
 INTEROP_THREAD_ENV = "TF_NUM_INTEROP_THREADS"
+# Why a trial the sweep stopped (Ctrl-C or SIGTERM) is FAIL.
+INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM)"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class JobContext:
     parent_run_id: str
     study: StudyLink | None = None
     trial_number: int | None = None
+    # The sweeping process (where the context is made): a worker it started watches it (mnist_exp.sweep_worker).
+    sweeper_pid: int | None = field(default_factory=os.getpid)
 
     def override(self) -> str:
         """The Hydra override that carries this context into the job's environment."""
@@ -52,7 +56,8 @@ class JobContext:
             return None
         values = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
         study = StudyLink(**values["study"]) if values.get("study") else None
-        return cls(parent_run_id=values["parent_run_id"], study=study, trial_number=values.get("trial_number"))
+        return cls(parent_run_id=values["parent_run_id"], study=study, trial_number=values.get("trial_number"),
+                   sweeper_pid=values.get("sweeper_pid"))
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ import contextlib
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_exp import interrupts, tables
 from mnist_exp.errors import ExperimentError, first_line
-from mnist_exp.job_context import JobOutcome
+from mnist_exp.job_context import INTERRUPTED_REASON, JobOutcome
 from mnist_exp.processes import owner
 from mnist_exp.search_space import (
     check_space,
@@ -33,7 +34,8 @@ from mnist_exp.trial_reaper import OWNER_ATTR, fail_abandoned_trials
 log = logging.getLogger(__name__)
 
 FINISHED_STATES = ("COMPLETE", "PRUNED")
-INTERRUPTED_REASON = "interrupted (Ctrl-C or SIGTERM)"
+# How long an interrupted search waits for the jobs in other processes to stop (see _wait_for_slots).
+SLOTS_STOP_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class _Loop:
     running: dict[int, Any] = field(default_factory=dict)  # trial number -> optuna Trial
     stopped: bool = False
     error: Exception | None = None  # what stopped a slot thread
+    slots: list[threading.Thread] = field(default_factory=list)  # the launching threads, when concurrent
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -165,6 +168,7 @@ class Search:
                             self._finish(loop, job, returned)
             except KeyboardInterrupt:
                 self._fail_running(loop)
+                _wait_for_slots(loop)
                 raise
             except Exception as error:  # the storage failed (locked, gone): no trial stays RUNNING
                 self._fail_running(loop, f"the search stopped: {type(error).__name__}")
@@ -178,12 +182,12 @@ class Search:
     def _run_slots(self, loop: _Loop, launch: Launch) -> None:
         # One thread per slot, each launching its next trial as soon as its last one ends:
         # a long trial never holds the other slot idle behind a batch barrier.
-        workers = [threading.Thread(target=self._keep_launching, args=(loop, launch), daemon=True)
-                   for _ in range(self.n_jobs)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        loop.slots = [threading.Thread(target=self._keep_launching, args=(loop, launch), daemon=True)
+                      for _ in range(self.n_jobs)]
+        for slot in loop.slots:
+            slot.start()
+        for slot in loop.slots:
+            slot.join()
         interrupts.check()
         if loop.error is not None:
             raise loop.error
@@ -252,6 +256,17 @@ class Search:
         except Exception as error:  # the storage failed: the main thread ends the search with it
             with loop.lock:
                 loop.error, loop.stopped = loop.error or error, True
+
+
+def _wait_for_slots(loop: _Loop) -> None:
+    """After an interrupt, give the jobs in other processes time to stop: their workers see the trials end
+    and record their runs KILLED (mnist_exp.sweep_worker); exiting first would leave those runs RUNNING.
+    Further signals meanwhile are absorbed (interrupts); the wait is bounded all the same."""
+    deadline = time.monotonic() + SLOTS_STOP_GRACE_S
+    for slot in loop.slots:
+        slot.join(max(0.0, deadline - time.monotonic()))
+    if any(slot.is_alive() for slot in loop.slots):
+        log.warning("stopped waiting for the trials in flight after %.0f s", SLOTS_STOP_GRACE_S)
 
 
 def _tell(study, trial, returned: Any) -> str:

@@ -6,6 +6,7 @@ A failure is recorded (FAILED in MLflow) and returned, never raised: the sweep g
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import Sequence
 
@@ -13,8 +14,9 @@ from omegaconf import DictConfig
 
 from mnist_exp import experiment, interrupts, run_tags
 from mnist_exp.errors import ExperimentError, RunPruned, first_line
-from mnist_exp.job_context import JobContext, JobOutcome
+from mnist_exp.job_context import INTERRUPTED_REASON, JobContext, JobOutcome
 from mnist_exp.run_record import RunContext
+from mnist_exp.sweep_worker import is_worker_of, watched_job
 
 log = logging.getLogger("mnist_exp")
 
@@ -22,14 +24,36 @@ log = logging.getLogger("mnist_exp")
 def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOutcome:
     interrupts.check()  # a Ctrl-C that Python dropped between jobs still ends the sweep
     job = JobContext.from_environment()
-    context, label = RunContext(), f"job {job_number}"
-    if job is not None:
-        reporter = None
-        if job.study is not None and job.trial_number is not None:
-            from mnist_exp.trial_reporter import TrialReporter
+    label = f"job {job_number}" + (f" (trial {job.trial_number})" if job and job.trial_number is not None else "")
+    if job is None or not is_worker_of(job.sweeper_pid):
+        return _run(cfg, overrides, job, label)
+    reporter = _reporter(job)
+    trial_ended = (lambda: reporter.storage.get_trial(reporter.trial_id).state.is_finished()) if reporter else None
+    try:
+        with watched_job(job.sweeper_pid, trial_ended):
+            return _run(cfg, overrides, job, label, reporter)
+    except KeyboardInterrupt:
+        # The run is KILLED; the sweep already counts the trial as FAIL (or this worker alone was signalled).
+        log.info("%s stopped: %s", label, INTERRUPTED_REASON)
+        # The sweep is stopping and shuts this worker down next, waiting for it: its exit must not spend
+        # seconds collecting every object TensorFlow made (the operating system frees them at once).
+        gc.freeze()
+        return JobOutcome("FAIL", reason=INTERRUPTED_REASON)
 
-            reporter = TrialReporter.connect(job.study, job.trial_number)
-            label += f" (trial {job.trial_number})"
+
+def _reporter(job: JobContext | None):
+    if job is None or job.study is None or job.trial_number is None:
+        return None
+    from mnist_exp.trial_reporter import TrialReporter
+
+    return TrialReporter.connect(job.study, job.trial_number)
+
+
+def _run(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, label: str,
+         reporter=None) -> JobOutcome:
+    context = RunContext()
+    if job is not None:
+        reporter = reporter or _reporter(job)
         tags = {run_tags.TRIAL_NUMBER_TAG: str(job.trial_number)} if job.trial_number is not None else {}
         if job.study is None:
             # What a resumed grid sweep compares to leave out the jobs that FINISHED (mnist_exp.grid_jobs); not

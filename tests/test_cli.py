@@ -6,6 +6,7 @@ import contextlib
 import json
 import signal
 import sqlite3
+import time
 from collections import Counter
 
 import pytest
@@ -22,6 +23,7 @@ from tests.conftest import (
     single_sweep,
     start_cli,
     store_client,
+    wait_until,
     write_npz,
 )
 
@@ -267,3 +269,30 @@ def test_a_sweep_with_a_failed_job_is_finished_by_the_same_command(tmp_path):
     assert by_state == {("early.npz", "FINISHED"): 1, ("late.npz", "FAILED"): 1, ("late.npz", "FINISHED"): 1}
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_failed"] == 0
     assert [row[0] for row in sweep_table(second.stdout)[1:]] == ["COMPLETE", "COMPLETE"]
+
+
+def test_ctrl_c_pressed_again_and_again_keeps_exit_130_and_the_run_killed(tmp_path):
+    """Signals at every poll from the first one until the process is gone: before, a second Ctrl-C while
+    Python shut down ended it by SIGINT (-2), or printed a traceback from a finalizer."""
+    runs_dir = tmp_path / "runs"
+    process = start_cli("data=mnist_sample", "epochs=500", runs_dir=runs_dir)
+    wait_until(lambda: epochs_recorded(runs_dir) > 0, 180, "an epoch in the store", process=process)
+    first_signal = time.monotonic()
+
+    def interrupted_again() -> bool:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        return process.poll() is not None
+
+    try:
+        wait_until(interrupted_again, 120, "the interrupted run to exit")
+        seconds = time.monotonic() - first_signal
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "error: interrupted; the run is recorded as KILLED"
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert seconds <= 30, f"{seconds:.0f} s from the first signal to the exit"
+    (run,) = all_runs(store_client(runs_dir))
+    assert run.info.status == "KILLED"

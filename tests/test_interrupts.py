@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import pytest
 from mlflow import MlflowClient
@@ -48,3 +49,29 @@ def test_a_long_lived_process_runs_normally_after_one_interrupted_run(make_cfg, 
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["start_time ASC"])
     assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
     assert [r.data.tags[run_tags.STATE_TAG] for r in runs] == ["KILLED", "COMPLETE"]
+
+
+def test_a_second_signal_while_the_work_stops_is_absorbed(signals_handled):
+    """Ctrl-C pressed again while the first one is recording the run KILLED must not break off that record."""
+    recorded = []
+    with pytest.raises(KeyboardInterrupt), interrupts.scope():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            recorded.append("KILLED")
+    assert recorded == ["KILLED"]
+    assert not interrupts.requested()
+
+
+def test_a_job_in_a_worker_stops_when_the_sweep_ends_its_trial(signals_handled):
+    """What a joblib worker does when the sweeping process told its trial FAIL: the job is interrupted."""
+    from mnist_exp import sweep_worker
+
+    trial_ended = threading.Event()
+    with pytest.raises(KeyboardInterrupt), sweep_worker.watched_job(os.getppid(), trial_ended.is_set):
+        trial_ended.set()
+        while True:  # training, until the watcher interrupts it
+            interrupts.check()
+            trial_ended.wait(0.05)
+    assert not interrupts.requested()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
+import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -19,6 +23,7 @@ from tests.conftest import (
     start_cli,
     store_client,
     sweep_parents_and_children,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -233,3 +238,88 @@ def test_independent_searches_on_one_storage_share_one_study(tmp_path):
     assert sorted(numbers) == [t.number for t in trials], "every trial exactly once in MLflow"
     run_ids = {t.user_attrs["run_id"] for t in trials}
     assert run_ids == {run.info.run_id for runs in children.values() for run in runs}
+
+
+JOBLIB_SEARCH = ["-m", "hparams_search=optuna", "data=mnist_sample", "hydra/launcher=joblib",
+                 "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none"]
+
+
+def runs_with_an_epoch(runs_dir) -> int:
+    """Runs that have recorded an epoch so far, read with plain sqlite3 (the search is still writing)."""
+    database = runs_dir / "mlflow.db"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute(
+                "SELECT COUNT(DISTINCT run_uuid) FROM metrics WHERE key = 'val_accuracy'").fetchone()[0]
+    except sqlite3.Error:  # no database or no tables yet
+        return 0
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes `pid` started (a joblib search: its loky workers and resource trackers)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
+def living(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (not gone, not a zombie nobody reaped)."""
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(pid)
+    return alive
+
+
+def test_sigterm_to_a_joblib_search_kills_its_trials_runs_within_seconds(tmp_path):
+    """`kill` reaches only the sweeping process; before, its workers trained on (43 s) or were killed by
+    loky's shutdown with their runs RUNNING, and the trials' runs that noticed ended FAILED."""
+    runs_dir = tmp_path / "runs"
+    process = start_cli(*JOBLIB_SEARCH, "epochs=500", runs_dir=runs_dir, stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: runs_with_an_epoch(runs_dir) >= 2, 300, "both trials training", process=process)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        seconds = time.monotonic() - signalled
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr[-3000:]
+    assert seconds <= 30, f"{seconds:.0f} s from SIGTERM to the exit"
+    trials = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=f"sqlite:///{runs_dir}/optuna.db").trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL"]
+    assert {t.user_attrs["fail_reason"] for t in trials} == {"interrupted (Ctrl-C or SIGTERM)"}
+    _, (parent,), children = sweep_runs(runs_dir)
+    assert parent.info.status == "KILLED"
+    assert sorted(c.info.status for c in children[parent.info.run_id]) == ["KILLED", "KILLED"]
+
+
+def test_sigkill_of_a_joblib_search_leaves_no_worker_and_the_rerun_completes(tmp_path):
+    """Before, the workers trained on for minutes (1.8 GB) after their sweeping process was killed, and
+    clashed with the resumed search."""
+    runs_dir = tmp_path / "runs"
+    process = start_cli(*JOBLIB_SEARCH, "epochs=500", runs_dir=runs_dir, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: runs_with_an_epoch(runs_dir) >= 2, 300, "both trials training", process=process)
+        workers = child_processes(process.pid)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    wait_until(lambda: not living(workers), 60, f"the workers {workers} of the killed search to exit")
+    client = store_client(runs_dir)
+    trial_runs = [r for r in all_runs(client) if r.data.tags.get("mnist_exp.sweep") != "true"]
+    assert sorted(r.info.status for r in trial_runs) == ["KILLED", "KILLED"], "each worker ended its run"
+
+    rerun = run_cli(*JOBLIB_SEARCH, "epochs=2", runs_dir=runs_dir)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    trials = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=f"sqlite:///{runs_dir}/optuna.db").trials
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+    assert all(t.user_attrs["fail_reason"] == "its sweep process died" for t in trials if t.state.name == "FAIL")
+    assert not [r for r in all_runs(store_client(runs_dir)) if r.info.status == "RUNNING"]
