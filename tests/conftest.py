@@ -159,17 +159,18 @@ def all_runs(client, experiment: str | None = None) -> list:
     return list(client.search_runs(experiments, max_results=50_000)) if experiments else []
 
 
-def sweep_parents_and_children(client) -> tuple[list, dict[str, list]]:
-    """(the multirun parent runs, {parent run id: its child runs})."""
-    runs = all_runs(client)
+def sweep_parents_and_children(client, experiment: str | None = None) -> tuple[list, dict[str, list]]:
+    """(the multirun parent runs, {parent run id: its child runs}), of the store or of one experiment."""
+    runs = all_runs(client, experiment)
     parents = [r for r in runs if r.data.tags.get(SWEEP_TAG) == "true"]
     children = {p.info.run_id: [r for r in runs if r.data.tags.get(PARENT_TAG) == p.info.run_id] for p in parents}
     return parents, children
 
 
-def single_sweep(client) -> tuple:
-    """(parent, children) of the store's one multirun; fails the test when there is not exactly one."""
-    parents, children = sweep_parents_and_children(client)
+def single_sweep(client, experiment: str | None = None) -> tuple:
+    """(parent, children) of the store's (or the experiment's) one multirun; fails the test when there is not
+    exactly one."""
+    parents, children = sweep_parents_and_children(client, experiment)
     assert len(parents) == 1, f"expected one sweep parent run, found {len(parents)}"
     return parents[0], children[parents[0].info.run_id]
 

@@ -158,13 +158,14 @@ def test_passwords_in_the_urls_reach_their_servers_and_nothing_else(tracking_ser
         result = run_cli(
             "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=1", "hydra.sweeper.n_trials=2",
             "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.name=none", "mlflow=server",
+            "mlflow.experiment=credentials",  # the server is shared by this module's tests
             f"mlflow.tracking_uri=http://alice:{SECRET}@{proxy.removeprefix('http://')}",
             f"hydra.sweeper.storage=postgresql+psycopg://postgres:{SECRET}@{postgres}/optuna", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     basic = "Basic " + base64.b64encode(f"alice:{SECRET}".encode()).decode()
     assert authorizations and set(authorizations) == {basic}, "the sweeping process and both workers"
     client = store_client(url)
-    parent, children = single_sweep(client)
+    parent, children = single_sweep(client, "credentials")
     assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
 
     printed = result.stdout + result.stderr
