@@ -3,6 +3,7 @@ the experiment opens as model training, a sweep's jobs are grouped under their p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -59,85 +60,83 @@ def ui(tmp_path_factory):
         server.wait(timeout=30)
 
 
-def test_the_ui_shows_the_run_its_chart_and_its_confusion_matrix(ui):
+@contextlib.contextmanager
+def chromium_page():
+    """A page of Debian's Chromium, waiting as long as a cold UI on a busy 2-core machine needs."""
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=60_000)  # a cold UI on a busy 2-core machine
-    address, experiment_id, run, _ = ui
-    run_page = f"{address}/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+    expect.set_options(timeout=60_000)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
-
-            page.goto(f"{address}/#/experiments/{experiment_id}/runs")
-            expect(page.get_by_text(run.info.run_name).first).to_be_visible()
-            page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-experiment.png"))
-
-            page.goto(f"{run_page}/model-metrics")
-            page.get_by_placeholder("Search metric charts").fill("val_accuracy")
-            title = page.get_by_text("val_accuracy", exact=True).first
-            expect(title).to_be_visible()
-            # The chart card around the title, once Plotly has drawn into it.
-            card = page.locator("div").filter(has=title).filter(has=page.locator("svg.main-svg")).last
-            expect(card.locator("svg.main-svg").first).to_be_visible()
-            page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-metrics.png"))
-
-            page.goto(f"{run_page}/artifacts")
-            page.get_by_text("plots", exact=True).first.click()
-            page.get_by_text("confusion_matrix.png", exact=True).first.click()
-            image = page.locator("img").filter(visible=True).last
-            expect(image).to_be_visible()
-            page.wait_for_function("img => img.complete && img.naturalWidth > 100", arg=image.element_handle())
-            page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-confusion-matrix.png"))
+            yield page
         finally:
             browser.close()
 
 
+def test_the_ui_shows_the_run_its_chart_and_its_confusion_matrix(ui):
+    from playwright.sync_api import expect
+
+    address, experiment_id, run, _ = ui
+    run_page = f"{address}/#/experiments/{experiment_id}/runs/{run.info.run_id}"
+    with chromium_page() as page:
+        page.goto(f"{address}/#/experiments/{experiment_id}/runs")
+        expect(page.get_by_text(run.info.run_name).first).to_be_visible()
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-experiment.png"))
+
+        page.goto(f"{run_page}/model-metrics")
+        page.get_by_placeholder("Search metric charts").fill("val_accuracy")
+        title = page.get_by_text("val_accuracy", exact=True).first
+        expect(title).to_be_visible()
+        # The chart card around the title, once Plotly has drawn into it.
+        card = page.locator("div").filter(has=title).filter(has=page.locator("svg.main-svg")).last
+        expect(card.locator("svg.main-svg").first).to_be_visible()
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-metrics.png"))
+
+        page.goto(f"{run_page}/artifacts")
+        page.get_by_text("plots", exact=True).first.click()
+        page.get_by_text("confusion_matrix.png", exact=True).first.click()
+        image = page.locator("img").filter(visible=True).last
+        expect(image).to_be_visible()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 100", arg=image.element_handle())
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-confusion-matrix.png"))
+
 
 def test_the_experiment_opens_as_model_training_with_sweeps_grouped_and_two_runs_compared(ui):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    expect.set_options(timeout=60_000)
     address, experiment_id, _, (parent, children) = ui
     # The kind as the UI reads it, from the server the UI talks to.
     asked = f"{address}/ajax-api/2.0/mlflow/experiments/get?experiment_id={experiment_id}"
     with urllib.request.urlopen(asked, timeout=60) as answer:
         tags = {tag["key"]: tag["value"] for tag in json.load(answer)["experiment"]["tags"]}
     assert tags["mlflow.experimentKind"] == "custom_model_development"
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
+    with chromium_page() as page:
+        page.goto(f"{address}/#/experiments/{experiment_id}?{MODEL_TRAINING}")
+        # Model training: the runs table and the model registry; no GenAI pages (traces' evaluation runs).
+        expect(page.get_by_text("Runs", exact=True).first).to_be_visible()
+        expect(page.get_by_text("Model registry", exact=True).first).to_be_visible()
+        expect(page.get_by_text("Evaluation runs", exact=True)).to_have_count(0)
 
-            page.goto(f"{address}/#/experiments/{experiment_id}?{MODEL_TRAINING}")
-            # Model training: the runs table and the model registry; no GenAI pages (traces' evaluation runs).
-            expect(page.get_by_text("Runs", exact=True).first).to_be_visible()
-            expect(page.get_by_text("Model registry", exact=True).first).to_be_visible()
-            expect(page.get_by_text("Evaluation runs", exact=True)).to_have_count(0)
+        # The sweep: one parent row, its jobs hidden until it is expanded, then shown under it.
+        parent_row = page.locator("[role=row]").filter(has_text=parent.info.run_name)
+        expect(parent_row).to_have_count(1)
+        child_rows = [page.locator("[role=row]").filter(has_text=child.info.run_name) for child in children]
+        for row in child_rows:
+            expect(row).to_have_count(0)
+        parent_row.locator("button").first.click()
+        for row in child_rows:
+            expect(row).to_have_count(1)
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-sweep.png"))
 
-            # The sweep: one parent row, its jobs hidden until it is expanded, then shown under it.
-            parent_row = page.locator("[role=row]").filter(has_text=parent.info.run_name)
-            expect(parent_row).to_have_count(1)
-            child_rows = [page.locator("[role=row]").filter(has_text=child.info.run_name) for child in children]
-            for row in child_rows:
-                expect(row).to_have_count(0)
-            parent_row.locator("button").first.click()
-            for row in child_rows:
-                expect(row).to_have_count(1)
-            page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-sweep.png"))
-
-            for row in child_rows:
-                row.locator("input.ag-checkbox-input").first.check()
-            page.get_by_role("button", name="Compare").click()
-            expect(page.get_by_text("Comparing 2 Runs from 1 Experiment")).to_be_visible()
-            for child in children:
-                expect(page.get_by_text(child.info.run_id).first).to_be_visible()
-            expect(page.locator("svg.main-svg").first).to_be_visible()  # the parallel coordinates chart
-            page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-compare.png"), full_page=True)
-        finally:
-            browser.close()
+        for row in child_rows:
+            row.locator("input.ag-checkbox-input").first.check()
+        page.get_by_role("button", name="Compare").click()
+        expect(page.get_by_text("Comparing 2 Runs from 1 Experiment")).to_be_visible()
+        for child in children:
+            expect(page.get_by_text(child.info.run_id).first).to_be_visible()
+        expect(page.locator("svg.main-svg").first).to_be_visible()  # the parallel coordinates chart
+        page.screenshot(path=str(SCREENSHOTS / "mlflow-ui-compare.png"), full_page=True)
