@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib.util
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from mnist_exp.config_checks import Check, boolean, integer, number, one_of, optional, text
 from mnist_exp.errors import ExperimentError
 from mnist_exp.model import OPTIMIZERS
 from mnist_exp.module_lookup import module_found
@@ -42,58 +43,11 @@ MAX_MODEL_NAME_LENGTH = 250
 MAX_HIDDEN_LAYERS = 64
 MAX_REPEATS = 1000
 
-# A check returns None when the value is fine, else a phrase saying what is allowed.
-Check = Callable[[Any], "str | None"]
-
-
-def _integer(low: int, high: int) -> Check:
-    def check(value: Any) -> str | None:
-        ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-        return None if ok else f"an integer from {low} to {high}"
-    return check
-
-
-def _number(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
-    left, right = "(" if low_open else "[", ")" if high_open else "]"
-
-    def check(value: Any) -> str | None:
-        ok = (
-            isinstance(value, (int, float))
-            and not isinstance(value, bool)
-            and math.isfinite(value)
-            and (low < value if low_open else low <= value)
-            and (value < high if high_open else value <= high)
-        )
-        return None if ok else f"a number in {left}{low}, {high}{right}"
-    return check
-
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
-
-
-def _one_of(*allowed: str) -> Check:
-    def check(value: Any) -> str | None:
-        return None if value in allowed else "one of " + ", ".join(allowed)
-    return check
-
-
 def _one_of_values(*allowed: Any) -> Check:
     def check(value: Any) -> str | None:
         ok = any(value is option or (isinstance(option, str) and value == option) for option in allowed)
         return None if ok else "one of " + ", ".join(_show(option) for option in allowed)
     return check
-
-
-def _optional(check: Check) -> Check:
-    def optional(value: Any) -> str | None:
-        problem = check(value) if value is not None else None
-        return None if problem is None else f"null or {problem}"
-    return optional
-
-
-def _text(value: Any) -> str | None:
-    return None if isinstance(value, str) and value.strip() else "a non-empty string"
 
 
 def _identifier(value: Any) -> str | None:
@@ -122,7 +76,7 @@ def _layer_widths(value: Any) -> str | None:
     allowed = f"a non-empty list of at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_LAYER_WIDTH}, e.g. [256,128]"
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_HIDDEN_LAYERS:
         return allowed
-    return None if all(_integer(1, MAX_LAYER_WIDTH)(width) is None for width in value) else allowed
+    return None if all(integer(1, MAX_LAYER_WIDTH)(width) is None for width in value) else allowed
 
 
 def tracking_uri_problem(value: Any) -> str | None:
@@ -157,62 +111,62 @@ def _model_name(value: Any) -> str | None:
     return None if value is None else name_problem(value, MAX_MODEL_NAME_LENGTH, forbidden="/\\:")
 
 
-_UNIT_OPEN = _number(0, 1, high_open=True)
+_UNIT_OPEN = number(0, 1, high_open=True)
 
 TOP_LEVEL: dict[str, Check] = {
-    "epochs": _integer(1, 100_000),
-    "batch_size": _integer(1, 1_000_000),
-    "seed": _integer(0, 2**32 - 1),
-    "repeats": _integer(1, MAX_REPEATS),
-    "early_stopping_patience": _optional(_integer(1, 100_000)),
-    "reduce_lr_patience": _optional(_integer(1, 100_000)),
-    "deterministic": _boolean,
-    "optimized_metric": _one_of(*OPTIMIZED_METRICS),
-    "runs_dir": _text,
-    "backend": _one_of(*BACKENDS),
+    "epochs": integer(1, 100_000),
+    "batch_size": integer(1, 1_000_000),
+    "seed": integer(0, 2**32 - 1),
+    "repeats": integer(1, MAX_REPEATS),
+    "early_stopping_patience": optional(integer(1, 100_000)),
+    "reduce_lr_patience": optional(integer(1, 100_000)),
+    "deterministic": boolean,
+    "optimized_metric": one_of(*OPTIMIZED_METRICS),
+    "runs_dir": text,
+    "backend": one_of(*BACKENDS),
     "jit_compile": _one_of_values("auto", True, False),
-    "steps_per_execution": _integer(1, 10_000),
-    "plots": _boolean,
-    "train_subset": _optional(_integer(1, 100_000_000)),
-    "min_train_accuracy": _optional(_number(0, 1, low_open=True)),
+    "steps_per_execution": integer(1, 10_000),
+    "plots": boolean,
+    "train_subset": optional(integer(1, 100_000_000)),
+    "min_train_accuracy": optional(number(0, 1, low_open=True)),
 }
 # Every optimizer has a name and a learning rate; its other keys are checked by name, whichever optimizer has
 # them, and any key not listed here must be a finite number or a boolean. Whether the optimizer takes a key
 # is Keras' to say, when the optimizer is built (mnist_exp.model.build_optimizer).
 OPTIMIZER_KEYS: dict[str, Check] = {
-    "name": _one_of(*OPTIMIZERS),
-    "lr": _number(0, 10, low_open=True),
+    "name": one_of(*OPTIMIZERS),
+    "lr": number(0, 10, low_open=True),
 }
 OPTIMIZER_SETTINGS: dict[str, Check] = {
     "momentum": _UNIT_OPEN,
     "rho": _UNIT_OPEN,
     "beta_1": _UNIT_OPEN,
     "beta_2": _UNIT_OPEN,
-    "epsilon": _number(0, 1, low_open=True),
-    "weight_decay": _number(0, 1),
-    "nesterov": _boolean,
-    "amsgrad": _boolean,
+    "epsilon": number(0, 1, low_open=True),
+    "weight_decay": number(0, 1),
+    "nesterov": boolean,
+    "amsgrad": boolean,
 }
 MODEL_KEYS: dict[str, Check] = {
-    "name": _one_of("mlp"),
+    "name": one_of("mlp"),
     "hidden_units": _layer_widths,
-    "activation": _one_of(*ACTIVATIONS),
+    "activation": one_of(*ACTIVATIONS),
     "dropout": _UNIT_OPEN,
 }
 DATA_KEYS: dict[str, Check] = {
     "name": _identifier,
     "loader": _loader,
     "class_names": _class_names,
-    "picture_layout": _one_of(*PICTURE_LAYOUTS),
-    "path": _optional(_text),
-    "allow_fallback": _boolean,
-    "val_fraction": _number(0, 0.9, low_open=True),
-    "cache": _boolean,
+    "picture_layout": one_of(*PICTURE_LAYOUTS),
+    "path": optional(text),
+    "allow_fallback": boolean,
+    "val_fraction": number(0, 0.9, low_open=True),
+    "cache": boolean,
 }
 MLFLOW_KEYS: dict[str, Check] = {
     "tracking_uri": tracking_uri_problem,
     "experiment": _experiment_name,
-    "log_model": _boolean,
+    "log_model": boolean,
     "registered_model": _model_name,
 }
 

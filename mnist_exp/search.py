@@ -17,10 +17,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mnist_exp import interrupts, tables
+from mnist_exp import interrupts
 from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import INTERRUPTED_REASON, JobOutcome
 from mnist_exp.processes import owner
+from mnist_exp.search_result import SearchResult, TrialOutcome, trial_outcome
 from mnist_exp.search_space import (
     check_space,
     check_study_space,
@@ -30,6 +31,8 @@ from mnist_exp.search_space import (
     suggest_overrides,
 )
 from mnist_exp.trial_reaper import OWNER_ATTR, fail_abandoned_trials
+
+__all__ = ["Search", "SearchResult", "TrialJob", "TrialOutcome"]
 
 log = logging.getLogger(__name__)
 
@@ -49,42 +52,6 @@ class TrialJob:
 
 # launch(jobs, index of the first job) -> per job: its outcome, or the exception that stopped it
 Launch = Callable[[list[TrialJob], int], list[Any]]
-
-
-@dataclass
-class TrialOutcome:
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, Any]
-    overrides: list[str]
-    test_accuracy: float | None = None
-    run_id: str | None = None
-    reason: str | None = None
-
-
-@dataclass
-class SearchResult:
-    study_name: str
-    storage: str
-    metric: str
-    direction: str
-    trials: list[TrialOutcome] = field(default_factory=list)
-    ran_now: int = 0
-    abandoned: list[int] = field(default_factory=list)
-
-    @property
-    def best(self) -> TrialOutcome | None:
-        return tables.best(self.trials, self.metric, lambda t: t.value, lambda t: t.state)
-
-    def retrain_command(self, tracking_uri: str | None = None) -> str | None:
-        """The command that trains the best trial's run again from its recorded config (mnist_exp.rerun);
-        `tracking_uri` is the store the run is in."""
-        from mnist_exp.rerun import command
-
-        if self.best is None or self.best.run_id is None:
-            return None
-        return command(self.best.run_id, tracking_uri)
 
 
 @dataclass
@@ -176,7 +143,7 @@ class Search:
                     from None
         result = SearchResult(self.study_name, self.storage, self.metric, self.direction, abandoned=abandoned,
                               ran_now=loop.launched)
-        result.trials = [_outcome(t) for t in study.get_trials(deepcopy=False)]
+        result.trials = [trial_outcome(t) for t in study.get_trials(deepcopy=False)]
         return result
 
     def _run_slots(self, loop: _Loop, launch: Launch) -> None:
@@ -294,16 +261,3 @@ def _states(names: Sequence[str]):
     import optuna
 
     return tuple(optuna.trial.TrialState[name] for name in names)
-
-
-def _outcome(trial) -> TrialOutcome:
-    return TrialOutcome(
-        number=trial.number,
-        state=trial.state.name,
-        value=trial.value if trial.state.name == "COMPLETE" else None,
-        params=dict(trial.params),
-        overrides=list(trial.user_attrs.get("overrides", [])),
-        test_accuracy=trial.user_attrs.get("test_accuracy"),
-        run_id=trial.user_attrs.get("run_id"),
-        reason=trial.user_attrs.get("fail_reason"),
-    )

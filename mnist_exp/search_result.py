@@ -1,0 +1,58 @@
+"""What a search found: its trials as plain values, the best of them, and how to train that one again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mnist_exp import tables
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str
+    value: float | None
+    params: dict[str, Any]
+    overrides: list[str]
+    test_accuracy: float | None = None
+    run_id: str | None = None
+    reason: str | None = None
+
+
+@dataclass
+class SearchResult:
+    study_name: str
+    storage: str
+    metric: str
+    direction: str
+    trials: list[TrialOutcome] = field(default_factory=list)
+    ran_now: int = 0
+    abandoned: list[int] = field(default_factory=list)
+
+    @property
+    def best(self) -> TrialOutcome | None:
+        return tables.best(self.trials, self.metric, lambda t: t.value, lambda t: t.state)
+
+    def retrain_command(self, tracking_uri: str | None = None) -> str | None:
+        """The command that trains the best trial's run again from its recorded config (mnist_exp.rerun);
+        `tracking_uri` is the store the run is in."""
+        from mnist_exp.rerun import command
+
+        if self.best is None or self.best.run_id is None:
+            return None
+        return command(self.best.run_id, tracking_uri)
+
+
+def trial_outcome(trial) -> TrialOutcome:
+    """An Optuna trial as a TrialOutcome."""
+    return TrialOutcome(
+        number=trial.number,
+        state=trial.state.name,
+        value=trial.value if trial.state.name == "COMPLETE" else None,
+        params=dict(trial.params),
+        overrides=list(trial.user_attrs.get("overrides", [])),
+        test_accuracy=trial.user_attrs.get("test_accuracy"),
+        run_id=trial.user_attrs.get("run_id"),
+        reason=trial.user_attrs.get("fail_reason"),
+    )
