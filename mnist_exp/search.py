@@ -30,6 +30,7 @@ from mnist_exp.search_space import (
     make_storage,
     suggest_overrides,
 )
+from mnist_exp.sweep_worker import JOBS_STOP_GRACE_S
 from mnist_exp.trial_reaper import OWNER_ATTR, fail_abandoned_trials
 
 __all__ = ["Search", "SearchResult", "TrialJob", "TrialOutcome"]
@@ -37,8 +38,6 @@ __all__ = ["Search", "SearchResult", "TrialJob", "TrialOutcome"]
 log = logging.getLogger(__name__)
 
 FINISHED_STATES = ("COMPLETE", "PRUNED")
-# How long an interrupted search waits for the jobs in other processes to stop (see _wait_for_slots).
-SLOTS_STOP_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -229,11 +228,11 @@ def _wait_for_slots(loop: _Loop) -> None:
     """After an interrupt, give the jobs in other processes time to stop: their workers see the trials end
     and record their runs KILLED (mnist_exp.sweep_worker); exiting first would leave those runs RUNNING.
     Further signals meanwhile are absorbed (interrupts); the wait is bounded all the same."""
-    deadline = time.monotonic() + SLOTS_STOP_GRACE_S
+    deadline = time.monotonic() + JOBS_STOP_GRACE_S
     for slot in loop.slots:
         slot.join(max(0.0, deadline - time.monotonic()))
     if any(slot.is_alive() for slot in loop.slots):
-        log.warning("stopped waiting for the trials in flight after %.0f s", SLOTS_STOP_GRACE_S)
+        log.warning("stopped waiting for the trials in flight after %.0f s", JOBS_STOP_GRACE_S)
 
 
 def _tell(study, trial, returned: Any) -> str:

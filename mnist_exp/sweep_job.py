@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from omegaconf import DictConfig
 
@@ -28,9 +28,8 @@ def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOu
     if job is None or not is_worker_of(job.sweeper_pid):
         return _run(cfg, overrides, job, label)
     reporter = _reporter(job)
-    trial_ended = (lambda: reporter.storage.get_trial(reporter.trial_id).state.is_finished()) if reporter else None
     try:
-        with watched_job(job.sweeper_pid, trial_ended):
+        with watched_job(job.sweeper_pid, _sweep_ended(cfg, job, reporter)):
             return _run(cfg, overrides, job, label, reporter)
     except KeyboardInterrupt:
         # The run is KILLED; the sweep already counts the trial as FAIL (or this worker alone was signalled).
@@ -39,6 +38,25 @@ def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOu
         # seconds collecting every object TensorFlow made (the operating system frees them at once).
         gc.freeze()
         return JobOutcome("FAIL", reason=INTERRUPTED_REASON)
+
+
+def _sweep_ended(cfg: DictConfig, job: JobContext, reporter) -> Callable[[], bool]:
+    """Whether the sweep gave this job up: it ended the job's trial (a search) or its parent run (a grid sweep)."""
+    if reporter is not None:
+        return lambda: reporter.storage.get_trial(reporter.trial_id).state.is_finished()
+    clients = []  # made on the first question, in the watcher's thread
+
+    def parent_ended() -> bool:
+        if not clients:
+            import mlflow
+
+            from mnist_exp.credentials import connection_url
+            from mnist_exp.store import tracking_uri
+
+            clients.append(mlflow.MlflowClient(connection_url(tracking_uri(cfg))))
+        return clients[0].get_run(job.parent_run_id).info.status != "RUNNING"
+
+    return parent_ended
 
 
 def _reporter(job: JobContext | None):

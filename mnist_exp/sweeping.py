@@ -4,9 +4,11 @@ checks before anything starts, the parent run around the jobs, the launcher's vi
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import DictConfig
 
@@ -14,10 +16,14 @@ from mnist_exp import config as settings
 from mnist_exp import interrupts
 from mnist_exp.errors import JOBS_FAILED, ExperimentError, exit_with
 from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
+from mnist_exp.sweep_worker import JOBS_STOP_GRACE_S
 
 if TYPE_CHECKING:
     from mnist_exp.multirun import MultirunParent, SweepSummary
     from mnist_exp.search import SearchResult
+
+log = logging.getLogger(__name__)
+Returned = TypeVar("Returned")
 
 # Where jobs run, by the launcher's `_target_` in the config (Hydra's own configs name these classes).
 IN_PROCESS, JOBLIB, RAY, OTHER = "in-process", "joblib", "ray", "other"
@@ -105,6 +111,38 @@ def launch_outcomes(launcher: Any, batch: list[list[str]], first_index: int) -> 
         except Exception as error:  # the job raised: Hydra keeps the exception for us
             outcomes.append(error)
     return outcomes
+
+
+def launch_off_main_thread(launch: Callable[[], Returned], stop: Callable[[], None]) -> Returned:
+    """Run a launcher's blocking `launch` in a thread while the main thread waits for it.
+
+    Ctrl-C and SIGTERM raise KeyboardInterrupt in the main thread; inside joblib's Parallel it would
+    terminate the workers before their jobs record their runs KILLED. Here it calls `stop` instead (the
+    sweep gives its jobs up, which their workers' watchers see: mnist_exp.sweep_worker), waits for the
+    launch to return, bounded, and is raised again. Further signals meanwhile are absorbed (interrupts)."""
+    returned: list[Returned] = []
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            returned.append(launch())
+        except BaseException as error:  # handed to the main thread as it is
+            raised.append(error)
+
+    thread = threading.Thread(target=run, name="launch", daemon=True)
+    thread.start()
+    try:
+        thread.join()
+        interrupts.check()  # one Python dropped
+    except KeyboardInterrupt:
+        stop()
+        thread.join(JOBS_STOP_GRACE_S)
+        if thread.is_alive():
+            log.warning("stopped waiting for the jobs in flight after %.0f s", JOBS_STOP_GRACE_S)
+        raise
+    if raised:
+        raise raised[0]
+    return returned[0]
 
 
 def report_grid(parent: MultirunParent, summary: SweepSummary) -> None:

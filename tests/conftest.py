@@ -113,14 +113,17 @@ def run_cli(*args: str, runs_dir: Path | None, env: Mapping[str, str] | None = N
 
 
 def start_cli(*args: str, runs_dir: Path | None, env: Mapping[str, str] | None = None,
-              stdout: int | None = subprocess.PIPE, stderr: int | None = subprocess.PIPE) -> subprocess.Popen:
+              stdout: int | None = subprocess.PIPE, stderr: int | None = subprocess.PIPE,
+              process_group: bool = False) -> subprocess.Popen:
     """Start `python -m mnist_exp ARGS runs_dir=RUNS_DIR` without waiting (text pipes by default).
 
-    Its `pid` is the sweeping process's PID for a multirun (the one that writes the parent run).
+    Its `pid` is the sweeping process's PID for a multirun (the one that writes the parent run). With
+    `process_group`, it leads a process group of its own, as a terminal's foreground command does
+    (`os.killpg(pid, SIGINT)` is then Ctrl-C pressed in that terminal).
     """
     return subprocess.Popen(
         cli_command(*args, runs_dir=runs_dir), cwd=PROJECT_ROOT, stdout=stdout, stderr=stderr, text=True,
-        env=_environment(env),
+        env=_environment(env), process_group=0 if process_group else None,
     )
 
 
@@ -201,6 +204,37 @@ def epochs_recorded(runs_dir: Path) -> int:
             return connection.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_accuracy'").fetchone()[0]
     except sqlite3.Error:  # the tables are not there yet
         return 0
+
+
+def runs_with_an_epoch(runs_dir) -> int:
+    """Runs that have recorded an epoch so far, read with plain sqlite3 (the search is still writing)."""
+    database = runs_dir / "mlflow.db"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute(
+                "SELECT COUNT(DISTINCT run_uuid) FROM metrics WHERE key = 'val_accuracy'").fetchone()[0]
+    except sqlite3.Error:  # no database or no tables yet
+        return 0
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes `pid` started (a joblib search: its loky workers and resource trackers)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+    return children
+
+
+def living(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (not gone, not a zombie nobody reaped)."""
+    alive = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                alive.append(pid)
+    return alive
 
 
 # --- waiting ---------------------------------------------------------------------------------------------

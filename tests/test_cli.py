@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sqlite3
+import subprocess
 import time
 from collections import Counter
 
@@ -14,11 +16,14 @@ import pytest
 from tests.conftest import (
     all_runs,
     artifact_paths,
+    child_processes,
     epochs_recorded,
     finish,
+    living,
     metric_steps,
     owner_pid,
     run_cli,
+    runs_with_an_epoch,
     signal_when,
     single_sweep,
     start_cli,
@@ -205,6 +210,36 @@ def test_interrupted_run_is_killed_with_the_epochs_so_far(tmp_path, signal_numbe
     assert run.info.status == "KILLED"
     epochs = metric_steps(client, run.info.run_id, "val_accuracy")
     assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) < 500
+
+
+@pytest.mark.parametrize("group", [False, True], ids=["kill", "ctrl-c-in-a-terminal"])
+def test_an_interrupted_joblib_sweep_ends_every_run_killed_and_leaves_no_worker(tmp_path, group):
+    """`kill` reaches only the sweeping process; Ctrl-C in a terminal reaches its workers too. Before,
+    joblib's Parallel took the interrupt in the sweeping process and terminated its workers, whose runs
+    stayed RUNNING until the next start marked them KILLED."""
+    runs_dir = tmp_path / "runs"
+    process = start_cli("-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=500", "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=2", runs_dir=runs_dir, stdout=subprocess.DEVNULL,
+                        process_group=group)
+    try:
+        wait_until(lambda: runs_with_an_epoch(runs_dir) >= 2, 300, "both jobs training", process=process)
+        workers = child_processes(process.pid)
+        signalled = time.monotonic()
+        if group:
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+        seconds = time.monotonic() - signalled
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "error: interrupted; the run is recorded as KILLED", stderr[-3000:]
+    assert seconds <= 30, f"{seconds:.0f} s from the signal to the exit"
+    parent, children = single_sweep(store_client(runs_dir))
+    assert parent.info.status == "KILLED"
+    assert [c.info.status for c in children] == ["KILLED", "KILLED"]
+    wait_until(lambda: not living(workers), 60, f"the workers {workers} of the stopped sweep to exit")
 
 
 def finished_children(runs_dir) -> int:

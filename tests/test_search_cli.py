@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import sqlite3
 import subprocess
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -16,9 +13,12 @@ import pytest
 from tests.conftest import (
     all_runs,
     artifact_paths,
+    child_processes,
     finish,
+    living,
     metric_steps,
     run_cli,
+    runs_with_an_epoch,
     signal_when,
     start_cli,
     store_client,
@@ -242,37 +242,6 @@ def test_independent_searches_on_one_storage_share_one_study(tmp_path):
 
 JOBLIB_SEARCH = ["-m", "hparams_search=optuna", "data=mnist_sample", "hydra/launcher=joblib",
                  "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none"]
-
-
-def runs_with_an_epoch(runs_dir) -> int:
-    """Runs that have recorded an epoch so far, read with plain sqlite3 (the search is still writing)."""
-    database = runs_dir / "mlflow.db"
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
-            return connection.execute(
-                "SELECT COUNT(DISTINCT run_uuid) FROM metrics WHERE key = 'val_accuracy'").fetchone()[0]
-    except sqlite3.Error:  # no database or no tables yet
-        return 0
-
-
-def child_processes(pid: int) -> list[int]:
-    """The processes `pid` started (a joblib search: its loky workers and resource trackers)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(stat.parent.name))
-    return children
-
-
-def living(pids: list[int]) -> list[int]:
-    """Those of `pids` still running (not gone, not a zombie nobody reaped)."""
-    alive = []
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                alive.append(pid)
-    return alive
 
 
 def test_sigterm_to_a_joblib_search_kills_its_trials_runs_within_seconds(tmp_path):

@@ -4,7 +4,7 @@ its jobs, each job `repeats` times, the jobs that already FINISHED in a resumed 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from omegaconf import DictConfig
@@ -14,18 +14,24 @@ from mnist_exp.workarounds import hydra_basic_sweeper_class
 
 class _PlannedLauncher:
     """A launcher that launches what the plan keeps of each batch, with the same overrides added to every job.
-    It numbers the jobs itself: repeats make a batch longer than the basic sweeper counts."""
+    It numbers the jobs itself: repeats make a batch longer than the basic sweeper counts. With `stop`, it
+    launches off the main thread, and an interrupt calls `stop` (mnist_exp.sweeping.launch_off_main_thread)."""
 
-    def __init__(self, launcher: Any, plan: Any, extra: Sequence[str]) -> None:
-        self.launcher, self.plan, self.extra = launcher, plan, list(extra)
+    def __init__(self, launcher: Any, plan: Any, extra: Sequence[str], stop: Callable[[], None] | None) -> None:
+        self.launcher, self.plan, self.extra, self.stop = launcher, plan, list(extra), stop
         self.next_index = 0
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Any:
+        from mnist_exp.sweeping import launch_off_main_thread
+
         jobs = self.plan.jobs(job_overrides)
         if not jobs:
             return []
         first, self.next_index = self.next_index, self.next_index + len(jobs)
-        return self.launcher.launch([[*job, *self.extra] for job in jobs], initial_job_idx=first)
+        batch = [[*job, *self.extra] for job in jobs]
+        if self.stop is None:
+            return self.launcher.launch(batch, initial_job_idx=first)
+        return launch_off_main_thread(lambda: self.launcher.launch(batch, initial_job_idx=first), self.stop)
 
 
 class GridSweeper(hydra_basic_sweeper_class()):
@@ -48,7 +54,10 @@ class GridSweeper(hydra_basic_sweeper_class()):
                 done=grid_jobs.finished_digests(parent.children()),
             )
             launcher = self.launcher
-            self.launcher = _PlannedLauncher(launcher, plan, [JobContext(parent.run_id).override()])
+            # Jobs in worker processes stop when the parent run ends KILLED (mnist_exp.sweep_job); jobs in
+            # this process stop on the interrupt itself, and Ray's workers are left to Ray.
+            stop = parent.abandon if sweeping.launcher_kind(config) == sweeping.JOBLIB else None
+            self.launcher = _PlannedLauncher(launcher, plan, [JobContext(parent.run_id).override()], stop)
             try:
                 returns = super().sweep(arguments)
             finally:
