@@ -78,11 +78,11 @@ def previous_sweep(client, experiment_id: str, key: str):
     return runs[0] if runs else None
 
 
-def reopen(client, parent) -> None:
+def reopen(client, parent, shared: bool = False) -> None:
     """Make an ended parent run RUNNING again, owned by this process; ExperimentError while its sweep still
-    runs elsewhere."""
+    runs elsewhere, unless the parent is `shared` (an Optuna study's, which several workers search at once)."""
     run_id, tags = parent.info.run_id, parent.data.tags
-    if parent.info.status == "RUNNING" and not is_dead(tags.get(run_tags.OWNER_TAG, "")):
+    if not shared and parent.info.status == "RUNNING" and not is_dead(tags.get(run_tags.OWNER_TAG, "")):
         raise ExperimentError(
             f"this sweep (parent run {run_id}) is still running, in process {tags.get(run_tags.OWNER_TAG)}; "
             "wait for it, or start a separate sweep with hydra.sweeper.resume=false"

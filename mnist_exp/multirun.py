@@ -18,8 +18,11 @@ from omegaconf import DictConfig
 from mnist_exp import run_tags, tables
 from mnist_exp.credentials import mask
 from mnist_exp.processes import owner
-from mnist_exp.run_record import kill_abandoned_runs, log_config, log_params
+from mnist_exp.run_record import kill_abandoned_runs, log_config
 from mnist_exp.store import Store, connect, sqlite_store_lock
+
+# The study's user attribute naming its parent run: {"run_id": ..., "store": the MLflow store's URI, masked}.
+PARENT_ATTR = "mnist_exp.mlflow_parent_run"
 
 if TYPE_CHECKING:
     from mnist_exp.repeats import RepeatGroup
@@ -71,14 +74,34 @@ class MultirunParent:
             if previous is not None:
                 grid_jobs.reopen(store.client, previous)
                 return cls(cfg, store, previous.info.run_id)
-            tags = {run_tags.SWEEP_TAG: "true", run_tags.OVERRIDES_TAG: mask(" ".join(sweep_overrides)),
-                    run_tags.OWNER_TAG: owner(), **run_tags.source_tags()}
-            if sweep_key:
-                tags[run_tags.SWEEP_KEY_TAG] = sweep_key
-            name = f"sweep {run_tags.run_name(sweep_overrides)}"[:run_tags.MAX_RUN_NAME_LENGTH]
-            run = store.client.create_run(store.experiment_id, run_name=name, tags=tags)
-        log_config(store.client, run.info.run_id, cfg, sweep_overrides)
-        return cls(cfg, store, run.info.run_id)
+            run_id = _create(store, sweep_overrides, {run_tags.SWEEP_KEY_TAG: sweep_key} if sweep_key else {})
+        log_config(store.client, run_id, cfg, sweep_overrides)
+        return cls(cfg, store, run_id)
+
+    @classmethod
+    def open_for_study(cls, cfg: DictConfig, sweep_overrides: Sequence[str], study, storage: str) -> MultirunParent:
+        """The one parent run of the Optuna `study` (in `storage`) in this store: the one its first search
+        opened (recorded on the study), RUNNING again, or a new one. Every search on the study, and every worker
+        sharing it, adds its trials there."""
+        from mnist_exp import grid_jobs
+        from mnist_exp.search_space import storage_lock
+
+        store = connect(cfg)
+        kill_abandoned_runs(store)
+        with storage_lock(storage, f"{study.study_name} parent run"):
+            recorded = study.user_attrs.get(PARENT_ATTR) or {}
+            previous = _existing_run(store, recorded.get("run_id")) if recorded.get("store") == mask(store.uri) \
+                else None
+            if previous is not None:
+                grid_jobs.reopen(store.client, previous, shared=True)
+                return cls(cfg, store, previous.info.run_id)
+            with sqlite_store_lock(store.uri):
+                run_id = _create(store, sweep_overrides, {
+                    run_tags.OPTUNA_STUDY_TAG: study.study_name, run_tags.OPTUNA_STORAGE_TAG: mask(storage),
+                })
+            study.set_user_attr(PARENT_ATTR, {"run_id": run_id, "store": mask(store.uri)})
+        log_config(store.client, run_id, cfg, sweep_overrides)
+        return cls(cfg, store, run_id)
 
     def children(self) -> list:
         """The child runs that count: one per job, its best attempt when a resumed sweep ran it again."""
@@ -106,16 +129,14 @@ class MultirunParent:
         client = self.store.client
         rows = [
             {"trial": t.number, "state": t.state, "value": t.value, "test_accuracy": t.test_accuracy,
-             "run_id": t.run_id, "overrides": " ".join(t.overrides), "reason": t.reason,
+             "run_id": t.run_id, "overrides": " ".join(t.overrides), "reason": t.reason, "baseline": t.baseline,
              **{f"params.{k}": v for k, v in t.params.items()}}
             for t in result.trials
         ]
         if rows:
-            client.log_table(self.run_id, data=_columns(rows), artifact_file="optuna_trials.json")
+            _log_table(client, self.run_id, _columns(rows), "optuna_trials.json")
         for plot in plots:
             client.log_artifact(self.run_id, str(plot), artifact_path="plots")
-        client.set_tag(self.run_id, "optuna.study_name", result.study_name)
-        client.set_tag(self.run_id, "optuna.storage", result.storage)
         best = result.best
         if best is not None:
             client.log_metric(self.run_id, "best_value", best.value)
@@ -124,7 +145,13 @@ class MultirunParent:
             client.set_tag(self.run_id, "best_trial_number", str(best.number))
             if retrain:
                 client.set_tag(self.run_id, "retrain_command", retrain)
-            log_params(client, self.run_id, {f"best.{key}": value for key, value in best.params.items()})
+            # Tags, not params: the parent of a study outlives one search, and a later best replaces them.
+            for key, value in best.params.items():
+                client.set_tag(self.run_id, f"best.{key}", str(value))
+            if result.gain is not None:
+                client.log_metric(self.run_id, "baseline_value", result.baseline.value)
+                client.log_metric(self.run_id, "gain_over_baseline", result.gain)
+                client.set_tag(self.run_id, "baseline_trial_number", str(result.baseline.number))
             summary.champion = register_champion(self.cfg, best.run_id) if best.run_id else None
             if summary.champion is not None:
                 client.set_tag(self.run_id, "champion_model_version", summary.champion)
@@ -148,7 +175,7 @@ class MultirunParent:
             rows, self.metric, lambda row: row.get(f"final_{self.metric}"), tables.row_state
         ))
         if rows:
-            client.log_table(self.run_id, data=_columns(summary.rows), artifact_file="sweep_summary.json")
+            _log_table(client, self.run_id, _columns(summary.rows), "sweep_summary.json")
             client.log_text(self.run_id, tables.sweep_table(summary.rows), "sweep_summary.txt")
             if self.cfg["plots"]:
                 self._log_sweep_plot(summary.rows)
@@ -175,7 +202,7 @@ class MultirunParent:
             return
         summary.repeats = groups
         client = self.store.client
-        client.log_table(self.run_id, data=repeats.as_columns(groups), artifact_file="repeats_summary.json")
+        _log_table(client, self.run_id, repeats.as_columns(groups), "repeats_summary.json")
         client.log_text(self.run_id, repeats.repeats_table(groups), "repeats_summary.txt")
         if self.cfg["plots"]:
             from mnist_exp.plots import repeat_spread
@@ -190,6 +217,43 @@ class MultirunParent:
         finished = not summary.rows or any(tables.row_state(row) in ("COMPLETE", "PRUNED") for row in summary.rows)
         self.store.client.set_tag(self.run_id, run_tags.STATE_TAG, "COMPLETE" if finished else "FAIL")
         self.store.client.set_terminated(self.run_id, "FINISHED" if finished else "FAILED")
+
+
+def _create(store: Store, sweep_overrides: Sequence[str], tags: Mapping[str, str]) -> str:
+    """A new parent run named after the sweep's overrides; its id."""
+    tags = {run_tags.SWEEP_TAG: "true", run_tags.OVERRIDES_TAG: mask(" ".join(sweep_overrides)),
+            run_tags.OWNER_TAG: owner(), **run_tags.source_tags(), **tags}
+    name = f"sweep {run_tags.run_name(sweep_overrides)}"[:run_tags.MAX_RUN_NAME_LENGTH]
+    return store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def _existing_run(store: Store, run_id: str | None):
+    """The run `run_id` if it is in the store's experiment and not deleted, else None."""
+    if not run_id:
+        return None
+    try:
+        run = store.client.get_run(run_id)
+    except Exception:  # deleted for good, or never in this store
+        return None
+    live = run.info.lifecycle_stage == "active" and run.info.experiment_id == store.experiment_id
+    return run if live else None
+
+
+def _log_table(client, run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+    """A table in the run, as MlflowClient.log_table writes it, replacing the one a resumed sweep had logged
+    there (log_table appends to it, which would count every earlier job twice)."""
+    import json
+
+    import pandas as pd
+    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+
+    with tempfile.TemporaryDirectory(prefix="mnist-exp-table-") as folder:
+        path = Path(folder) / artifact_file
+        pd.DataFrame(columns).to_json(path, orient="split", index=False, date_format="iso")
+        client.log_artifact(run_id, str(path))
+    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    if {"path": artifact_file, "type": "table"} not in logged:  # what the UI's table view lists
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, {"path": artifact_file, "type": "table"}]))
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:

@@ -21,6 +21,7 @@ from mnist_exp import interrupts
 from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import INTERRUPTED_REASON, JobOutcome
 from mnist_exp.processes import owner
+from mnist_exp.search_baseline import enqueue_baseline
 from mnist_exp.search_result import SearchResult, TrialOutcome, trial_outcome
 from mnist_exp.search_space import (
     check_space,
@@ -28,6 +29,7 @@ from mnist_exp.search_space import (
     make_pruner,
     make_sampler,
     make_storage,
+    storage_lock,
     suggest_overrides,
 )
 from mnist_exp.sweep_worker import JOBS_STOP_GRACE_S
@@ -85,6 +87,7 @@ class Search:
     n_trials: int
     n_jobs: int = 1
     max_failures: int | None = None
+    baseline: Mapping[str, Any] | None = None  # the params of the trial to run first (mnist_exp.search_baseline)
     _study: Any = field(default=None, init=False, repr=False)
     _storage: Any = field(default=None, init=False, repr=False)
     _sampler: Any = field(default=None, init=False, repr=False)
@@ -108,10 +111,14 @@ class Search:
                 f"study {self.study_name} in {self.storage} was created to {study.direction.name.lower()}, "
                 f"not {self.direction}; choose another hydra.sweeper.study_name"
             )
-        from mnist_exp.store import sqlite_store_lock
-
-        with sqlite_store_lock(self.storage):  # two new searches on one study: the first one's space holds
+        with storage_lock(self.storage, self.study_name):  # two new searches on one study: the first one's space
             check_study_space(study, self.space, f"study {self.study_name} in {self.storage}")
+        held = len(study.get_trials(deepcopy=False))
+        if held and self.sampler.get("seed") is not None:
+            # A seeded sampler starts its random draws over in every process: a resumed search would try the
+            # first search's points again. Seeded by how far the study got, it stays reproducible.
+            self._sampler = make_sampler({**self.sampler, "seed": self.sampler["seed"] + held}, self.space)
+            study.sampler = self._sampler
         self._study = study
         return study
 
@@ -121,6 +128,8 @@ class Search:
         abandoned = fail_abandoned_trials(study, self._storage)
         if abandoned:
             log.warning("marked FAIL trials %s, left RUNNING by a sweep that died", abandoned)
+        if self.baseline is not None and not self._grid:
+            enqueue_baseline(study, self.storage, self.baseline, self.n_trials)
         loop = _Loop(study, self._storage, self._sampler, list(fixed_overrides),
                      self.max_failures if self.max_failures is not None else self.n_trials)
         with interrupts.scope():
@@ -143,7 +152,18 @@ class Search:
         result = SearchResult(self.study_name, self.storage, self.metric, self.direction, abandoned=abandoned,
                               ran_now=loop.launched)
         result.trials = [trial_outcome(t) for t in study.get_trials(deepcopy=False)]
+        if self.baseline is not None and self._grid:
+            # A grid runs every point, the baseline's among them; an extra trial would run it twice.
+            same = next((t for t in result.trials if t.params == dict(self.baseline)), None)
+            if same is not None:
+                same.baseline = True
         return result
+
+    @property
+    def _grid(self) -> bool:
+        import optuna
+
+        return isinstance(self._sampler, optuna.samplers.GridSampler)
 
     def _run_slots(self, loop: _Loop, launch: Launch) -> None:
         # One thread per slot, each launching its next trial as soon as its last one ends:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_exp import tables
+from mnist_exp.search_baseline import BASELINE_ATTR
 
 
 @dataclass
@@ -18,6 +19,7 @@ class TrialOutcome:
     test_accuracy: float | None = None
     run_id: str | None = None
     reason: str | None = None
+    baseline: bool = False  # the trial of the config without the space's suggestions (mnist_exp.search_baseline)
 
 
 @dataclass
@@ -33,6 +35,20 @@ class SearchResult:
     @property
     def best(self) -> TrialOutcome | None:
         return tables.best(self.trials, self.metric, lambda t: t.value, lambda t: t.state)
+
+    @property
+    def baseline(self) -> TrialOutcome | None:
+        """The baseline trial, or None when the study has none (hydra.sweeper.enqueue_baseline=false)."""
+        return next((t for t in self.trials if t.baseline), None)
+
+    @property
+    def gain(self) -> float | None:
+        """How much better the best trial is than the baseline in the optimised metric (>= 0); None unless
+        both completed."""
+        best, baseline = self.best, self.baseline
+        if best is None or baseline is None or baseline.value is None:
+            return None
+        return (best.value - baseline.value) * (1 if self.direction == "maximize" else -1)
 
     def retrain_command(self, tracking_uri: str | None = None) -> str | None:
         """The command that trains the best trial's run again from its recorded config (mnist_exp.rerun);
@@ -55,4 +71,5 @@ def trial_outcome(trial) -> TrialOutcome:
         test_accuracy=trial.user_attrs.get("test_accuracy"),
         run_id=trial.user_attrs.get("run_id"),
         reason=trial.user_attrs.get("fail_reason"),
+        baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
     )

@@ -1,10 +1,12 @@
 """An Optuna search as configured under hydra.sweeper: settings checked up front, the space sampled as
-Hydra overrides, samplers, pruners and storages made by name. No search loop here."""
+Hydra overrides, samplers, pruners and storages made by name, a lock on a storage. No search loop here."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from mnist_exp.errors import ExperimentError
@@ -23,6 +25,10 @@ def check_settings(sweeper: Mapping[str, Any]) -> None:
         value = sweeper.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ExperimentError(f"hydra.sweeper.{key}={value!r} is invalid: expected an integer >= 1")
+    if not isinstance(sweeper.get("enqueue_baseline", True), bool):
+        raise ExperimentError(
+            f"hydra.sweeper.enqueue_baseline={sweeper.get('enqueue_baseline')!r} is invalid: expected true or false"
+        )
     threads = sweeper.get("threads_per_job", "auto")
     if threads != "auto" and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 0):
         raise ExperimentError(f"hydra.sweeper.threads_per_job={threads!r} is invalid: expected auto or an integer >= 0")
@@ -184,3 +190,38 @@ def make_storage(url: str):
             return optuna.storages.RDBStorage(connection_url(url), **options)
     except Exception as error:  # SQLAlchemy and driver errors: an unreachable server, a file of something else
         raise ExperimentError(f"cannot use the Optuna storage {url}: {first_line(str(error))}") from None
+
+
+@contextlib.contextmanager
+def storage_lock(url: str, name: str) -> Iterator[None]:
+    """Hold the lock `name` on the study storage at `url` while the block runs: searches that start at once on
+    one study (several workers) make its parent run, baseline and space once. SQLite: a lock file beside the
+    database; PostgreSQL: an advisory lock, which the server releases if this process dies. Other databases:
+    no lock (two workers starting at the same moment may then both do it)."""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(url).scheme.split("+")[0]
+    if scheme == "sqlite":
+        from mnist_exp.store import sqlite_store_lock
+
+        with sqlite_store_lock(url):
+            yield
+        return
+    if scheme != "postgresql":
+        yield
+        return
+    import sqlalchemy
+
+    from mnist_exp.credentials import connection_url
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    engine = sqlalchemy.create_engine(connection_url(url), poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()

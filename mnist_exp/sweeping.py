@@ -20,7 +20,7 @@ from mnist_exp.sweep_worker import JOBS_STOP_GRACE_S
 
 if TYPE_CHECKING:
     from mnist_exp.multirun import MultirunParent, SweepSummary
-    from mnist_exp.search import SearchResult
+    from mnist_exp.search import Search, SearchResult
 
 log = logging.getLogger(__name__)
 Returned = TypeVar("Returned")
@@ -41,16 +41,19 @@ def launcher_kind(config: DictConfig) -> str:
 
 @contextlib.contextmanager
 def parent_run(config: DictConfig, sweep_overrides: Sequence[str], sweep_key: str | None = None,
-               resume: bool = False) -> Iterator[MultirunParent]:
+               resume: bool = False, search: Search | None = None) -> Iterator[MultirunParent]:
     """Check the config and the Ray cluster, then open the multirun's parent run (mnist_exp.multirun; with
-    `resume`, the one of the sweep named `sweep_key`); one error line and exit 2 when something cannot work.
-    The parent ends KILLED if the block does not close it."""
+    `resume`, the one of the sweep named `sweep_key`; for a `search`, its study's); one error line and exit 2
+    when something cannot work. The parent ends KILLED if the block does not close it."""
     from mnist_exp.multirun import MultirunParent
 
     try:
         settings.validate(config)
         check_ray_cluster(config)
-        parent = MultirunParent.open(config, sweep_overrides, sweep_key, resume)
+        if search is not None:
+            parent = MultirunParent.open_for_study(config, sweep_overrides, search.open_study(), search.storage)
+        else:
+            parent = MultirunParent.open(config, sweep_overrides, sweep_key, resume)
     except ExperimentError as error:
         exit_with(str(error))
     try:
@@ -164,6 +167,20 @@ def report_grid(parent: MultirunParent, summary: SweepSummary) -> None:
         exit_with(f"{summary.failed} of {len(summary.rows)} jobs failed", JOBS_FAILED)
 
 
+def announce_search(search: Search, parent: MultirunParent) -> None:
+    """A search's first line: a new study, or a resumed one and how many trials it holds already."""
+    trials = search.open_study().get_trials(deepcopy=False)
+    counts = {state: sum(t.state.name == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
+    finished = counts["COMPLETE"] + counts["PRUNED"]
+    where = f"study {search.study_name} ({search.storage})"
+    if not trials:
+        print(f"New {where}: {search.n_trials} trials to run; MLflow parent run {parent.run_id}", flush=True)
+        return
+    print(f"Resuming {where}: it holds {finished} finished trials ({counts['COMPLETE']} COMPLETE, "
+          f"{counts['PRUNED']} PRUNED), {counts['FAIL']} FAIL; {max(0, search.n_trials - finished)} more to reach "
+          f"n_trials={search.n_trials}; MLflow parent run {parent.run_id}", flush=True)
+
+
 def report_search(parent: MultirunParent, result: SearchResult, summary: SweepSummary, retrain: str | None) -> None:
     """Counts, every trial best first, the best trial and how to retrain it; exit 1 if no trial completed
     (failed trials are part of a search: a diverging learning rate)."""
@@ -182,6 +199,11 @@ def report_search(parent: MultirunParent, result: SearchResult, summary: SweepSu
         print(f"best trial {best.number}: {result.metric}={best.value:.4f} "
               f"(test_accuracy={score(best.test_accuracy)}, reported only: selection used validation)")
         print(f"retrain: {retrain}")
+    baseline = result.baseline
+    if baseline is not None:
+        print(f"baseline trial {baseline.number} (the config without the search space's suggestions): "
+              f"{result.metric}={score(baseline.value)}"
+              + (f"; the search's gain over it: {result.gain:+.4f}" if result.gain is not None else ""))
     if summary.champion is not None:
         name, version = summary.champion.split("/")
         print(f"registered models:/{name}@champion (version {version}): the best trial's model")

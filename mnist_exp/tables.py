@@ -99,7 +99,8 @@ def trials_table(trials: Sequence[Any], metric: str) -> str:
     return render(
         ["trial", "state", metric, "test_acc", "overrides"],
         ([t.number, t.state, score(t.value), score(t.test_accuracy),
-          " ".join(t.overrides) + (f"  [{t.reason}]" if t.reason else "")] for t in ordered),
+          " ".join(t.overrides) + ("  [baseline]" if t.baseline else "") + (f"  [{t.reason}]" if t.reason else "")]
+         for t in ordered),
         right=(0, 2, 3),
     )
 

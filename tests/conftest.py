@@ -30,10 +30,11 @@ POLL_INTERVAL_S = 0.5
 
 # --- configs and data ---------------------------------------------------------------------------------
 
-def compose_cfg(runs_dir: Path, *overrides: str):
-    """The composed config with `overrides`, everything a run writes redirected into `runs_dir`."""
+def compose_cfg(runs_dir: Path, *overrides: str, with_hydra: bool = False):
+    """The composed config with `overrides`, everything a run writes redirected into `runs_dir`; `with_hydra`
+    keeps the `hydra` node, as a sweeper sees the config."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=[f"runs_dir={runs_dir}", *overrides])
+        return compose("config", overrides=[f"runs_dir={runs_dir}", *overrides], return_hydra_config=with_hydra)
 
 
 @pytest.fixture

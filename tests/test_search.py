@@ -127,6 +127,15 @@ def test_rerun_resumes_and_only_adds_the_missing_trials(tmp_path):
     assert make_search(tmp_path, n_trials=5).run([], lambda *a: pytest.fail("ran again")).ran_now == 0
 
 
+def test_a_resumed_search_draws_new_points_not_the_first_searchs_again(tmp_path):
+    """A seeded sampler starts its draws over in each process; the resumed search once repeated trial 0, 1, ..."""
+    first = make_search(tmp_path, n_trials=2).run([], completing)
+    resumed = make_search(tmp_path, n_trials=4).run([], completing)
+    drawn = [t.params["optimizer.lr"] for t in resumed.trials]
+    assert drawn[:2] == [t.params["optimizer.lr"] for t in first.trials]
+    assert not set(drawn[2:]) & set(drawn[:2])
+
+
 def test_failed_and_pruned_trials(tmp_path):
     outcomes = iter([
         JobOutcome("FAIL", reason="TrainingDiverged: loss became nan at epoch 1"),

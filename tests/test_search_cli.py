@@ -17,6 +17,7 @@ from tests.conftest import (
     finish,
     living,
     metric_steps,
+    owner_pid,
     run_cli,
     runs_with_an_epoch,
     signal_when,
@@ -82,7 +83,7 @@ def test_parallel_search_with_pruning_then_resume(tmp_path):
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
     assert parent.data.tags["best_trial_number"] == str(best.number)
     assert parent.data.tags["best_child_run_id"] == best.user_attrs["run_id"], "never a pruned run"
-    assert parent.data.params["best.optimizer.lr"] == str(best.params["optimizer.lr"])
+    assert parent.data.tags["best.optimizer.lr"] == str(best.params["optimizer.lr"])
     assert "best_trial_test_accuracy" in parent.data.metrics
     artifacts = artifact_paths(client, parent.info.run_id)
     plots = artifact_paths(client, parent.info.run_id, "plots")
@@ -98,12 +99,33 @@ def test_parallel_search_with_pruning_then_resume(tmp_path):
     assert str(champion.version) == "1" and champion.run_id == best_run.info.run_id
     assert "registered models:/mnist-mlp@champion (version 1)" in first.stdout
 
+    assert first.stdout.startswith(f"New study hopeless (sqlite:///{runs_dir}/optuna.db): 4 trials to run; "
+                                   f"MLflow parent run {parent.info.run_id}\n")
+    assert parent.data.tags["optuna.study_name"] == "hopeless"
+    # The grid runs the baseline's point (lr 1e-3, batch 128: the config without the space) as one of its own.
+    baseline = next((t for t in study.trials if t.params == {"optimizer.lr": 1e-3, "batch_size": 128}), None)
+    if baseline is not None:
+        assert f"baseline trial {baseline.number} " in first.stdout
+
+    # One study, one parent run: the resumed search adds its trial there, and the parent describes all five.
     second = search(*common, "hydra.sweeper.n_trials=5", runs_dir=runs_dir, extra_conf=extra)
     assert second.returncode == 0, second.stderr[-3000:]
     study = optuna.load_study(study_name="hopeless", storage=f"sqlite:///{runs_dir}/optuna.db")
     assert len(study.trials) == 5 and "1 run by this sweep" in second.stdout
-    _, parents, children = sweep_runs(runs_dir)
-    assert sorted(len(c) for c in children.values()) == [1, 4]
+    assert second.stdout.startswith(
+        f"Resuming study hopeless (sqlite:///{runs_dir}/optuna.db): it holds 4 finished trials "
+        f"({states_held(states)}), 0 FAIL; 1 more to reach n_trials=5; MLflow parent run {parent.info.run_id}\n")
+    client, (resumed,), children = sweep_runs(runs_dir)
+    assert resumed.info.run_id == parent.info.run_id and resumed.info.status == "FINISHED"
+    assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children[parent.info.run_id]) == [0, 1, 2, 3, 4]
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "optuna_trials.json")).read())
+    assert sorted(row[table["columns"].index("trial")] for row in table["data"]) == [0, 1, 2, 3, 4]
+    assert resumed.data.tags["best_trial_number"] == str(study.best_trial.number)
+
+
+def states_held(states: dict[int, str]) -> str:
+    counts = list(states.values())
+    return f"{counts.count('COMPLETE')} COMPLETE, {counts.count('PRUNED')} PRUNED"
 
 
 GRID_WITH_A_DIVERGING_TRIAL = """\
@@ -232,12 +254,14 @@ def test_independent_searches_on_one_storage_share_one_study(tmp_path):
 
     trials = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 6
-    client, parents, children = sweep_runs(runs_dir)
-    assert len(parents) == 2 and all(children.values()), "each worker ran trials"
-    numbers = [int(run.data.tags["optuna.trial_number"]) for runs in children.values() for run in runs]
+    client, (parent,), children = sweep_runs(runs_dir)  # one study, one parent run, whoever ran its trials
+    runs = children[parent.info.run_id]
+    assert {owner_pid(run) for run in runs} == {worker.pid for worker in workers}, "each worker ran trials"
+    numbers = [int(run.data.tags["optuna.trial_number"]) for run in runs]
     assert sorted(numbers) == [t.number for t in trials], "every trial exactly once in MLflow"
-    run_ids = {t.user_attrs["run_id"] for t in trials}
-    assert run_ids == {run.info.run_id for runs in children.values() for run in runs}
+    assert {t.user_attrs["run_id"] for t in trials} == {run.info.run_id for run in runs}
+    assert sum(bool(t.user_attrs.get("mnist_exp.baseline")) for t in trials) == 1, "one baseline, not one a worker"
+    assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study_name"] == "mnist-mlp-mnist_sample"
 
 
 JOBLIB_SEARCH = ["-m", "hparams_search=optuna", "data=mnist_sample", "hydra/launcher=joblib",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -10,6 +11,8 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("mnist_exp")
 
 
 class OptunaSweeper(Sweeper):
@@ -47,7 +50,8 @@ class OptunaSweeper(Sweeper):
         threads = sweeping.threads_per_job(self.config, search.n_jobs, self.settings.get("threads_per_job", "auto"))
         per_job = thread_overrides(threads) if threads is not None else []
         study = StudyLink(search.storage, search.study_name, search.metric, dict(search.pruner))
-        with sweeping.parent_run(self.config, arguments) as parent:
+        with sweeping.parent_run(self.config, arguments, search=search) as parent:
+            sweeping.announce_search(search, parent)
 
             def launch(jobs: list[TrialJob], first_index: int) -> list[Any]:
                 with self._ray_lock:
@@ -75,6 +79,7 @@ class OptunaSweeper(Sweeper):
         from mnist_exp.credentials import take_password
         from mnist_exp.errors import ExperimentError
         from mnist_exp.search import Search
+        from mnist_exp.search_baseline import baseline_params
         from mnist_exp.search_space import check_settings
 
         for override in OverridesParser.create().parse_overrides(arguments):
@@ -95,8 +100,14 @@ class OptunaSweeper(Sweeper):
         storage = take_password(storage, "hydra.sweeper.storage")
         if storage.startswith("sqlite:///"):
             config.runs_dir(self.config).mkdir(parents=True, exist_ok=True)
+        space = s.get("search_space") or {}
+        baseline = None
+        if s.get("enqueue_baseline", True):
+            baseline, problem = baseline_params(self.config, space)
+            if problem is not None:
+                log.warning("no baseline trial: %s in hydra.sweeper.search_space", problem)
         return Search(
             storage=storage, study_name=s["study_name"], metric=metric, direction=config.direction(metric),
-            space=s.get("search_space") or {}, sampler=s.get("sampler") or {}, pruner=s.get("pruner") or {},
-            n_trials=s["n_trials"], n_jobs=s["n_jobs"], max_failures=s.get("max_failures"),
+            space=space, sampler=s.get("sampler") or {}, pruner=s.get("pruner") or {},
+            n_trials=s["n_trials"], n_jobs=s["n_jobs"], max_failures=s.get("max_failures"), baseline=baseline,
         )
