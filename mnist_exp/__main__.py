@@ -37,7 +37,7 @@ def main(cfg: DictConfig):
     except ExperimentError as error:
         exit_with(str(error))  # here, not in cli(): Hydra would log the job's overrides first
     print(experiment.summary(outcome))
-    return outcome[cfg.optimized_metric]
+    return outcome[config.objectives(cfg)[0]]
 
 
 def cli() -> None:

@@ -30,7 +30,10 @@ PICTURE_LAYOUTS = ("digit", "fill")
 # The only dataset whose offline fallback (mnist_sample, a sample of its own digits) is a fair stand-in.
 MNIST_LOADER = "mnist_exp.data.sources:load_mnist"
 BACKENDS = ("tensorflow", "jax")
-OPTIMIZED_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize"}
+# What a run or search can optimise, and which way; a search may take a list of them (several objectives).
+OPTIMIZED_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", "parameters": "minimize",
+                     "macs_per_example": "minimize"}
+EPOCH_METRICS = ("val_accuracy", "val_loss")  # those that change during training (callbacks can watch them)
 # Activations Keras 3 knows by name; checked here so a typo fails before TensorFlow loads.
 ACTIVATIONS = (
     "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish",
@@ -111,6 +114,15 @@ def _model_name(value: Any) -> str | None:
     return None if value is None else name_problem(value, MAX_MODEL_NAME_LENGTH, forbidden="/\\:")
 
 
+def _objectives(value: Any) -> str | None:
+    if isinstance(value, str) and value in OPTIMIZED_METRICS:
+        return None
+    several = isinstance(value, list) and len(value) >= 2 and len(set(map(str, value))) == len(value)
+    if several and all(isinstance(v, str) and v in OPTIMIZED_METRICS for v in value):
+        return None
+    return f"one of {', '.join(OPTIMIZED_METRICS)}, or a list of two or more of them (objectives of a search)"
+
+
 _UNIT_OPEN = number(0, 1, high_open=True)
 
 TOP_LEVEL: dict[str, Check] = {
@@ -121,7 +133,7 @@ TOP_LEVEL: dict[str, Check] = {
     "early_stopping_patience": optional(integer(1, 100_000)),
     "reduce_lr_patience": optional(integer(1, 100_000)),
     "deterministic": boolean,
-    "optimized_metric": one_of(*OPTIMIZED_METRICS),
+    "optimized_metric": _objectives,
     "runs_dir": text,
     "backend": one_of(*BACKENDS),
     "jit_compile": _one_of_values("auto", True, False),
@@ -220,6 +232,18 @@ def runs_dir(cfg: DictConfig | Mapping[str, Any]) -> Path:
 def direction(metric: str) -> str:
     """'maximize' or 'minimize' for an optimisable metric."""
     return OPTIMIZED_METRICS[metric]
+
+
+def objectives(cfg: DictConfig | Mapping[str, Any]) -> list[str]:
+    """The optimised metrics, first the one that picks the best run (and a search's champion)."""
+    value = cfg["optimized_metric"]
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
+def monitored_metric(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """The metric early stopping and learning-rate reduction watch: the first objective that changes during
+    training, else val_loss."""
+    return next((metric for metric in objectives(cfg) if metric in EPOCH_METRICS), "val_loss")
 
 
 def plain(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

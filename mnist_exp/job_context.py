@@ -65,7 +65,8 @@ class JobOutcome:
     """What one job of a multirun returns to its sweeper."""
 
     state: str  # COMPLETE, PRUNED or FAIL
-    value: float | None = None  # the optimised metric, for COMPLETE
+    value: float | None = None  # the optimised metric, for COMPLETE (the first objective of several)
+    values: tuple[float, ...] | None = None  # every objective, for COMPLETE
     test_accuracy: float | None = None
     run_id: str | None = None
     reason: str | None = None  # why it was PRUNED or FAIL

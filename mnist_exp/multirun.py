@@ -57,7 +57,9 @@ class MultirunParent:
 
     def __init__(self, cfg: DictConfig, store: Store, run_id: str) -> None:
         self.cfg, self.store, self.run_id = cfg, store, run_id
-        self.metric: str = cfg["optimized_metric"]
+        from mnist_exp.config import objectives
+
+        self.metric: str = objectives(cfg)[0]
 
     @classmethod
     def open(cls, cfg: DictConfig, sweep_overrides: Sequence[str], sweep_key: str | None = None,
@@ -137,6 +139,8 @@ class MultirunParent:
             _log_table(client, self.run_id, _columns(rows), "optuna_trials.json")
         for plot in plots:
             client.log_artifact(self.run_id, str(plot), artifact_path="plots")
+        if result.objectives:
+            self._log_front(result)
         best = result.best
         if best is not None:
             client.log_metric(self.run_id, "best_value", best.value)
@@ -157,6 +161,19 @@ class MultirunParent:
                 client.set_tag(self.run_id, "champion_model_version", summary.champion)
         self._end(summary)
         return summary
+
+    def _log_front(self, result: SearchResult) -> None:
+        """The Pareto front as a table, its size, and the tag optuna.pareto_front on every trial's run."""
+        client = self.store.client
+        rows = [{"trial": t.number, **dict(zip(result.objectives, t.values or [], strict=False)),
+                 "test_accuracy": t.test_accuracy, "run_id": t.run_id, "overrides": " ".join(t.overrides)}
+                for t in result.front]
+        if rows:
+            _log_table(client, self.run_id, _columns(rows), "pareto_front.json")
+        client.log_metric(self.run_id, "pareto_front_size", len(rows))
+        for trial in result.trials:
+            if trial.run_id is not None and trial.state == "COMPLETE":  # a resumed search may move it off
+                client.set_tag(trial.run_id, run_tags.PARETO_FRONT_TAG, str(trial.on_front).lower())
 
     def abandon(self) -> None:
         """KILLED, if the multirun ended without closing it."""

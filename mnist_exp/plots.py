@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -192,12 +193,19 @@ def search_plots(result: Any, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     study = optuna.load_study(study_name=result.study_name, storage=make_storage(result.storage))
     written = []
+    static, interactive = optuna.visualization.matplotlib, optuna.visualization
+    # Of several objectives, history and importances show the first (Optuna needs a target for them).
+    first = {"target": lambda trial: trial.values[0], "target_name": result.metric} if result.objectives else {}
     plots = {
-        "optimization_history": (optuna.visualization.matplotlib.plot_optimization_history,
-                                 optuna.visualization.plot_optimization_history),
-        "param_importances": (optuna.visualization.matplotlib.plot_param_importances,
-                              optuna.visualization.plot_param_importances),
+        "optimization_history": (partial(static.plot_optimization_history, **first),
+                                 partial(interactive.plot_optimization_history, **first)),
+        "param_importances": (partial(static.plot_param_importances, **first),
+                              partial(interactive.plot_param_importances, **first)),
     }
+    if result.objectives:
+        names = {"target_names": list(result.objectives)}
+        plots["pareto_front"] = (partial(static.plot_pareto_front, **names),
+                                 partial(interactive.plot_pareto_front, **names))
     with warnings.catch_warnings():
         # "experimental" notices, and importance estimates from few trials: the plots still say what they can.
         warnings.simplefilter("ignore")

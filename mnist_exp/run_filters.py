@@ -153,7 +153,9 @@ def best_per_experiment(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, 
 
 
 def optimized_metric(row: Mapping[str, Any]) -> str:
-    return row.get("params.optimized_metric") or DEFAULT_METRIC
+    """The metric that picks a run's best (the first objective of a search of several)."""
+    value = row.get("params.optimized_metric") or DEFAULT_METRIC
+    return json.loads(value)[0] if value.startswith("[") else value
 
 
 def _equal(value: Any, wanted: Any) -> bool:

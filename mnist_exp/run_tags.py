@@ -29,6 +29,7 @@ SWEEP_KEY_TAG = "mnist_exp.sweep_key"      # on a grid sweep's parent: its ident
 CONFIG_DIGEST_TAG = "mnist_exp.config_digest"  # on a sweep job's run: config_digest of its composed config
 TRIAL_NUMBER_TAG = "optuna.trial_number"
 OPTUNA_STUDY_TAG = "optuna.study_name"      # on a search's parent run: the study it holds every trial of
+PARETO_FRONT_TAG = "optuna.pareto_front"    # "true" on a trial's run on its study's Pareto front, else "false"
 OPTUNA_STORAGE_TAG = "optuna.storage"      # ... and that study's storage, its password masked
 MAX_TAG_LENGTH = 5000
 MAX_RUN_NAME_LENGTH = 250

@@ -22,7 +22,7 @@ from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import INTERRUPTED_REASON, JobOutcome
 from mnist_exp.processes import owner
 from mnist_exp.search_baseline import enqueue_baseline
-from mnist_exp.search_result import SearchResult, TrialOutcome, trial_outcome
+from mnist_exp.search_result import SearchResult, TrialOutcome
 from mnist_exp.search_space import (
     check_space,
     check_study_space,
@@ -88,6 +88,8 @@ class Search:
     n_jobs: int = 1
     max_failures: int | None = None
     baseline: Mapping[str, Any] | None = None  # the params of the trial to run first (mnist_exp.search_baseline)
+    # Several objectives, metric -> direction, the first being `metric`: a multi-objective study. {} for one.
+    objectives: Mapping[str, str] = field(default_factory=dict)
     _study: Any = field(default=None, init=False, repr=False)
     _storage: Any = field(default=None, init=False, repr=False)
     _sampler: Any = field(default=None, init=False, repr=False)
@@ -102,14 +104,16 @@ class Search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self._sampler = make_sampler(self.sampler, self.space)
         self._storage = make_storage(self.storage)
+        directions = list(self.objectives.values()) or [self.direction]
         study = optuna.create_study(
-            storage=self._storage, study_name=self.study_name, direction=self.direction,
+            storage=self._storage, study_name=self.study_name, directions=directions,
             sampler=self._sampler, pruner=make_pruner(self.pruner), load_if_exists=True,
         )
-        if study.direction.name.lower() != self.direction:
+        created = [d.name.lower() for d in study.directions]
+        if created != directions:
             raise ExperimentError(
-                f"study {self.study_name} in {self.storage} was created to {study.direction.name.lower()}, "
-                f"not {self.direction}; choose another hydra.sweeper.study_name"
+                f"study {self.study_name} in {self.storage} was created to {' and '.join(created)}, "
+                f"not {' and '.join(directions)}; choose another hydra.sweeper.study_name"
             )
         with storage_lock(self.storage, self.study_name):  # two new searches on one study: the first one's space
             check_study_space(study, self.space, f"study {self.study_name} in {self.storage}")
@@ -150,13 +154,9 @@ class Search:
                 raise ExperimentError(f"the search stopped: {type(error).__name__}: {first_line(str(error))}") \
                     from None
         result = SearchResult(self.study_name, self.storage, self.metric, self.direction, abandoned=abandoned,
-                              ran_now=loop.launched)
-        result.trials = [trial_outcome(t) for t in study.get_trials(deepcopy=False)]
-        if self.baseline is not None and self._grid:
-            # A grid runs every point, the baseline's among them; an extra trial would run it twice.
-            same = next((t for t in result.trials if t.params == dict(self.baseline)), None)
-            if same is not None:
-                same.baseline = True
+                              ran_now=loop.launched, objectives=dict(self.objectives))
+        # A grid runs every point, the baseline's among them, rather than run it twice.
+        result.collect(study, self.baseline if self._grid else None)
         return result
 
     @property
@@ -266,11 +266,13 @@ def _tell(study, trial, returned: Any) -> str:
                        ("fail_reason", returned.reason)):
         if value is not None:
             trial.set_user_attr(key, value)
-    state, value = returned.state, returned.value
-    if not (state == "PRUNED" or (state == "COMPLETE" and value is not None and math.isfinite(value))):
+    state = returned.state
+    values = list(returned.values or ()) if len(study.directions) > 1 else [returned.value]
+    finite = len(values) == len(study.directions) and all(v is not None and math.isfinite(v) for v in values)
+    if not (state == "PRUNED" or (state == "COMPLETE" and finite)):
         state = "FAIL"
     if state == "COMPLETE":
-        study.tell(trial, value)
+        study.tell(trial, values if len(values) > 1 else values[0])
     else:
         study.tell(trial, state=optuna.trial.TrialState[state])
     return state

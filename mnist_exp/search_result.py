@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ class TrialOutcome:
     run_id: str | None = None
     reason: str | None = None
     baseline: bool = False  # the trial of the config without the space's suggestions (mnist_exp.search_baseline)
+    values: list[float] | None = None  # every objective's value, for COMPLETE; value is the first
+    on_front: bool = False  # on the Pareto front of a search of several objectives
 
 
 @dataclass
@@ -31,10 +34,32 @@ class SearchResult:
     trials: list[TrialOutcome] = field(default_factory=list)
     ran_now: int = 0
     abandoned: list[int] = field(default_factory=list)
+    objectives: dict[str, str] = field(default_factory=dict)  # metric -> direction when several, else {}
 
     @property
     def best(self) -> TrialOutcome | None:
-        return tables.best(self.trials, self.metric, lambda t: t.value, lambda t: t.state)
+        """The best trial by the (first) objective; of several objectives, the front's best by the first."""
+        trials = self.front if self.objectives else self.trials
+        return tables.best(trials, self.metric, lambda t: t.value, lambda t: t.state)
+
+    @property
+    def front(self) -> list[TrialOutcome]:
+        """The Pareto front of a search of several objectives, best first by the first; [] for one objective."""
+        front = [t for t in self.trials if t.on_front]
+        return tables.best_first(front, self.metric, lambda t: t.value, lambda t: t.state)
+
+    def collect(self, study, baseline_point: Mapping[str, Any] | None = None) -> None:
+        """Read the study's trials (and its Pareto front); `baseline_point` marks the trial with those params as
+        the baseline (a grid's own point) when none was enqueued."""
+        self.trials = [trial_outcome(t) for t in study.get_trials(deepcopy=False)]
+        if self.objectives:
+            front = {t.number for t in study.best_trials}
+            for trial in self.trials:
+                trial.on_front = trial.number in front
+        if baseline_point is not None:
+            same = next((t for t in self.trials if t.params == dict(baseline_point)), None)
+            if same is not None:
+                same.baseline = True
 
     @property
     def baseline(self) -> TrialOutcome | None:
@@ -65,7 +90,8 @@ def trial_outcome(trial) -> TrialOutcome:
     return TrialOutcome(
         number=trial.number,
         state=trial.state.name,
-        value=trial.value if trial.state.name == "COMPLETE" else None,
+        value=trial.values[0] if trial.state.name == "COMPLETE" else None,
+        values=list(trial.values) if trial.state.name == "COMPLETE" else None,
         params=dict(trial.params),
         overrides=list(trial.user_attrs.get("overrides", [])),
         test_accuracy=trial.user_attrs.get("test_accuracy"),

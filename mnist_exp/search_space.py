@@ -11,7 +11,7 @@ from typing import Any
 
 from mnist_exp.errors import ExperimentError
 
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = ("tpe", "random", "grid", "nsgaii")
 PRUNERS = ("median", "hyperband", "threshold", "none")
 PARAM_TYPES = ("categorical", "float", "int", "layers")
 SQLITE_LOCK_TIMEOUT_S = 60
@@ -133,6 +133,8 @@ def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.get("n_startup_trials", 10))
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsgaii":  # for several objectives (TPE takes them too)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.get("population_size", 50))
     if name == "grid":
         if any(p["type"] != "categorical" for p in space.values()):
             raise ExperimentError("hydra.sweeper.sampler.name=grid needs a search space of categorical parameters only")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from omegaconf import DictConfig
 
 from mnist_exp import experiment, interrupts, run_tags
+from mnist_exp.config import objectives
 from mnist_exp.errors import ExperimentError, RunPruned, first_line
 from mnist_exp.job_context import INTERRUPTED_REASON, JobContext, JobOutcome
 from mnist_exp.run_record import RunContext
@@ -94,5 +95,6 @@ def _run(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, labe
         "%s done: %s val_accuracy=%.4f test_accuracy=%.4f (%.1f s)", label, " ".join(overrides),
         outcome["val_accuracy"], outcome["test_accuracy"], outcome["train_seconds"],
     )
-    return JobOutcome("COMPLETE", value=outcome[cfg.optimized_metric], test_accuracy=outcome["test_accuracy"],
+    values = tuple(float(outcome[metric]) for metric in objectives(cfg))
+    return JobOutcome("COMPLETE", value=values[0], values=values, test_accuracy=outcome["test_accuracy"],
                       run_id=outcome["run_id"])

@@ -191,12 +191,16 @@ def report_search(parent: MultirunParent, result: SearchResult, summary: SweepSu
     print(f"\nStudy {result.study_name} ({result.storage}): {counts['COMPLETE'] + counts['PRUNED']} finished trials "
           f"({counts['COMPLETE']} COMPLETE, {counts['PRUNED']} PRUNED), {counts['FAIL']} FAIL; "
           f"{result.ran_now} run by this sweep")
-    print(trials_table(result.trials, result.metric), end="")
+    print(trials_table(result.trials, result.metric, list(result.objectives)), end="")
     best = result.best
+    if result.objectives and result.front:
+        ways = ", ".join(f"{m} {'up' if d == 'maximize' else 'down'}" for m, d in result.objectives.items())
+        print(f"Pareto front ({ways}): trials {', '.join(str(t.number) for t in result.front)}")
     if best is None:
         print("no trial completed")
     else:
-        print(f"best trial {best.number}: {result.metric}={best.value:.4f} "
+        chosen = f" (the front's best {result.metric}, the first objective)" if result.objectives else ""
+        print(f"best trial {best.number}{chosen}: {result.metric}={best.value:.4f} "
               f"(test_accuracy={score(best.test_accuracy)}, reported only: selection used validation)")
         print(f"retrain: {retrain}")
     baseline = result.baseline

@@ -15,6 +15,9 @@ T = TypeVar("T")
 COMPLETE = "COMPLETE"
 
 
+COUNT_METRICS = ("parameters", "macs_per_example")
+
+
 def score(value: float | None) -> str:
     """A metric as tables show it: 4 decimals, '-' when there is none."""
     return "-" if value is None else f"{value:.4f}"
@@ -93,16 +96,33 @@ def runs_table(rows: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
-def trials_table(trials: Sequence[Any], metric: str) -> str:
-    """The trials of a study (mnist_exp.search.TrialOutcome), best first: number, state, value, test accuracy."""
+def trials_table(trials: Sequence[Any], metric: str, objectives: Sequence[str] = ()) -> str:
+    """The trials of a study (mnist_exp.search.TrialOutcome), best first: number, state, value, test accuracy;
+    with several `objectives`, a column for each and `*` on the Pareto front."""
     ordered = best_first(trials, metric, lambda t: t.value, lambda t: t.state)
+    header = [*objectives, "front"] if objectives else [metric]
+
+    def values(trial: Any) -> list[str]:
+        if not objectives:
+            return [score(trial.value)]
+        found = trial.values or [None] * len(objectives)
+        return [*(objective_value(name, value) for name, value in zip(objectives, found, strict=True)),
+                "*" if trial.on_front else ""]
+
     return render(
-        ["trial", "state", metric, "test_acc", "overrides"],
-        ([t.number, t.state, score(t.value), score(t.test_accuracy),
+        ["trial", "state", *header, "test_acc", "overrides"],
+        ([t.number, t.state, *values(t), score(t.test_accuracy),
           " ".join(t.overrides) + ("  [baseline]" if t.baseline else "") + (f"  [{t.reason}]" if t.reason else "")]
          for t in ordered),
-        right=(0, 2, 3),
+        right=(0, *range(2, 3 + len(header))),
     )
+
+
+def objective_value(metric: str, value: float | None) -> str:
+    """A score with 4 decimals; a count (parameters, multiply-adds) as a whole number."""
+    if value is None or metric not in COUNT_METRICS:
+        return score(value)
+    return f"{int(value):,}"
 
 
 def _cut(text: str, width: int) -> str:

@@ -62,7 +62,9 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
     watchdog = _divergence_watch(keras)
     callbacks = [watchdog]
     # Both watch the metric model selection uses; val_loss often rises while val_accuracy still improves.
-    metric = cfg["optimized_metric"]
+    from mnist_exp.config import monitored_metric
+
+    metric = monitored_metric(cfg)
     mode = "max" if metric.endswith("accuracy") else "min"
     if cfg["reduce_lr_patience"]:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(

@@ -155,20 +155,26 @@ def test_passwords_in_the_urls_reach_their_servers_and_nothing_else(tracking_ser
     url, artifacts, postgres = tracking_server
     runs_dir = tmp_path / "runs"
     with recording_proxy(url) as (proxy, authorizations):
-        result = run_cli(
-            "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=1", "hydra.sweeper.n_trials=2",
+        command = [
+            "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=1",
             "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.name=none", "mlflow=server",
             "mlflow.experiment=credentials",  # the server is shared by this module's tests
             f"mlflow.tracking_uri=http://alice:{SECRET}@{proxy.removeprefix('http://')}",
-            f"hydra.sweeper.storage=postgresql+psycopg://postgres:{SECRET}@{postgres}/optuna", runs_dir=runs_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
+            f"hydra.sweeper.storage=postgresql+psycopg://postgres:{SECRET}@{postgres}/optuna"]
+        result = run_cli(*command, "hydra.sweeper.n_trials=2", runs_dir=runs_dir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        # The study's one parent run on the server, found again through the PostgreSQL study.
+        resumed = run_cli(*command, "hydra.sweeper.n_trials=3", runs_dir=runs_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.startswith("Resuming study mnist-mlp-mnist_sample (postgresql+psycopg://postgres:***@")
     basic = "Basic " + base64.b64encode(f"alice:{SECRET}".encode()).decode()
     assert authorizations and set(authorizations) == {basic}, "the sweeping process and both workers"
     client = store_client(url)
     parent, children = single_sweep(client, "credentials")
-    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert resumed.stdout.splitlines()[0].endswith(f"MLflow parent run {parent.info.run_id}")
 
-    printed = result.stdout + result.stderr
+    printed = result.stdout + result.stderr + resumed.stdout + resumed.stderr
     assert f"UI: open http://alice:***@{proxy.removeprefix('http://')}" in printed
     assert f"postgresql+psycopg://postgres:***@{postgres}/optuna" in printed
     recorded = [printed, parent.data.tags["optuna.storage"]]

@@ -94,7 +94,14 @@ class OptunaSweeper(Sweeper):
         if self.config.repeats != 1:
             raise ExperimentError(f"repeats={self.config.repeats} is for grid sweeps; a search runs each trial once")
         sweeping.check_ray_cluster(self.config)
-        metric = self.config.optimized_metric
+        metrics = config.objectives(self.config)
+        pruner = s.get("pruner") or {}
+        if len(metrics) > 1 and pruner.get("name", "median") != "none":
+            raise ExperimentError(
+                f"hydra.sweeper.pruner.name={pruner.get('name', 'median')} cannot prune a search of "
+                f"{len(metrics)} objectives (Optuna prunes single-objective studies only); "
+                "set hydra.sweeper.pruner.name=none"
+            )
         storage = s.get("storage") or f"sqlite:///{config.runs_dir(self.config) / 'optuna.db'}"
         # A password written into a config file (one on the command line was taken before Hydra saw it).
         storage = take_password(storage, "hydra.sweeper.storage")
@@ -107,7 +114,8 @@ class OptunaSweeper(Sweeper):
             if problem is not None:
                 log.warning("no baseline trial: %s in hydra.sweeper.search_space", problem)
         return Search(
-            storage=storage, study_name=s["study_name"], metric=metric, direction=config.direction(metric),
-            space=space, sampler=s.get("sampler") or {}, pruner=s.get("pruner") or {},
+            storage=storage, study_name=s["study_name"], metric=metrics[0], direction=config.direction(metrics[0]),
+            objectives={m: config.direction(m) for m in metrics} if len(metrics) > 1 else {},
+            space=space, sampler=s.get("sampler") or {}, pruner=pruner,
             n_trials=s["n_trials"], n_jobs=s["n_jobs"], max_failures=s.get("max_failures"), baseline=baseline,
         )
