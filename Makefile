@@ -3,12 +3,13 @@
 #   make test [PYTEST_ARGS=...]                  the whole test suite (what CI runs); adds the test extras
 #   make quick                                   the fast tests only (no subprocesses, servers, Ray or browser)
 #   make ui                                       the MLflow UI on the project's store (runs/mlflow.db)
+#   make dashboard [PORT=8080] [STORAGE=URL]      optuna-dashboard on the searches' studies (runs/optuna.db)
 #   make serve [MODEL=models:/mnist-mlp@champion] a REST endpoint for a model (POST /invocations)
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: run test quick ui serve system-packages
-PORT ?= 5000
+.PHONY: run test quick ui serve dashboard system-packages
+ui serve: PORT ?= 5000
 MODEL ?= models:/mnist-mlp@champion
 # The store runs write to by default, as the code computes it (mnist_exp.store.reading_uri).
 STORE = $(shell $(VENV)/bin/python -c "from mnist_exp.store import reading_uri; print(reading_uri())")
@@ -24,6 +25,10 @@ $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.installed-test: pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-run $(VENV)/.installed-dashboard
+
+$(VENV)/.installed-dashboard: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet -e '.[dashboard]'
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
@@ -42,6 +47,11 @@ ui: $(VENV)/.installed-run
 serve: $(VENV)/.installed-run
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MLFLOW_TRACKING_URI=$(STORE) \
 		$(VENV)/bin/mlflow models serve -m $(MODEL) --env-manager local --host 127.0.0.1 --port $(PORT)
+
+# The storage a search writes to unless STORAGE names another, as the code computes it
+# (mnist_exp.search_space.default_storage_url); the port is the dashboard's own default unless PORT is set.
+dashboard: $(VENV)/.installed-dashboard
+	$(VENV)/bin/python -m mnist_exp.dashboard $(if $(PORT),--port $(PORT)) $(if $(STORAGE),--storage '$(STORAGE)')
 
 # Debian packages some tests use (full Fashion-MNIST); they skip with a reason without them.
 system-packages:

@@ -49,3 +49,10 @@ def exit_with(message: str, code: int = BAD_INPUT) -> NoReturn:
 def first_line(text: str) -> str:
     """The first non-blank line of an error text: what a one-line report shows of a library's message."""
     return (str(text).strip().splitlines() or [""])[0]
+
+
+def root_cause(error: BaseException) -> str:
+    """The first line of the innermost cause: the driver's or the socket's words, not a wrapper's preamble."""
+    while error.__cause__ is not None and first_line(str(error.__cause__)):
+        error = error.__cause__
+    return first_line(str(error))

@@ -16,6 +16,7 @@ PRUNERS = ("median", "hyperband", "threshold", "none")
 PARAM_TYPES = ("categorical", "float", "int", "layers")
 SQLITE_LOCK_TIMEOUT_S = 60
 MAX_STUDY_NAME_LENGTH = 255  # a file name's limit
+STUDY_FILE = "optuna.db"  # the study storage under runs_dir when hydra.sweeper.storage is null
 SPACE_ATTR = "mnist_exp.search_space"  # the study's user attribute holding the space it was created with
 
 
@@ -173,6 +174,28 @@ def make_pruner(spec: Mapping[str, Any]):
     if name == "none":
         return optuna.pruners.NopPruner()
     raise ExperimentError(f"hydra.sweeper.pruner.name={name!r} is invalid: expected one of {', '.join(PRUNERS)}")
+
+
+def storage_url(configured: str | None, cfg: Mapping[str, Any]) -> str:
+    """The study storage of a search: `configured` (hydra.sweeper.storage), else SQLite at <runs_dir>/optuna.db;
+    a password in it moved to the variable its driver reads (credentials.take_password)."""
+    from mnist_exp.config import runs_dir
+    from mnist_exp.credentials import take_password
+
+    # A password written into a config file (one on the command line was taken before Hydra saw it).
+    return take_password(configured or f"sqlite:///{runs_dir(cfg) / STUDY_FILE}", "hydra.sweeper.storage")
+
+
+def default_storage_url() -> str:
+    """The study storage a search with the default config uses: what the dashboard opens unless told otherwise."""
+    from omegaconf import OmegaConf
+
+    from mnist_exp.config import PROJECT_ROOT
+
+    conf = PROJECT_ROOT / "conf"
+    runs_dir = OmegaConf.load(conf / "config.yaml").runs_dir
+    configured = OmegaConf.load(conf / "hydra" / "sweeper" / "mnist_optuna.yaml").storage
+    return storage_url(configured, {"runs_dir": runs_dir})
 
 
 def make_storage(url: str):

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from mnist_exp import config
 from mnist_exp.credentials import connection_url, mask, take_password
-from mnist_exp.errors import ExperimentError, StoreFailed, first_line
+from mnist_exp.errors import ExperimentError, StoreFailed, first_line, root_cause
 from mnist_exp.net import CONNECT_TIMEOUT_S
 from mnist_exp.store_checks import check_store_uri
 
@@ -175,15 +175,8 @@ def store_writes(uri: str, doing: str) -> Iterator[None]:
     except Exception as error:
         gone = urlparse(uri).scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).exists()
         raise StoreFailed(
-            f"the MLflow store {uri} failed while {doing}: {_root_cause(error)}{' (its file is gone)' if gone else ''}"
+            f"the MLflow store {uri} failed while {doing}: {root_cause(error)}{' (its file is gone)' if gone else ''}"
         ) from None
-
-
-def _root_cause(error: BaseException) -> str:
-    """The first line of the innermost cause: the driver's or the socket's words, not a wrapper's preamble."""
-    while error.__cause__ is not None and first_line(str(error.__cause__)):
-        error = error.__cause__
-    return first_line(str(error))
 
 
 def _create_experiment(client, name: str, artifact_location: str | None) -> str:

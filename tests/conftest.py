@@ -26,6 +26,13 @@ CONF_DIR = PROJECT_ROOT / "conf"
 SWEEP_TAG = "mnist_exp.sweep"  # literal, as other checks read it: a renamed tag must fail the tests
 PARENT_TAG = "mlflow.parentRunId"
 POLL_INTERVAL_S = 0.5
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; the browser tests skip without it
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+# Screenshots are kept for people to look at after CI: <project>/test-artifacts unless told otherwise.
+SCREENSHOTS = Path(os.environ.get("MNIST_EXP_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
 
 
 # --- configs and data ---------------------------------------------------------------------------------
@@ -277,6 +284,23 @@ def _answers(url: str) -> bool:
 def wait_for_http(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
     """Poll `url` until it answers; fail with the server's output if it exits or `timeout` passes."""
     wait_until(lambda: _answers(url), timeout, f"{url} to answer", process=server)
+
+
+@contextlib.contextmanager
+def chromium_page():
+    """A page of Debian's Chromium, waiting as long as a cold UI on a busy 2-core machine needs."""
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=60_000)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            yield page
+        finally:
+            browser.close()
 
 
 def signal_when(process: subprocess.Popen, ready: Callable[[], bool], signal_number: int, timeout: float,

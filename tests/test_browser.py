@@ -3,9 +3,7 @@ the experiment opens as model training, a sweep's jobs are grouped under their p
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -15,18 +13,20 @@ import pytest
 
 from mnist_exp import experiment
 from mnist_exp.store import connect, tracking_uri
-from tests.conftest import PROJECT_ROOT, compose_cfg, free_port, run_cli, single_sweep, wait_for_http
+from tests.conftest import (
+    CHROMIUM,
+    SCREENSHOTS,
+    chromium_page,
+    compose_cfg,
+    free_port,
+    run_cli,
+    single_sweep,
+    wait_for_http,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
 # MLflow 3.17's UI shows an experiment in the workflow its browser last chose (GenAI unless told otherwise); the
 # address can choose it, as the sidebar's "Model training" switch does.
 MODEL_TRAINING = "workflowType=machine_learning"
-# Screenshots are kept for people to look at after CI: <project>/test-artifacts unless told otherwise.
-SCREENSHOTS = Path(os.environ.get("MNIST_EXP_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
 
 pytestmark = [
     pytest.mark.e2e,
@@ -58,23 +58,6 @@ def ui(tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-@contextlib.contextmanager
-def chromium_page():
-    """A page of Debian's Chromium, waiting as long as a cold UI on a busy 2-core machine needs."""
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=60_000)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            yield page
-        finally:
-            browser.close()
 
 
 def test_the_ui_shows_the_run_its_chart_and_its_confusion_matrix(ui):

@@ -7,7 +7,7 @@ import pytest
 from mnist_exp import config, tables
 from mnist_exp.errors import ExperimentError
 from mnist_exp.job_context import JobOutcome
-from tests.test_search import SPACE, make_search
+from tests.test_search import make_search
 
 OBJECTIVES = {"val_accuracy": "maximize", "parameters": "minimize"}
 

@@ -76,11 +76,10 @@ class OptunaSweeper(Sweeper):
 
     def _search(self, arguments: list[str]):
         from mnist_exp import config, sweeping
-        from mnist_exp.credentials import take_password
         from mnist_exp.errors import ExperimentError
         from mnist_exp.search import Search
         from mnist_exp.search_baseline import baseline_params
-        from mnist_exp.search_space import check_settings
+        from mnist_exp.search_space import check_settings, storage_url
 
         for override in OverridesParser.create().parse_overrides(arguments):
             if override.is_sweep_override():
@@ -102,9 +101,7 @@ class OptunaSweeper(Sweeper):
                 f"{len(metrics)} objectives (Optuna prunes single-objective studies only); "
                 "set hydra.sweeper.pruner.name=none"
             )
-        storage = s.get("storage") or f"sqlite:///{config.runs_dir(self.config) / 'optuna.db'}"
-        # A password written into a config file (one on the command line was taken before Hydra saw it).
-        storage = take_password(storage, "hydra.sweeper.storage")
+        storage = storage_url(s.get("storage"), self.config)
         if storage.startswith("sqlite:///"):
             config.runs_dir(self.config).mkdir(parents=True, exist_ok=True)
         space = s.get("search_space") or {}
