@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,10 @@ class Search:
             )
         with storage_lock(self.storage, self.study_name):  # two new searches on one study: the first one's space
             check_study_space(study, self.space, f"study {self.study_name} in {self.storage}")
+        if not study.metric_names:  # what optuna-dashboard and Optuna's plots call the objectives
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental" since Optuna 3.2
+                study.set_metric_names(list(self.objectives) or [self.metric])
         held = len(study.get_trials(deepcopy=False))
         if held and self.sampler.get("seed") is not None:
             # A seeded sampler starts its random draws over in every process: a resumed search would try the

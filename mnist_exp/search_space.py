@@ -203,7 +203,7 @@ def make_storage(url: str):
     import optuna
 
     from mnist_exp.credentials import connection_url
-    from mnist_exp.errors import first_line
+    from mnist_exp.errors import root_cause
     from mnist_exp.store import sqlite_store_lock
 
     # Parallel workers write to one SQLite file: wait for its lock rather than fail at once.
@@ -214,7 +214,7 @@ def make_storage(url: str):
         with sqlite_store_lock(url):
             return optuna.storages.RDBStorage(connection_url(url), **options)
     except Exception as error:  # SQLAlchemy and driver errors: an unreachable server, a file of something else
-        raise ExperimentError(f"cannot use the Optuna storage {url}: {first_line(str(error))}") from None
+        raise ExperimentError(f"cannot use the Optuna storage {url}: {root_cause(error)}") from None
 
 
 @contextlib.contextmanager

@@ -19,7 +19,9 @@ SECRET = "S3cret-pw"
 def clean_environment(monkeypatch):
     """The variables take_password writes, restored after the test."""
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSWORD", "MYSQL_PWD"):
-        monkeypatch.delenv(name, raising=False)
+        # Set first so monkeypatch records it: it then unsets (or restores) what take_password writes.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 
