@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 from mnist_exp import run_tags, tables
 from mnist_exp.credentials import mask
 from mnist_exp.processes import owner
-from mnist_exp.run_record import kill_abandoned_runs, log_config
+from mnist_exp.run_reaper import kill_abandoned_runs
+from mnist_exp.run_record import log_config
 from mnist_exp.store import Store, connect, sqlite_store_lock
 
 # The study's user attribute naming its parent run: {"run_id": ..., "store": the MLflow store's URI, masked}.

@@ -24,7 +24,8 @@ from mnist_exp import config, interrupts, run_tags
 from mnist_exp.credentials import mask
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, RunPruned, StoreFailed
-from mnist_exp.processes import is_dead, owner
+from mnist_exp.processes import owner
+from mnist_exp.run_reaper import kill_abandoned_runs
 from mnist_exp.store import Store, connect, sqlite_store_lock, store_writes, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -191,27 +192,6 @@ def record_failed_job(cfg: DictConfig, overrides: Sequence[str], context: RunCon
     run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
     log_params(store.client, run.info.run_id, config.flatten(cfg))
     store.client.set_terminated(run.info.run_id, "FAILED")
-
-
-def kill_abandoned_runs(store: Store) -> list[str]:
-    """Mark KILLED the RUNNING runs, in every experiment of the store, whose process is gone (SIGKILL, a lost
-    worker), and FAILED the models they were still saving (PENDING), which `predict` then refuses."""
-    from mnist_exp.logged_models import fail_unfinished_models
-
-    experiments = [e.experiment_id for e in store.client.search_experiments(max_results=50_000)]
-    running = store.client.search_runs(
-        experiments or [store.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000
-    )
-    abandoned = [run for run in running if is_dead(run.data.tags.get(run_tags.OWNER_TAG, ""))]
-    for run in abandoned:
-        run_id = run.info.run_id
-        store.client.set_tag(run_id, run_tags.FAILURE_TAG, "its process died without ending the run")
-        store.client.set_tag(run_id, run_tags.STATE_TAG, "KILLED")
-        fail_unfinished_models(store.client, run.info.experiment_id, run_id)
-        store.client.set_terminated(run_id, "KILLED")
-    if abandoned:
-        log.warning("marked KILLED %d runs left RUNNING by processes that died", len(abandoned))
-    return [run.info.run_id for run in abandoned]
 
 
 def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
