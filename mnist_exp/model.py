@@ -1,8 +1,9 @@
-"""Builds the Keras model and optimizer a config describes."""
+"""Builds the Keras model and optimizer a config describes, and measures a built model's size."""
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,6 +15,8 @@ OPTIMIZERS = {
     "sgd": "SGD", "rmsprop": "RMSprop", "adam": "Adam", "adamw": "AdamW", "adagrad": "Adagrad", "adadelta": "Adadelta",
     "adamax": "Adamax", "nadam": "Nadam", "lion": "Lion", "ftrl": "Ftrl", "adafactor": "Adafactor", "lamb": "Lamb",
 }
+# The MLflow metrics model_size returns, each logged once per run; smaller is better.
+SIZE_METRICS = ("parameters", "macs_per_example")
 
 
 def build_mlp(
@@ -39,6 +42,41 @@ def build_mlp(
             layers.append(keras.layers.Dropout(dropout, name=f"dropout_{index}"))
     layers.append(keras.layers.Dense(num_classes, activation="softmax", name="probabilities"))
     return keras.Sequential(layers, name="mlp")
+
+
+def model_size(model) -> dict[str, int]:
+    """A built model's `parameters` (trainable weights) and `macs_per_example` (multiply-accumulates of one
+    forward pass of one example).
+
+    Counted: Dense (input features x units at each position), Conv1D/2D/3D (kernel size x input channels per
+    group x filters at each output position), DepthwiseConv1D/2D and SeparableConv1D/2D (each of their kernels
+    likewise); nested models layer by layer. Every other layer counts 0: Rescaling, Dropout, pooling, Flatten,
+    activations and BatchNormalization multiply no inputs by a weight matrix, and a layer this does not know
+    (recurrent, transposed convolution, attention) is left out rather than guessed. Biases count as
+    parameters, not as multiply-accumulates.
+    """
+    import keras
+
+    parameters = sum(math.prod(weight.shape) for weight in model.trainable_weights)
+    return {"parameters": int(parameters), "macs_per_example": _macs(keras, model)}
+
+
+def _macs(keras, model) -> int:
+    layers = keras.layers
+    counted = (layers.Dense, layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.DepthwiseConv1D,
+               layers.DepthwiseConv2D, layers.SeparableConv1D, layers.SeparableConv2D)
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += _macs(keras, layer)
+        elif isinstance(layer, counted):
+            # Each kernel weight multiplies once at every output position (every pixel of a feature map).
+            shape = layer.output.shape
+            positions = shape[2:] if getattr(layer, "data_format", None) == "channels_first" else shape[1:-1]
+            kernels = [layer.depthwise_kernel, layer.pointwise_kernel] if isinstance(
+                layer, (layers.SeparableConv1D, layers.SeparableConv2D)) else [layer.kernel]
+            total += sum(math.prod(kernel.shape) for kernel in kernels) * math.prod(positions)
+    return int(total)
 
 
 def build_optimizer(optimizer_cfg: Mapping[str, Any]):

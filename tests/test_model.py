@@ -6,7 +6,7 @@ import pytest
 
 from mnist_exp.errors import ExperimentError
 from mnist_exp.keras_backend import import_keras
-from mnist_exp.model import OPTIMIZERS, build_mlp, build_optimizer
+from mnist_exp.model import OPTIMIZERS, build_mlp, build_optimizer, model_size
 
 keras = import_keras()
 
@@ -35,6 +35,51 @@ def test_pixels_are_scaled_to_unit_range_inside_the_model():
     scale = keras.Model(model.inputs, model.layers[0].output)
     scaled = scale.predict(np.array([[0] * 783 + [255]], dtype=np.uint8), verbose=0)
     assert scaled.dtype == np.float32 and scaled.min() == 0.0 and scaled.max() == 1.0
+
+
+def test_size_of_the_default_mlp_counts_weights_and_biases_and_one_multiply_add_per_weight():
+    assert model_size(build_mlp([512], "relu", 0.0)) == {
+        "parameters": 784 * 512 + 512 + 512 * 10 + 10,
+        "macs_per_example": 784 * 512 + 512 * 10,
+    }
+
+
+def test_size_of_a_two_hidden_layer_mlp_counts_nothing_for_scaling_and_dropout():
+    assert model_size(build_mlp([256, 128], "tanh", 0.25, input_dim=100, num_classes=5)) == {
+        "parameters": 100 * 256 + 256 + 256 * 128 + 128 + 128 * 5 + 5,
+        "macs_per_example": 100 * 256 + 256 * 128 + 128 * 5,
+    }
+
+
+def test_size_of_a_convolutional_model_counts_every_output_position():
+    model = keras.Sequential([
+        keras.Input((28, 28, 1)),
+        keras.layers.Rescaling(1 / 255),
+        keras.layers.Conv2D(8, 3),  # -> 26x26x8
+        keras.layers.MaxPooling2D(2),  # -> 13x13x8
+        keras.layers.DepthwiseConv2D(3, depth_multiplier=2),  # -> 11x11x16
+        keras.layers.SeparableConv2D(8, 3, padding="same"),  # -> 11x11x8
+        keras.layers.Conv2D(4, 3, strides=2, padding="same", groups=2),  # -> 6x6x4, 4 input channels per group
+        keras.layers.BatchNormalization(),  # gamma and beta train, the moving mean and variance do not
+        keras.layers.Flatten(),  # -> 144
+        keras.layers.Dense(10),
+    ])
+    parameters = [3 * 3 * 1 * 8 + 8, 3 * 3 * 8 * 2 + 16, 3 * 3 * 16 + 16 * 8 + 8, 3 * 3 * 4 * 4 + 4, 4 + 4,
+                  144 * 10 + 10]
+    macs = [3 * 3 * 1 * 8 * 26 * 26, 3 * 3 * 8 * 2 * 11 * 11, (3 * 3 * 16 + 16 * 8) * 11 * 11, 3 * 3 * 4 * 4 * 6 * 6,
+            144 * 10]
+    assert model_size(model) == {"parameters": sum(parameters), "macs_per_example": sum(macs)}
+    assert model.count_params() == sum(parameters) + 4 + 4, "the moving statistics are weights, not parameters"
+
+
+def test_size_looks_into_nested_models_finds_channels_first_maps_and_leaves_frozen_weights_out():
+    features = keras.Sequential([keras.layers.Conv2D(8, 3, data_format="channels_first")])  # -> 8x26x26
+    pixels = keras.Input((1, 28, 28))
+    model = keras.Model(pixels, keras.layers.Dense(10)(keras.layers.Flatten()(features(pixels))))
+    macs = 3 * 3 * 1 * 8 * 26 * 26 + 8 * 26 * 26 * 10
+    assert model_size(model) == {"parameters": 3 * 3 * 8 + 8 + 8 * 26 * 26 * 10 + 10, "macs_per_example": macs}
+    features.trainable = False
+    assert model_size(model) == {"parameters": 8 * 26 * 26 * 10 + 10, "macs_per_example": macs}
 
 
 @pytest.mark.parametrize(
