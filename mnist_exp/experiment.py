@@ -27,10 +27,11 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = ST
     """Train and evaluate the experiment `cfg` describes, recorded as one MLflow run.
 
     Returns the final metrics (val_accuracy, val_loss, test_accuracy, test_loss, epochs_completed,
-    train_seconds) plus run_id, model_uri, tracking_uri and dataset. Raises ExperimentError for bad
-    config or data before any run is created (under a parent run, a FAILED child records it); a failure
-    during training leaves the run FAILED with the reason. `context` places the run under a parent run,
-    adds tags, and lets another party see every epoch (an Optuna trial reports through it).
+    train_seconds) and the model's size (parameters, macs_per_example), plus run_id, model_uri, tracking_uri
+    and dataset. Raises ExperimentError for bad config or data before any run is created (under a parent run,
+    a FAILED child records it); a failure during training leaves the run FAILED with the reason. `context`
+    places the run under a parent run, adds tags, and lets another party see every epoch (an Optuna trial
+    reports through it).
     """
     with interrupts.scope():
         dataset = _validated_data(cfg, overrides, context)
@@ -38,7 +39,9 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = ST
         from mnist_exp.train import train_and_evaluate
 
         with record_run(cfg, dataset, overrides, context) as recorder:
-            result = train_and_evaluate(cfg, dataset, on_epoch=_epoch_hook(cfg, recorder, context))
+            result = train_and_evaluate(
+                cfg, dataset, on_epoch=_epoch_hook(cfg, recorder, context), on_built=recorder.log_model_size
+            )
             model_uri = _publish(cfg, recorder, result, dataset)
     return {
         **result.metrics,

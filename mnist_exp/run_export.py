@@ -17,7 +17,7 @@ from mnist_exp.run_filters import ATTRIBUTES, MISSING, lookup
 
 FORMATS = ("table", "csv", "json")
 # Metrics that count things: shown whole, not with 4 decimals; durations: to a tenth of a second.
-COUNTS = ("epochs_completed", "jobs_failed")
+COUNTS = ("epochs_completed", "jobs_failed", "parameters", "macs_per_example")
 SECONDS_SUFFIX = "_seconds"
 
 

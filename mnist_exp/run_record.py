@@ -57,6 +57,7 @@ class RunRecorder:
     epochs_logged: int = 0
     _opening: threading.Thread | None = None
     _open_error: BaseException | None = None
+    _unwritten_size: dict[str, float] = field(default_factory=dict)
 
     @property
     def client(self):
@@ -75,6 +76,11 @@ class RunRecorder:
         self._log_metrics(metrics, step=epoch)
         self.epochs_logged = epoch
         interrupts.check()
+
+    def log_model_size(self, size: Mapping[str, float]) -> None:
+        """The model's size at step 0, sent with the run's next write (the first epoch's, else the ending's):
+        waiting here for the run to open would hold training back."""
+        self._unwritten_size = dict(size)
 
     def log_final(self, metrics: Mapping[str, float]) -> None:
         """Test and final validation scores, at the step of the last epoch."""
@@ -113,7 +119,14 @@ class RunRecorder:
         now = int(time.time() * 1000)
         points = [Metric(key, float(value), now, step) for key, value in metrics.items()]
         with store_writes(self.uri, f"recording run {self.run_id} (epochs recorded: {self.epochs_logged})"):
-            self.client.log_batch(self.run_id, metrics=points)
+            self.client.log_batch(self.run_id, metrics=self._size_points() + points)
+        self._unwritten_size = {}
+
+    def _size_points(self) -> list:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        return [Metric(key, float(value), now, 0) for key, value in self._unwritten_size.items()]
 
     def end(self, status: str, tags: Mapping[str, str], another_error: bool) -> None:
         """The run's last tags and its final status. A store failing here while `another_error` is on its way
@@ -125,10 +138,11 @@ class RunRecorder:
         if self.run_id is None:
             return
         try:
-            # One request for the tags: against a failing store, every request costs a round of retries.
+            # One request for the tags (and the model's size when no epoch took it along): against a failing
+            # store, every request costs a round of retries.
             with store_writes(self.uri, f"ending run {self.run_id}"):
                 ending = [RunTag(key, mask(value)[:run_tags.MAX_TAG_LENGTH]) for key, value in tags.items()]
-                self.client.log_batch(self.run_id, tags=ending)
+                self.client.log_batch(self.run_id, metrics=self._size_points(), tags=ending)
                 self.client.set_terminated(self.run_id, status)
         except StoreFailed:
             if not another_error:

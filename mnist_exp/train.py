@@ -14,7 +14,7 @@ import numpy as np
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, ModelCannotLearn, TrainingDiverged
 from mnist_exp.keras_backend import import_keras, select_backend
-from mnist_exp.model import build_mlp, build_optimizer
+from mnist_exp.model import build_mlp, build_optimizer, model_size
 from mnist_exp.pipeline import InMemoryBatches
 
 EVALUATION_BATCH = 1024
@@ -22,6 +22,8 @@ PREDICTION_CHUNK = 4096  # images per direct model call: bounds the activations 
 
 # Called after every epoch with (epoch number from 1, metrics); may raise to stop training.
 EpochHook = Callable[[int, dict[str, float]], None]
+# Called once, as soon as the model is built, with its size (mnist_exp.model.model_size).
+SizeHook = Callable[[dict[str, float]], None]
 
 
 @dataclass
@@ -33,8 +35,10 @@ class TrainingResult:
     test_predictions: np.ndarray | None = None
 
 
-def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: EpochHook | None = None) -> TrainingResult:
-    """Fit on the train split, select on validation, score the test split once at the end."""
+def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: EpochHook | None = None,
+                       on_built: SizeHook | None = None) -> TrainingResult:
+    """Fit on the train split, select on validation, score the test split once at the end; the metrics
+    include the model's size."""
     select_backend(cfg["backend"])
     keras = import_keras()
     keras.backend.clear_session()
@@ -50,6 +54,9 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
         model_cfg["hidden_units"], model_cfg["activation"], model_cfg["dropout"],
         input_dim=dataset.x_train.shape[1], num_classes=len(dataset.class_names),
     )
+    size = {key: float(value) for key, value in model_size(model).items()}
+    if on_built is not None:
+        on_built(size)
     # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label.
     model.compile(
         optimizer=build_optimizer(cfg["optimizer"]),
@@ -116,6 +123,7 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
         "test_accuracy": float(test_accuracy),
         "epochs_completed": float(len(history.history.get("loss", []))),
         "train_seconds": train_seconds,
+        **size,
     }
     predictions = _predicted_classes(model, dataset.x_test) if cfg["plots"] else None
     return TrainingResult(model=model, metrics=metrics, history=dict(history.history), test_predictions=predictions)

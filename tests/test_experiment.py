@@ -94,6 +94,16 @@ def test_run_records_params_epochs_results_and_artifacts(tiny):
     assert predictions.shape == (3, 10)
 
 
+def test_a_run_records_its_model_size_once_at_step_0_and_returns_it(tiny):
+    cfg = tiny("model.hidden_units=[32,16]")
+    outcome = experiment.run(cfg)
+    size = {"parameters": 784 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10, "macs_per_example": 784 * 32 + 32 * 16 + 16 * 10}
+    assert {key: outcome[key] for key in size} == size
+    client = client_for(cfg)
+    for key, value in size.items():
+        assert [(p.step, p.value) for p in client.get_metric_history(outcome["run_id"], key)] == [(0, value)], key
+
+
 def test_plots_false_draws_nothing(tiny):
     cfg = tiny()
     outcome = experiment.run(cfg)
@@ -149,6 +159,8 @@ def test_divergence_fails_the_run_with_the_reason(tiny):
     (run,) = runs_of(cfg)
     assert run.info.status == "FAILED"
     assert run.data.tags[run_tags.FAILURE_TAG].startswith("TrainingDiverged: loss became ")
+    assert run.data.metrics["parameters"] == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10, \
+        "no epoch was recorded: the run's end records the model's size"
 
 
 def test_interrupt_marks_the_run_killed_with_the_epochs_so_far(tiny, monkeypatch):
@@ -165,6 +177,20 @@ def test_interrupt_marks_the_run_killed_with_the_epochs_so_far(tiny, monkeypatch
     (run,) = runs_of(cfg)
     assert run.info.status == "KILLED"
     assert metric_steps(client_for(cfg), run.info.run_id, "val_accuracy") == [1]
+
+
+def test_a_run_interrupted_before_its_first_epoch_is_recorded_has_the_model_size(tiny, monkeypatch):
+    def interrupt(self, epoch, metrics):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunRecorder, "log_epoch", interrupt)
+    cfg = tiny("epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(cfg)
+    (run,) = runs_of(cfg)
+    assert run.info.status == "KILLED" and "val_accuracy" not in run.data.metrics
+    assert metric_steps(client_for(cfg), run.info.run_id, "macs_per_example") == [0]
+    assert run.data.metrics["macs_per_example"] == 784 * 32 + 32 * 10
 
 
 def test_store_that_is_not_a_database(tiny, tmp_path):
