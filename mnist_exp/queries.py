@@ -7,6 +7,7 @@ from typing import Any
 
 from mnist_exp import run_tags
 from mnist_exp.errors import ExperimentError
+from mnist_exp.model import SIZE_METRICS
 from mnist_exp.store import open_store
 
 PAGE_SIZE = 1000
@@ -30,6 +31,8 @@ def run_row(run) -> dict[str, Any]:
         "test_accuracy": metrics.get("test_accuracy"),
         "test_loss": metrics.get("test_loss"),
         "epochs": metrics.get("epochs_completed"),
+        # Final as soon as it is logged: a sweep optimising the model's size ranks its jobs by final_<metric>.
+        **{f"final_{name}": metrics.get(name) for name in SIZE_METRICS},
         "failure": run.data.tags.get(run_tags.FAILURE_TAG, ""),
         **{f"params.{key}": value for key, value in sorted(run.data.params.items())},
     }

@@ -6,6 +6,7 @@ import contextlib
 import sqlite3
 import subprocess
 import sys
+import warnings
 
 import mlflow
 import numpy as np
@@ -102,6 +103,16 @@ def test_a_run_records_its_model_size_once_at_step_0_and_returns_it(tiny):
     client = client_for(cfg)
     for key, value in size.items():
         assert [(p.step, p.value) for p in client.get_metric_history(outcome["run_id"], key)] == [(0, value)], key
+
+
+def test_a_run_optimising_the_model_size_returns_it_and_watches_a_validation_metric_while_training(tiny):
+    cfg = tiny("optimized_metric=parameters", "epochs=3", "early_stopping_patience=1", "reduce_lr_patience=1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = experiment.run(cfg)
+    assert outcome[cfg.optimized_metric] == 784 * 32 + 32 + 32 * 10 + 10
+    unwatchable = [str(w.message) for w in caught if "not available" in str(w.message)]
+    assert not unwatchable, "early stopping and LR reduction watch a metric the epochs have"
 
 
 def test_plots_false_draws_nothing(tiny):

@@ -187,6 +187,16 @@ def test_best_follows_each_experiments_optimized_metric(tiny_store, capsys):
     assert sorted(line.split()[1] for line in out.splitlines()[1:]) == sorted([accuracy[1], loss[1]])
 
 
+def test_best_of_an_experiment_minimising_the_model_size_is_its_smallest_model(tiny_store, capsys):
+    small, large = (tiny_store.add("optimized_metric=parameters", f"model.hidden_units=[{width}]",
+                                   val_accuracy=accuracy, val_loss=0.3) for width, accuracy in ((16, 0.8), (512, 0.9)))
+    for run_id, parameters in ((small, 12730), (large, 407050)):
+        tiny_store.store.client.log_metric(run_id, "parameters", parameters, step=0)
+    code, out, _ = run_main(capsys, "--tracking-uri", tiny_store.uri, "--best", "--columns", "run_id,parameters")
+    assert code == 0
+    assert [line.split() for line in out.splitlines()[1:]] == [[small, "12730"]], "a count is shown whole"
+
+
 def test_group_averages_each_configuration_over_its_seeds(tiny_store, capsys):
     for seed, sgd, adam in ((1, 0.40, 0.90), (2, 0.50, 0.88), (3, None, 0.92)):
         tiny_store.add(f"seed={seed}", "optimizer=adam", val_accuracy=adam, test_accuracy=adam - 0.01, val_loss=0.3)
