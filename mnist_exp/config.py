@@ -19,7 +19,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from mnist_exp.config_checks import Check, boolean, integer, number, one_of, optional, text
 from mnist_exp.errors import ExperimentError
-from mnist_exp.model import OPTIMIZERS
+from mnist_exp.model import OPTIMIZERS, SIZE_METRICS
 from mnist_exp.module_lookup import module_found
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -31,8 +31,7 @@ PICTURE_LAYOUTS = ("digit", "fill")
 MNIST_LOADER = "mnist_exp.data.sources:load_mnist"
 BACKENDS = ("tensorflow", "jax")
 # What a run or search can optimise, and which way; a search may take a list of them (several objectives).
-OPTIMIZED_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", "parameters": "minimize",
-                     "macs_per_example": "minimize"}
+OPTIMIZED_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", **dict.fromkeys(SIZE_METRICS, "minimize")}
 EPOCH_METRICS = ("val_accuracy", "val_loss")  # those that change during training (callbacks can watch them)
 # Activations Keras 3 knows by name; checked here so a typo fails before TensorFlow loads.
 ACTIVATIONS = (

@@ -13,11 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mnist_exp import tables
+from mnist_exp.model import SIZE_METRICS
 from mnist_exp.run_filters import ATTRIBUTES, MISSING, lookup
 
 FORMATS = ("table", "csv", "json")
 # Metrics that count things: shown whole, not with 4 decimals; durations: to a tenth of a second.
-COUNTS = ("epochs_completed", "jobs_failed", "parameters", "macs_per_example")
+COUNTS = ("epochs_completed", "jobs_failed", *SIZE_METRICS)
 SECONDS_SUFFIX = "_seconds"
 
 

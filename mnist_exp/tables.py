@@ -10,12 +10,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from mnist_exp.config import direction
+from mnist_exp.model import SIZE_METRICS
 
 T = TypeVar("T")
 COMPLETE = "COMPLETE"
-
-
-COUNT_METRICS = ("parameters", "macs_per_example")
 
 
 def score(value: float | None) -> str:
@@ -120,7 +118,7 @@ def trials_table(trials: Sequence[Any], metric: str, objectives: Sequence[str] =
 
 def objective_value(metric: str, value: float | None) -> str:
     """A score with 4 decimals; a count (parameters, multiply-adds) as a whole number."""
-    if value is None or metric not in COUNT_METRICS:
+    if value is None or metric not in SIZE_METRICS:
         return score(value)
     return f"{int(value):,}"
 
