@@ -316,3 +316,45 @@ def test_sigkill_of_a_joblib_search_leaves_no_worker_and_the_rerun_completes(tmp
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
     assert all(t.user_attrs["fail_reason"] == "its sweep process died" for t in trials if t.state.name == "FAIL")
     assert not [r for r in all_runs(store_client(runs_dir)) if r.info.status == "RUNNING"]
+
+
+def test_a_search_of_accuracy_against_size_keeps_its_pareto_front_in_the_parent(tmp_path):
+    """Two objectives: a column each, `*` on the front, the front as a table, a plot and run tags, and the
+    champion alias on the front's most accurate trial (the first objective)."""
+    runs_dir = tmp_path / "runs"
+    result = search("hparams_search=optuna", "epochs=1", "optimized_metric=[val_accuracy,parameters]",
+                    "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none", runs_dir=runs_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=f"sqlite:///{runs_dir}/optuna.db")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_accuracy", "parameters"]
+    front = {t.number for t in study.best_trials}
+    client, (parent,), children = sweep_runs(runs_dir)
+    runs = {int(c.data.tags["optuna.trial_number"]): c for c in children[parent.info.run_id]}
+    for number, run in runs.items():
+        trial = study.trials[number]
+        assert trial.values == [run.data.metrics["val_accuracy"], run.data.metrics["parameters"]]
+        assert run.data.tags["optuna.pareto_front"] == str(number in front).lower()
+    table = json.loads(open(client.download_artifacts(parent.info.run_id, "pareto_front.json")).read())
+    assert sorted(row[table["columns"].index("trial")] for row in table["data"]) == sorted(front)
+    assert {"plots/pareto_front.png", "plots/pareto_front.html"} <= artifact_paths(client, parent.info.run_id, "plots")
+    assert parent.data.metrics["pareto_front_size"] == len(front)
+    most_accurate = max(front, key=lambda number: study.trials[number].values[0])
+    champion = client.get_model_version_by_alias("mnist-mlp", "champion")
+    assert champion.run_id == runs[most_accurate].info.run_id
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("trial "))
+    assert header.split()[:5] == ["trial", "state", "val_accuracy", "parameters", "front"]
+    assert "Pareto front (val_accuracy up, parameters down): trials " in result.stdout
+    assert f"best trial {most_accurate} (the front's best val_accuracy, the first objective): " in result.stdout
+
+
+def test_pruning_a_search_of_two_objectives_is_refused_in_one_line(tmp_path):
+    runs_dir = tmp_path / "runs"
+    result = search("hparams_search=optuna", "optimized_metric=[val_accuracy,parameters]", runs_dir=runs_dir)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: hydra.sweeper.pruner.name=median cannot prune a search of 2 objectives (Optuna prunes "
+        "single-objective studies only); set hydra.sweeper.pruner.name=none"
+    )
+    assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
