@@ -48,19 +48,28 @@ def code_blocks(text: str) -> list[list[str]]:
     return blocks
 
 
+def transcripts(marker: str) -> list[tuple[list[str], list[str], str | None]]:
+    """Of each README transcript with a line starting with `marker`: the command's arguments after
+    `python -m mnist_exp`, the output from that line, and the first line a search prints before it (if shown)."""
+    found = []
+    for block in code_blocks(README.read_text()):
+        searched = any(line.startswith(marker) for line in block)
+        if not (block and block[0].startswith("$ python -m mnist_exp ") and searched):
+            continue
+        command = shlex.split(block[0].removeprefix("$ "))
+        assert command[:3] == ["python", "-m", "mnist_exp"], block[0]
+        start = next(i for i, line in enumerate(block) if line.startswith(marker))
+        first = block[1] if block[1].startswith(("New study ", "Resuming study ")) else None
+        assert block[1:start] in ([], ["..."], [first, "..."]), "between the command and the output: only `...`"
+        found.append((command[3:], block[start:], first))
+    return found
+
+
 def transcript(marker: str) -> tuple[list[str], list[str]]:
-    """(the command's arguments after `python -m mnist_exp`, the output from the line starting with `marker`)
-    of the README's one transcript that has such a line."""
-    found = [block for block in code_blocks(README.read_text())
-             if block and block[0].startswith("$ python -m mnist_exp ")
-             and any(line.startswith(marker) for line in block)]
+    """(arguments, output) of the README's one transcript that has a line starting with `marker`."""
+    found = transcripts(marker)
     assert len(found) == 1, f"expected one README example with a line starting {marker!r}, found {len(found)}"
-    block = found[0]
-    command = shlex.split(block[0].removeprefix("$ "))
-    assert command[:3] == ["python", "-m", "mnist_exp"], block[0]
-    start = next(i for i, line in enumerate(block) if line.startswith(marker))
-    assert block[1:start] in ([], ["..."]), "between the command and the output: only `...`"
-    return command[3:], block[start:]
+    return found[0][:2]
 
 
 def number(cell: str) -> float | None:
@@ -126,21 +135,34 @@ def test_the_sweep_table_is_what_a_grid_sweep_prints(activated_environment, caps
         "one row per job of the command's grid"
 
 
-def test_the_search_summary_is_what_an_optuna_search_prints(activated_environment, capsys, monkeypatch):
-    arguments, output = transcript("Study ")
+SEARCHES = transcripts("Study ")
+
+
+@pytest.mark.parametrize("arguments, output, first", SEARCHES, ids=[" ".join(a[:2]) for a, _, _ in SEARCHES])
+def test_the_search_summary_is_what_an_optuna_search_prints(activated_environment, capsys, monkeypatch,
+                                                             arguments, output, first):
     heading = re.fullmatch(r"Study (\S+) \((\S+)\): (\d+) finished trials .*; (\d+) run by this sweep", output[0])
     assert heading, output[0]
-    metric = output[1].split()[2]
+    columns = output[1].split()
+    objectives = columns[2:columns.index("front")] if "front" in columns else []
+    metric = columns[2]
     trials = []
     for line in itertools.takewhile(lambda line: re.match(r"\s*\d+  ", line), output[2:]):
-        trial, state, value, test_acc, overrides = line.split(None, 4)
-        reason = None
-        if overrides.endswith("]") and "  [" in overrides:
-            overrides, reason = overrides[:-1].split("  [", 1)
-        trials.append(TrialOutcome(int(trial), state, number(value), {}, overrides.split(" "), number(test_acc),
-                                   reason=reason))
+        on_front = bool(objectives) and line.split()[2 + len(objectives)] == "*"  # else the `front` cell is empty
+        cells = line.split(None, 3 + max(1, len(objectives)) + on_front)
+        trial, state, *values, test_acc, overrides = [cell for cell in cells if cell != "*"]
+        flags = []
+        while overrides.endswith("]") and "  [" in overrides:
+            overrides, flag = overrides[:-1].rsplit("  [", 1)
+            flags.insert(0, flag)
+        reasons = [flag for flag in flags if flag != "baseline"]
+        values = [number(v.replace(",", "")) for v in values]
+        trials.append(TrialOutcome(int(trial), state, values[0], {}, overrides.split(" "), number(test_acc),
+                                   reason=reasons[0] if reasons else None, baseline="baseline" in flags,
+                                   values=values if objectives else None, on_front=on_front))
     result = SearchResult(heading[1], heading[2], metric, config.direction(metric),
-                          sorted(trials, key=lambda t: t.number), ran_now=int(heading[4]))
+                          sorted(trials, key=lambda t: t.number), ran_now=int(heading[4]),
+                          objectives={m: config.direction(m) for m in objectives})
     champion = next((re.match(r"registered models:/(\S+)@champion \(version (\d+)\)", line) for line in output
                      if line.startswith("registered models:/")), None)
     parent_line = next(line for line in output if line.startswith("MLflow parent run "))
@@ -153,10 +175,14 @@ def test_the_search_summary_is_what_an_optuna_search_prints(activated_environmen
     monkeypatch.setattr(rerun, "default_uri", lambda: parent.store.uri)
     retrain = result.retrain_command(parent.store.uri)
 
+    n_trials = int(dict(a.split("=", 1) for a in arguments if "=" in a)["hydra.sweeper.n_trials"])
+    if first is not None:  # what the search printed first, on the study as it found it (new)
+        new_study = SimpleNamespace(study_name=result.study_name, storage=result.storage, n_trials=n_trials,
+                                    open_study=lambda: SimpleNamespace(get_trials=lambda deepcopy: []))
+        sweeping.announce_search(new_study, parent)
+        assert capsys.readouterr().out.splitlines() == [first]
     sweeping.report_search(parent, result, summary, retrain)
     assert capsys.readouterr().out.lstrip("\n").splitlines() == output
-
-    n_trials = int(dict(a.split("=", 1) for a in arguments if "=" in a)["hydra.sweeper.n_trials"])
     assert int(heading[3]) == n_trials, "the search ran until the study held n_trials finished trials"
 
 
@@ -176,7 +202,7 @@ def test_the_rerun_is_what_a_rerun_prints_and_scores_as_the_search_s_best_trial(
     })
     assert printed.splitlines() == output[:3]
     # The search transcript's best trial: its retrain line, and the scores of its row.
-    _, search = transcript("Study ")
+    (search,) = [output for arguments, output, _ in SEARCHES if "hparams_search=optuna" in arguments]
     assert f"retrain: python -m mnist_exp.rerun {run_id}" in search
     best_row = search[2].split()
     assert (best_row[2], best_row[3]) == (scores[1], scores[2]), "the same seed reproduced the trial"
