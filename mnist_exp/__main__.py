@@ -68,10 +68,12 @@ def cli() -> None:
             exit_with(_hydra_message(error), BAD_INPUT)
         except KeyboardInterrupt:
             interrupts.ignore()
-            # Python's last collections walk every object TensorFlow and MLflow made, for seconds: the
-            # objects are left to the operating system instead (atexit handlers still run).
-            gc.freeze()
             exit_with("interrupted; the run is recorded as KILLED", INTERRUPTED)
+        finally:
+            # Every outcome is recorded and printed by now. Python's last collections would walk every
+            # object TensorFlow and MLflow made, for seconds after the summary: the objects are left to
+            # the operating system instead (atexit handlers and module teardown still run).
+            gc.freeze()
 
 
 def _hydra_message(error: Exception) -> str:

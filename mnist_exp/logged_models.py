@@ -27,7 +27,7 @@ def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from mnist_exp.workarounds import keras_input_example_folder_created
+    from mnist_exp.workarounds import keras_input_example_folder_created, requirements_scan_skipped
 
     backend = keras.backend.backend()
     # Written out rather than inferred: inferring runs model.predict, whose first call costs a tracing.
@@ -36,7 +36,8 @@ def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
         outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(dataset.class_names)), "probabilities")]),
     )
     # mlflow.keras logs into the active run; record_run sets the final status afterwards.
-    with mlflow.start_run(run_id=run_id), keras_input_example_folder_created(), _quiet_example_check():
+    with mlflow.start_run(run_id=run_id), keras_input_example_folder_created(), requirements_scan_skipped(), \
+            _quiet_example_check():
         # Explicit requirements: inferring them re-imports the model in a subprocess (seconds).
         info = mlflow.keras.log_model(
             model, name=MODEL_NAME, signature=signature, input_example=dataset.x_test[:2],

@@ -43,6 +43,37 @@ def keras_input_example_folder_created() -> Iterator[None]:
         keras_save._save_example = original
 
 
+# The modules that call MLflow's requirements check while a model is saved: saving it, then loading it back to
+# validate the input example.
+REQUIREMENTS_CHECKERS = ("mlflow.utils.environment", "mlflow.pyfunc")
+
+
+@contextlib.contextmanager
+def requirements_scan_skipped() -> Iterator[None]:
+    """Saving a model with explicit pip_requirements, MLflow checks them against the environment
+    (https://github.com/mlflow/mlflow/pull/10843, mlflow 2.10-3.17), and again when it loads the model back to
+    validate the input example: to do it, it maps every installed package's files
+    (importlib_metadata.packages_distributions), over a second after the last epoch. Ours are the installed
+    versions themselves and cannot mismatch, so the check (a warning only) is skipped while the model is
+    saved. A module without the private name `warn_dependency_requirement_mismatches` is left alone."""
+    import importlib
+
+    patched = []
+    for name in REQUIREMENTS_CHECKERS:
+        module = importlib.import_module(name)
+        original = getattr(module, "warn_dependency_requirement_mismatches", None)
+        if original is None:
+            log.debug("%s.warn_dependency_requirement_mismatches is gone; nothing to skip there", name)
+            continue
+        module.warn_dependency_requirement_mismatches = lambda requirements: None
+        patched.append((module, original))
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.warn_dependency_requirement_mismatches = original
+
+
 def dataset_input_entity(dataset: Any) -> Any | None:
     """The entity MlflowClient.log_inputs takes, for an `mlflow.data` dataset.
 

@@ -91,3 +91,39 @@ def test_mlflows_database_retries_are_bounded_and_left_alone_when_gone(monkeypat
     monkeypatch.delattr(db_utils, "MAX_RETRY_COUNT")
     workarounds.bounded_mlflow_database_retries()
     assert not hasattr(db_utils, "MAX_RETRY_COUNT")
+
+
+def test_saving_a_model_skips_mlflows_scan_of_every_installed_package(tmp_path, monkeypatch):
+    """The scan only checks requirements we take from the installed versions; it cost over a second a run."""
+    from types import SimpleNamespace
+
+    import importlib_metadata
+    import keras
+    import mlflow
+
+    from mnist_exp.logged_models import log_keras_model
+
+    scans = []  # MLflow catches what its check raises: count the calls instead
+    monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append(1) or {})
+    monkeypatch.setattr("mlflow.utils.requirements_utils._MODULES_TO_PACKAGES", None)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("models", artifact_location=str(tmp_path / "artifacts")))
+    model = keras.Sequential([keras.Input((4,), dtype="uint8"), keras.layers.Dense(3, activation="softmax")])
+    dataset = SimpleNamespace(x_test=np.zeros((2, 4), np.uint8), class_names=["a", "b", "c"])
+    assert log_keras_model(run.info.run_id, model, dataset).startswith("models:/")
+    assert scans == [], "MLflow mapped every installed package while saving the model"
+    import mlflow.pyfunc
+    import mlflow.utils.environment
+
+    assert mlflow.utils.environment.warn_dependency_requirement_mismatches.__module__ == \
+        "mlflow.utils.requirements_utils", "put back afterwards"
+    assert mlflow.pyfunc.warn_dependency_requirement_mismatches.__module__ == "mlflow.utils.requirements_utils"
+
+
+def test_without_mlflows_requirements_check_nothing_is_patched(monkeypatch):
+    import mlflow.utils.environment as environment
+
+    monkeypatch.delattr(environment, "warn_dependency_requirement_mismatches")
+    with workarounds.requirements_scan_skipped():
+        assert not hasattr(environment, "warn_dependency_requirement_mismatches")
