@@ -118,7 +118,10 @@ class RunRecorder:
 
         now = int(time.time() * 1000)
         points = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        with store_writes(self.uri, f"recording run {self.run_id} (epochs recorded: {self.epochs_logged})"):
+        # Whole or not at all: Ctrl-C or SIGTERM inside SQLAlchemy's commit can leave SQLite locked by this very
+        # process, and the write that records the run KILLED then fails on that lock (the run stays RUNNING).
+        with interrupts.deferred(), \
+                store_writes(self.uri, f"recording run {self.run_id} (epochs recorded: {self.epochs_logged})"):
             self.client.log_batch(self.run_id, metrics=self._size_points() + points)
         self._unwritten_size = {}
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mnist_exp import interrupts
 from mnist_exp.errors import RunPruned
 from mnist_exp.job_context import StudyLink
 from mnist_exp.search_space import make_pruner, make_storage
@@ -43,7 +44,8 @@ class TrialReporter:
         import optuna
 
         try:
-            self.storage.set_trial_intermediate_value(self.trial_id, epoch, float(value))
+            with interrupts.deferred():  # never half a write: it would leave the study's SQLite file locked
+                self.storage.set_trial_intermediate_value(self.trial_id, epoch, float(value))
         except optuna.exceptions.UpdateFinishedTrialError:
             # The sweep ended this trial (Ctrl-C or SIGTERM): the run stops as KILLED, not FAILED.
             raise KeyboardInterrupt from None
