@@ -31,10 +31,15 @@ PYTHON = sys.executable
 SECTIONS = ("startup", "overhead", "training", "data", "sweep")
 
 
-def wall(command: list[str], env: dict[str, str] | None = None) -> float:
+def wall(command: list[str], env: dict[str, str] | None = None, expect_failure: bool = False) -> float:
+    """Seconds `command` takes; a command that fails (or, with `expect_failure`, succeeds) fails the benchmark."""
     started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=False, capture_output=True, env={**os.environ, **(env or {})})
-    return time.perf_counter() - started
+    result = subprocess.run(command, cwd=ROOT, check=False, capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - started
+    if (result.returncode != 0) != expect_failure:
+        sys.exit(f"benchmark failed: {' '.join(command)} exited {result.returncode}\n{result.stderr[-2000:]}")
+    return seconds
 
 
 def alternate(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
@@ -69,7 +74,10 @@ def seconds_until_line(command: list[str], starts_with: str) -> float:
         if seen is None and line.startswith(starts_with):
             seen = time.perf_counter() - started
     process.wait()
-    return float("nan") if seen is None else seen
+    if process.returncode != 0 or seen is None:
+        sys.exit(f"benchmark failed: {' '.join(command)} exited {process.returncode} "
+                 f"{'after' if seen else 'without'} printing {starts_with!r}")
+    return seen
 
 
 def time_to_first_step(runs_dir: str) -> float:
@@ -92,7 +100,7 @@ def section_startup(repeats: int) -> list[str]:
             "import tensorflow": time_to_tensorflow,
             "--help": lambda: wall([PYTHON, "-m", "mnist_exp", "--help"]),
             "--cfg job": lambda: wall([PYTHON, "-m", "mnist_exp", "--cfg", "job"]),
-            "config error (epochs=0)": lambda: wall([PYTHON, "-m", "mnist_exp", "epochs=0"]),
+            "config error (epochs=0)": lambda: wall([PYTHON, "-m", "mnist_exp", "epochs=0"], expect_failure=True),
             "launch to first training step": lambda: time_to_first_step(runs_dir),
         }, repeats)
     tf_import = medians["import tensorflow"]
