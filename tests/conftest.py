@@ -316,6 +316,20 @@ def signal_when(process: subprocess.Popen, ready: Callable[[], bool], signal_num
     return stderr
 
 
+def interrupt_two_training_jobs(process: subprocess.Popen, runs_dir: Path, send: Callable[[], None]) -> tuple:
+    """Once two runs of a parallel sweep have recorded an epoch, call `send` (a signal to the sweep) and wait for
+    the exit: (stderr, seconds from the signal to the exit, the sweep's worker processes before the signal)."""
+    try:
+        wait_until(lambda: runs_with_an_epoch(runs_dir) >= 2, 300, "both jobs training", process=process)
+        workers = child_processes(process.pid)
+        signalled = time.monotonic()
+        send()
+        _, stderr = process.communicate(timeout=120)
+        return stderr, time.monotonic() - signalled, workers
+    finally:
+        process.kill()
+
+
 @pytest.fixture
 def signals_handled():
     """The CLI's Ctrl-C and SIGTERM handling installed in this process, pytest's own restored afterwards."""

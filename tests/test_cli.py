@@ -16,14 +16,13 @@ import pytest
 from tests.conftest import (
     all_runs,
     artifact_paths,
-    child_processes,
     epochs_recorded,
     finish,
+    interrupt_two_training_jobs,
     living,
     metric_steps,
     owner_pid,
     run_cli,
-    runs_with_an_epoch,
     signal_when,
     single_sweep,
     start_cli,
@@ -221,18 +220,8 @@ def test_an_interrupted_joblib_sweep_ends_every_run_killed_and_leaves_no_worker(
     process = start_cli("-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=500", "hydra/launcher=joblib",
                         "hydra.launcher.n_jobs=2", runs_dir=runs_dir, stdout=subprocess.DEVNULL,
                         process_group=group)
-    try:
-        wait_until(lambda: runs_with_an_epoch(runs_dir) >= 2, 300, "both jobs training", process=process)
-        workers = child_processes(process.pid)
-        signalled = time.monotonic()
-        if group:
-            os.killpg(process.pid, signal.SIGINT)
-        else:
-            process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-        seconds = time.monotonic() - signalled
-    finally:
-        process.kill()
+    send = (lambda: os.killpg(process.pid, signal.SIGINT)) if group else (lambda: process.send_signal(signal.SIGTERM))
+    stderr, seconds, workers = interrupt_two_training_jobs(process, runs_dir, send)
     assert process.returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "error: interrupted; the run is recorded as KILLED", stderr[-3000:]
     assert seconds <= 30, f"{seconds:.0f} s from the signal to the exit"

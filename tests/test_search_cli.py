@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 
 import optuna
 import pytest
@@ -15,6 +14,7 @@ from tests.conftest import (
     artifact_paths,
     child_processes,
     finish,
+    interrupt_two_training_jobs,
     living,
     metric_steps,
     owner_pid,
@@ -273,14 +273,7 @@ def test_sigterm_to_a_joblib_search_kills_its_trials_runs_within_seconds(tmp_pat
     loky's shutdown with their runs RUNNING, and the trials' runs that noticed ended FAILED."""
     runs_dir = tmp_path / "runs"
     process = start_cli(*JOBLIB_SEARCH, "epochs=500", runs_dir=runs_dir, stdout=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: runs_with_an_epoch(runs_dir) >= 2, 300, "both trials training", process=process)
-        signalled = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-        seconds = time.monotonic() - signalled
-    finally:
-        process.kill()
+    stderr, seconds, _ = interrupt_two_training_jobs(process, runs_dir, lambda: process.send_signal(signal.SIGTERM))
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "Fatal Python error" not in stderr, stderr[-3000:]
     assert seconds <= 30, f"{seconds:.0f} s from SIGTERM to the exit"
