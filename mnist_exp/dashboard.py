@@ -20,7 +20,7 @@ from typing import NoReturn
 from urllib.parse import urlparse
 
 from mnist_exp.config_checks import integer
-from mnist_exp.credentials import connection_url, take_password
+from mnist_exp.credentials import connection_url, mask, take_password
 from mnist_exp.errors import ExperimentError, exit_with, report, root_cause
 from mnist_exp.net import CONNECT_TIMEOUT_S
 from mnist_exp.search_space import default_storage_url
@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = serve(storage, args.port)
     except ExperimentError as error:
         return report(str(error))
-    print(f"Optuna dashboard of {url} ({studies} {'study' if studies == 1 else 'studies'}) "
+    print(f"Optuna dashboard of {mask(url)} ({studies} {'study' if studies == 1 else 'studies'}) "
           f"at http://{HOST}:{args.port}/dashboard (Ctrl-C stops it)", flush=True)
     with server, contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how a dashboard is meant to end
         server.serve_forever()
@@ -66,10 +66,10 @@ def checked_storage(url: str) -> str:
     url = take_password(url, "--storage")
     scheme = urlparse(url).scheme
     if not scheme:
-        raise ExperimentError(f"--storage {url} is invalid: expected a URL, e.g. sqlite:///runs/optuna.db "
+        raise ExperimentError(f"--storage {mask(url)} is invalid: expected a URL, e.g. sqlite:///runs/optuna.db "
                               "or postgresql://user@host/optuna")
     if scheme == "sqlite" and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise ExperimentError(f"no study storage at {url}; run a search first: {SEARCH_COMMAND}")
+        raise ExperimentError(f"no study storage at {mask(url)}; run a search first: {SEARCH_COMMAND}")
     return url
 
 
@@ -86,7 +86,7 @@ def open_storage(url: str):
                                              skip_compatibility_check=True)
         return storage, len(storage.get_all_studies())
     except Exception as error:  # SQLAlchemy and driver errors: an unreachable server, a database of something else
-        raise ExperimentError(f"cannot read the Optuna storage {url}: {root_cause(error)}") from None
+        raise ExperimentError(f"cannot read the Optuna storage {mask(url)}: {root_cause(error)}") from None
 
 
 def serve(storage, port: int):

@@ -151,6 +151,10 @@ class MultirunParent:
             if retrain:
                 client.set_tag(self.run_id, "retrain_command", retrain)
             # Tags, not params: the parent of a study outlives one search, and a later best replaces them.
+            stale = [key for key in client.get_run(self.run_id).data.tags
+                     if key.startswith("best.") and key.removeprefix("best.") not in best.params]
+            for key in stale:  # an earlier best's parameters the new one has not (a layer fewer)
+                client.delete_tag(self.run_id, key)
             for key, value in best.params.items():
                 client.set_tag(self.run_id, f"best.{key}", str(value))
             if result.gain is not None:
@@ -172,8 +176,9 @@ class MultirunParent:
         if rows:
             _log_table(client, self.run_id, _columns(rows), "pareto_front.json")
         client.log_metric(self.run_id, "pareto_front_size", len(rows))
+        here = {run.info.run_id for run in self.children()}  # not runs in another store, or deleted ones
         for trial in result.trials:
-            if trial.run_id is not None and trial.state == "COMPLETE":  # a resumed search may move it off
+            if trial.run_id in here and trial.state == "COMPLETE":  # a resumed search may move it off the front
                 client.set_tag(trial.run_id, run_tags.PARETO_FRONT_TAG, str(trial.on_front).lower())
 
     def abandon(self) -> None:

@@ -123,7 +123,7 @@ class RunRecorder:
         with interrupts.deferred(), \
                 store_writes(self.uri, f"recording run {self.run_id} (epochs recorded: {self.epochs_logged})"):
             self.client.log_batch(self.run_id, metrics=self._size_points() + points)
-        self._unwritten_size = {}
+            self._unwritten_size = {}  # before a deferred interrupt is raised: end() must not write it again
 
     def _size_points(self) -> list:
         from mlflow.entities import Metric

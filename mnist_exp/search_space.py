@@ -240,7 +240,9 @@ def storage_lock(url: str, name: str) -> Iterator[None]:
     from mnist_exp.credentials import connection_url
 
     key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    engine = sqlalchemy.create_engine(connection_url(url), poolclass=sqlalchemy.pool.NullPool)
+    # Autocommit: a session left "idle in transaction" may be ended by the server, and the lock with it.
+    engine = sqlalchemy.create_engine(connection_url(url), poolclass=sqlalchemy.pool.NullPool,
+                                      isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})

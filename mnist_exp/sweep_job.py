@@ -20,6 +20,9 @@ from mnist_exp.run_record import RunContext
 from mnist_exp.sweep_worker import is_worker_of, watched_job
 
 log = logging.getLogger("mnist_exp")
+# The sweeps (by their sweeping process) whose job this worker process stopped on Ctrl-C or SIGTERM: the sweep is
+# stopping, and its queued jobs that reach this worker, before the parent run says so, start no run.
+_STOPPED_SWEEPS: set[int] = set()
 
 
 def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOutcome:
@@ -29,12 +32,17 @@ def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOu
     if job is None or not is_worker_of(job.sweeper_pid):
         return _run(cfg, overrides, job, label)
     reporter = _reporter(job)
+    sweep_ended = _sweep_ended(cfg, job, reporter)
+    if job.sweeper_pid in _STOPPED_SWEEPS or _ended_already(sweep_ended):
+        # joblib hands the batch's queued jobs to the workers the stopped ones freed: no run for those.
+        return JobOutcome("FAIL", reason=INTERRUPTED_REASON)
     try:
-        with watched_job(job.sweeper_pid, _sweep_ended(cfg, job, reporter)):
+        with watched_job(job.sweeper_pid, sweep_ended):
             return _run(cfg, overrides, job, label, reporter)
     except KeyboardInterrupt:
         # The run is KILLED; the sweep already counts the trial as FAIL (or this worker alone was signalled).
         log.info("%s stopped: %s", label, INTERRUPTED_REASON)
+        _STOPPED_SWEEPS.add(job.sweeper_pid)
         # The sweep is stopping and shuts this worker down next, waiting for it: its exit must not spend
         # seconds collecting every object TensorFlow made (the operating system frees them at once).
         gc.freeze()
@@ -58,6 +66,13 @@ def _sweep_ended(cfg: DictConfig, job: JobContext, reporter) -> Callable[[], boo
         return clients[0].get_run(job.parent_run_id).info.status != "RUNNING"
 
     return parent_ended
+
+
+def _ended_already(sweep_ended: Callable[[], bool]) -> bool:
+    try:
+        return sweep_ended()
+    except Exception:  # the store cannot say: run the job, its watcher asks again
+        return False
 
 
 def _reporter(job: JobContext | None):

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from mnist_exp import config as settings
 from mnist_exp import interrupts
+from mnist_exp.credentials import mask
 from mnist_exp.errors import JOBS_FAILED, ExperimentError, exit_with
 from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
 from mnist_exp.sweep_worker import JOBS_STOP_GRACE_S
@@ -136,7 +137,7 @@ def launch_off_main_thread(launch: Callable[[], Returned], stop: Callable[[], No
     thread.start()
     try:
         thread.join()
-        interrupts.check()  # one Python dropped
+        interrupts.check()  # an interrupt Python dropped (raised inside a garbage-collector callback)
     except KeyboardInterrupt:
         stop()
         thread.join(JOBS_STOP_GRACE_S)
@@ -172,7 +173,7 @@ def announce_search(search: Search, parent: MultirunParent) -> None:
     trials = search.open_study().get_trials(deepcopy=False)
     counts = {state: sum(t.state.name == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
     finished = counts["COMPLETE"] + counts["PRUNED"]
-    where = f"study {search.study_name} ({search.storage})"
+    where = f"study {search.study_name} ({mask(search.storage)})"
     if not trials:
         print(f"New {where}: {search.n_trials} trials to run; MLflow parent run {parent.run_id}", flush=True)
         return
@@ -188,7 +189,8 @@ def report_search(parent: MultirunParent, result: SearchResult, summary: SweepSu
     from mnist_exp.tables import score, trials_table
 
     counts = {state: sum(t.state == state for t in result.trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
-    print(f"\nStudy {result.study_name} ({result.storage}): {counts['COMPLETE'] + counts['PRUNED']} finished trials "
+    print(f"\nStudy {result.study_name} ({mask(result.storage)}): "
+          f"{counts['COMPLETE'] + counts['PRUNED']} finished trials "
           f"({counts['COMPLETE']} COMPLETE, {counts['PRUNED']} PRUNED), {counts['FAIL']} FAIL; "
           f"{result.ran_now} run by this sweep")
     print(trials_table(result.trials, result.metric, list(result.objectives)), end="")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
 import time
@@ -41,6 +42,10 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
     include the model's size."""
     select_backend(cfg["backend"])
     keras = import_keras()
+    if gc.get_freeze_count() == 0:
+        # What the imports made lives as long as the process: frozen, it is not walked again by the full
+        # collection clear_session() runs before each model (a search's trials), only what models made since.
+        gc.freeze()
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg["seed"])
     if cfg["deterministic"] and cfg["backend"] == "tensorflow":

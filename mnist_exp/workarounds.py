@@ -65,7 +65,7 @@ def requirements_scan_skipped() -> Iterator[None]:
         if original is None:
             log.debug("%s.warn_dependency_requirement_mismatches is gone; nothing to skip there", name)
             continue
-        module.warn_dependency_requirement_mismatches = lambda requirements: None
+        module.warn_dependency_requirement_mismatches = lambda *args, **kwargs: None
         patched.append((module, original))
     try:
         yield

@@ -217,7 +217,8 @@ def test_an_interrupted_joblib_sweep_ends_every_run_killed_and_leaves_no_worker(
     joblib's Parallel took the interrupt in the sweeping process and terminated its workers, whose runs
     stayed RUNNING until the next start marked them KILLED."""
     runs_dir = tmp_path / "runs"
-    process = start_cli("-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=500", "hydra/launcher=joblib",
+    # Three jobs, two workers: the third, queued when the signal comes, must not start a run.
+    process = start_cli("-m", "optimizer=sgd,adam,rmsprop", "data=mnist_sample", "epochs=500", "hydra/launcher=joblib",
                         "hydra.launcher.n_jobs=2", runs_dir=runs_dir, stdout=subprocess.DEVNULL,
                         process_group=group)
     send = (lambda: os.killpg(process.pid, signal.SIGINT)) if group else (lambda: process.send_signal(signal.SIGTERM))

@@ -290,3 +290,20 @@ def test_git_is_asked_once_per_process_and_never_fails_a_run(tmp_path, monkeypat
         assert run_tags.source_tags() == {}
     finally:
         run_tags.source_tags.cache_clear()
+
+
+def test_the_models_of_earlier_trials_are_collected_not_frozen(tiny, tmp_path):
+    """The imports are frozen out of the collection before each model (it walked them for half a second a
+    trial); what a model makes must stay collectable, or every trial of a search would leak its model."""
+    import gc
+    import weakref
+
+    from mnist_exp.data import load_dataset
+    from mnist_exp.train import train_and_evaluate
+
+    cfg = tiny("epochs=1")
+    dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=tmp_path / "cache")
+    first = weakref.ref(train_and_evaluate(cfg, dataset).model)
+    assert gc.get_freeze_count() > 0
+    train_and_evaluate(cfg, dataset)
+    assert first() is None, "the first model was frozen with the imports"

@@ -106,12 +106,17 @@ def test_saving_a_model_skips_mlflows_scan_of_every_installed_package(tmp_path, 
     scans = []  # MLflow catches what its check raises: count the calls instead
     monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append(1) or {})
     monkeypatch.setattr("mlflow.utils.requirements_utils._MODULES_TO_PACKAGES", None)
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
     run = client.create_run(client.create_experiment("models", artifact_location=str(tmp_path / "artifacts")))
     model = keras.Sequential([keras.Input((4,), dtype="uint8"), keras.layers.Dense(3, activation="softmax")])
     dataset = SimpleNamespace(x_test=np.zeros((2, 4), np.uint8), class_names=["a", "b", "c"])
-    assert log_keras_model(run.info.run_id, model, dataset).startswith("models:/")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # log_keras_model logs through MLflow's fluent API, as store.connect sets it up
+    try:
+        assert log_keras_model(run.info.run_id, model, dataset).startswith("models:/")
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert scans == [], "MLflow mapped every installed package while saving the model"
     import mlflow.pyfunc
     import mlflow.utils.environment
