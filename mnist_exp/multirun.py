@@ -21,6 +21,7 @@ from mnist_exp.processes import owner
 from mnist_exp.run_reaper import kill_abandoned_runs
 from mnist_exp.run_record import log_config
 from mnist_exp.store import Store, connect, sqlite_store_lock
+from mnist_exp.workarounds import replace_table
 
 # The study's user attribute naming its parent run: {"run_id": ..., "store": the MLflow store's URI, masked}.
 PARENT_ATTR = "mnist_exp.mlflow_parent_run"
@@ -137,7 +138,7 @@ class MultirunParent:
             for t in result.trials
         ]
         if rows:
-            _log_table(client, self.run_id, _columns(rows), "optuna_trials.json")
+            replace_table(client, self.run_id, _columns(rows), "optuna_trials.json")
         for plot in plots:
             client.log_artifact(self.run_id, str(plot), artifact_path="plots")
         if result.objectives:
@@ -174,7 +175,7 @@ class MultirunParent:
                  "test_accuracy": t.test_accuracy, "run_id": t.run_id, "overrides": " ".join(t.overrides)}
                 for t in result.front]
         if rows:
-            _log_table(client, self.run_id, _columns(rows), "pareto_front.json")
+            replace_table(client, self.run_id, _columns(rows), "pareto_front.json")
         client.log_metric(self.run_id, "pareto_front_size", len(rows))
         here = {run.info.run_id for run in self.children()}  # not runs in another store, or deleted ones
         for trial in result.trials:
@@ -198,7 +199,7 @@ class MultirunParent:
             rows, self.metric, lambda row: row.get(f"final_{self.metric}"), tables.row_state
         ))
         if rows:
-            _log_table(client, self.run_id, _columns(summary.rows), "sweep_summary.json")
+            replace_table(client, self.run_id, _columns(summary.rows), "sweep_summary.json")
             client.log_text(self.run_id, tables.sweep_table(summary.rows), "sweep_summary.txt")
             if self.cfg["plots"]:
                 self._log_sweep_plot(summary.rows)
@@ -225,7 +226,7 @@ class MultirunParent:
             return
         summary.repeats = groups
         client = self.store.client
-        _log_table(client, self.run_id, repeats.as_columns(groups), "repeats_summary.json")
+        replace_table(client, self.run_id, repeats.as_columns(groups), "repeats_summary.json")
         client.log_text(self.run_id, repeats.repeats_table(groups), "repeats_summary.txt")
         if self.cfg["plots"]:
             from mnist_exp.plots import repeat_spread
@@ -260,23 +261,6 @@ def _existing_run(store: Store, run_id: str | None):
         return None
     live = run.info.lifecycle_stage == "active" and run.info.experiment_id == store.experiment_id
     return run if live else None
-
-
-def _log_table(client, run_id: str, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
-    """A table in the run, as MlflowClient.log_table writes it, replacing the one a resumed sweep had logged
-    there (log_table appends to it, which would count every earlier job twice)."""
-    import json
-
-    import pandas as pd
-    from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
-
-    with tempfile.TemporaryDirectory(prefix="mnist-exp-table-") as folder:
-        path = Path(folder) / artifact_file
-        pd.DataFrame(columns).to_json(path, orient="split", index=False, date_format="iso")
-        client.log_artifact(run_id, str(path))
-    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
-    if {"path": artifact_file, "type": "table"} not in logged:  # what the UI's table view lists
-        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, {"path": artifact_file, "type": "table"}]))
 
 
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:

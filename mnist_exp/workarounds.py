@@ -147,3 +147,29 @@ def bounded_mlflow_database_retries() -> None:
         log.debug("mlflow.store.db.utils.MAX_RETRY_COUNT is gone; MLflow's own database retries apply")
         return
     db_utils.MAX_RETRY_COUNT = min(attempts, MLFLOW_DATABASE_ATTEMPTS)
+
+
+def replace_table(client, run_id: str, columns: dict[str, list[Any]], artifact_file: str) -> None:
+    """A table in the run, written as `MlflowClient.log_table` writes it, replacing the one already there:
+    log_table appends to an existing table, so a resumed sweep's summary would count every earlier job twice
+    (mlflow 2.11-3.17 document it so). Writes log_table's file format (pandas' split JSON) and the private tag
+    `mlflow.loggedArtifacts` that the UI's table view reads; when that constant is gone, the file is still
+    replaced and only the UI's listing is left out."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
+    with tempfile.TemporaryDirectory(prefix="mnist-exp-table-") as folder:
+        path = Path(folder) / artifact_file
+        pd.DataFrame(columns).to_json(path, orient="split", index=False, date_format="iso")
+        client.log_artifact(run_id, str(path))
+    try:
+        from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_ARTIFACTS
+    except ImportError:
+        log.debug("mlflow.utils.mlflow_tags.MLFLOW_LOGGED_ARTIFACTS is gone; table %s not listed", artifact_file)
+        return
+    logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+    if {"path": artifact_file, "type": "table"} not in logged:
+        client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, {"path": artifact_file, "type": "table"}]))

@@ -132,3 +132,19 @@ def test_without_mlflows_requirements_check_nothing_is_patched(monkeypatch):
     monkeypatch.delattr(environment, "warn_dependency_requirement_mismatches")
     with workarounds.requirements_scan_skipped():
         assert not hasattr(environment, "warn_dependency_requirement_mismatches")
+
+
+def test_a_table_logged_again_replaces_the_first_and_is_listed_once(tmp_path):
+    """MlflowClient.log_table appends; a resumed sweep's summary must not list its earlier jobs twice."""
+    import json
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("t", artifact_location=str(tmp_path / "a"))).info.run_id
+    workarounds.replace_table(client, run_id, {"trial": [0, 1]}, "trials.json")
+    workarounds.replace_table(client, run_id, {"trial": [0, 1, 2]}, "trials.json")
+    table = json.loads(open(client.download_artifacts(run_id, "trials.json")).read())
+    assert table["columns"] == ["trial"] and table["data"] == [[0], [1], [2]]
+    listed = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
+    assert listed == [{"path": "trials.json", "type": "table"}]
