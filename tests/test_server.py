@@ -64,12 +64,15 @@ def tracking_server(tmp_path_factory):
     try:
         for database in ("mlflow", "optuna"):
             as_postgres(f"{POSTGRES_BIN}/createdb", "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", database)
+        # Its log to a file: a pipe nobody reads fills up with the access log, and the server then blocks
+        # on its next log line with every request in flight (the module's fourth test hung that way).
+        server_log = open(root / "mlflow-server.log", "w")  # noqa: SIM115 - open for the server's lifetime
         server = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server",
              "--backend-store-uri", f"postgresql://postgres@127.0.0.1:{pg_port}/mlflow",
              "--serve-artifacts", "--artifacts-destination", str(artifacts),
              "--host", "127.0.0.1", "--port", str(mlflow_port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=server_log, stderr=subprocess.STDOUT, text=True,
         )
         try:
             url = f"http://127.0.0.1:{mlflow_port}"
@@ -78,6 +81,7 @@ def tracking_server(tmp_path_factory):
         finally:
             server.terminate()
             server.wait(timeout=30)
+            server_log.close()
     finally:
         as_postgres(f"{POSTGRES_BIN}/pg_ctl", "-D", str(data), "-m", "fast", "stop")
         shutil.rmtree(root, ignore_errors=True)
