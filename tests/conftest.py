@@ -201,28 +201,32 @@ def owner_pid(run) -> int:
     return int(run.data.tags["mnist_exp.owner"].split(":")[1])
 
 
+def count_read_only(database: Path, query: str) -> int:
+    """The count `query` finds in a SQLite file that a running process is still writing, read with plain sqlite3
+    (read-only): an MLflow or Optuna client would race that process to create the file's tables. 0 while the
+    file or its tables do not exist yet."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
+            return connection.execute(query).fetchone()[0]
+    except sqlite3.Error:  # no file, or no tables yet
+        return 0
+
+
 def epochs_recorded(runs_dir: Path) -> int:
-    """val_accuracy points in a runs_dir's store so far, read with plain sqlite3 (read-only): an MLflow
-    client would race the running process to create the store's tables."""
-    database = Path(runs_dir) / "mlflow.db"
-    if not database.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
-            return connection.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_accuracy'").fetchone()[0]
-    except sqlite3.Error:  # the tables are not there yet
-        return 0
+    """val_accuracy points in a runs_dir's store so far."""
+    return count_read_only(Path(runs_dir) / "mlflow.db", "SELECT COUNT(*) FROM metrics WHERE key = 'val_accuracy'")
 
 
-def runs_with_an_epoch(runs_dir) -> int:
-    """Runs that have recorded an epoch so far, read with plain sqlite3 (the search is still writing)."""
-    database = runs_dir / "mlflow.db"
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
-            return connection.execute(
-                "SELECT COUNT(DISTINCT run_uuid) FROM metrics WHERE key = 'val_accuracy'").fetchone()[0]
-    except sqlite3.Error:  # no database or no tables yet
-        return 0
+def runs_with_an_epoch(runs_dir: Path) -> int:
+    """Runs that have recorded an epoch so far."""
+    return count_read_only(Path(runs_dir) / "mlflow.db",
+                           "SELECT COUNT(DISTINCT run_uuid) FROM metrics WHERE key = 'val_accuracy'")
+
+
+def finished_trials(database: Path, study_name: str) -> int:
+    """COMPLETE or PRUNED trials of the study `study_name` in an Optuna SQLite storage so far."""
+    return count_read_only(database, "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE "
+                                     f"studies.study_name = '{study_name}' AND trials.state IN ('COMPLETE', 'PRUNED')")
 
 
 def child_processes(pid: int) -> list[int]:

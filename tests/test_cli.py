@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import time
 from collections import Counter
@@ -16,6 +14,7 @@ import pytest
 from tests.conftest import (
     all_runs,
     artifact_paths,
+    count_read_only,
     epochs_recorded,
     finish,
     interrupt_two_training_jobs,
@@ -233,19 +232,10 @@ def test_an_interrupted_joblib_sweep_ends_every_run_killed_and_leaves_no_worker(
 
 
 def finished_children(runs_dir) -> int:
-    """FINISHED child runs in a runs_dir's store so far, read with plain sqlite3 (read-only; see
-    conftest.epochs_recorded)."""
-    database = runs_dir / "mlflow.db"
-    if not database.exists():
-        return 0
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
-            return connection.execute(
-                "SELECT COUNT(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
-                "WHERE tags.key = 'mlflow.parentRunId' AND runs.status = 'FINISHED'"
-            ).fetchone()[0]
-    except sqlite3.Error:  # the tables are not there yet
-        return 0
+    """FINISHED child runs in a runs_dir's store so far."""
+    return count_read_only(runs_dir / "mlflow.db",
+                           "SELECT COUNT(*) FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+                           "WHERE tags.key = 'mlflow.parentRunId' AND runs.status = 'FINISHED'")
 
 
 def test_a_sweep_killed_outright_is_finished_by_the_same_command_each_job_once(tmp_path):

@@ -14,6 +14,7 @@ from tests.conftest import (
     artifact_paths,
     child_processes,
     finish,
+    finished_trials,
     interrupt_two_training_jobs,
     living,
     metric_steps,
@@ -207,7 +208,8 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number)
     command = ["-m", "hparams_search=optuna", "data=mnist_sample", "epochs=30", "hydra.sweeper.n_trials=2",
                "hydra.sweeper.pruner.name=none"]
     process = start_cli(*command, runs_dir=runs_dir, stdout=subprocess.DEVNULL)
-    stderr = signal_when(process, lambda: finished_trials(storage) >= 1, signal_number, 180, "a finished trial")
+    one_finished = lambda: finished_trials(runs_dir / "optuna.db", "mnist-mlp-mnist_sample") >= 1  # noqa: E731
+    stderr = signal_when(process, one_finished, signal_number, 180, "a finished trial")
     assert process.returncode == (-signal.SIGKILL if signal_number == signal.SIGKILL else 130), stderr[-3000:]
     interrupted = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
     done_before = [t.number for t in interrupted if t.state.name == "COMPLETE"]
@@ -232,14 +234,6 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number)
     client, (resumed,), _ = sweep_runs(runs_dir)  # the study's one parent run, FINISHED by the search that ended it
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
     assert resumed.info.status == "FINISHED" and resumed.data.tags["optuna.study_name"] == "mnist-mlp-mnist_sample"
-
-
-def finished_trials(storage: str) -> int:
-    try:
-        study = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage)
-    except Exception:  # the study, or its database, does not exist yet
-        return 0
-    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
 
 
 def test_independent_searches_on_one_storage_share_one_study(tmp_path):

@@ -175,7 +175,9 @@ def test_passwords_in_the_urls_reach_their_servers_and_nothing_else(tracking_ser
     assert authorizations and set(authorizations) == {basic}, "the sweeping process and both workers"
     client = store_client(url)
     parent, children = single_sweep(client, "credentials")
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children), (
+        [(c.info.status, c.data.tags.get("optuna.trial_number")) for c in children], result.stdout, resumed.stdout,
+        result.stderr[-3000:], resumed.stderr[-3000:])
     assert resumed.stdout.splitlines()[0].endswith(f"MLflow parent run {parent.info.run_id}")
 
     printed = result.stdout + result.stderr + resumed.stdout + resumed.stderr
