@@ -78,17 +78,27 @@ def _validated_data(cfg: DictConfig, overrides: Sequence[str], context: RunConte
 
 def _epoch_hook(cfg: DictConfig, recorder: RunRecorder, context: RunContext):
     def record_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == 1 and cfg.plots:
-            from mnist_exp.plots import preload
-
-            # matplotlib's import overlaps the next epochs, which leave the GIL free; not the
+        if epoch == 1:
+            # The imports of publishing overlap the next epochs, which leave the GIL free; not the
             # first, whose tracing is Python too.
-            threading.Thread(target=preload, name="import-matplotlib", daemon=True).start()
+            threading.Thread(target=_preload_publishing, args=(cfg,), name="preload", daemon=True).start()
         recorder.log_epoch(epoch, metrics)
         if context.on_epoch is not None:
             context.on_epoch(epoch, metrics)
 
     return record_epoch
+
+
+def _preload_publishing(cfg: DictConfig) -> None:
+    """Import what the run's pictures and model logging will import (a second or so in all)."""
+    if cfg.plots:
+        from mnist_exp.plots import preload as preload_plots
+
+        preload_plots()
+    if cfg.mlflow.log_model:
+        from mnist_exp.logged_models import preload as preload_model_logging
+
+        preload_model_logging()
 
 
 def _publish(cfg: DictConfig, recorder: RunRecorder, result, dataset: Dataset) -> str | None:

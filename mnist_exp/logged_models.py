@@ -19,6 +19,16 @@ MODEL_NAME = "model"  # the name of the one model each run logs
 PIXELS = 28 * 28
 
 
+def preload() -> None:
+    """Import what logging a model imports (mlflow.keras, mlflow.pyfunc, and GitPython for the source commit MLflow tags the
+    model with): called in a thread while training runs, the imports cost the run nothing after its last epoch."""
+    import mlflow.keras  # noqa: F401
+    import mlflow.pyfunc  # noqa: F401
+
+    with contextlib.suppress(ImportError):  # GitPython without a git executable; MLflow then tags no commit
+        import git  # noqa: F401
+
+
 def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
     """Log `model` into run `run_id` with a signature and an input example; returns the model's URI."""
     import keras
@@ -27,7 +37,11 @@ def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from mnist_exp.workarounds import keras_input_example_folder_created, requirements_scan_skipped
+    from mnist_exp.workarounds import (
+        keras_input_example_folder_created,
+        requirements_scan_skipped,
+        serving_example_check_skipped,
+    )
 
     backend = keras.backend.backend()
     # Written out rather than inferred: inferring runs model.predict, whose first call costs a tracing.
@@ -37,7 +51,7 @@ def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
     )
     # mlflow.keras logs into the active run; record_run sets the final status afterwards.
     with mlflow.start_run(run_id=run_id), keras_input_example_folder_created(), requirements_scan_skipped(), \
-            _quiet_example_check():
+            serving_example_check_skipped(), _quiet_example_check():
         # Explicit requirements: inferring them re-imports the model in a subprocess (seconds).
         info = mlflow.keras.log_model(
             model, name=MODEL_NAME, signature=signature, input_example=dataset.x_test[:2],

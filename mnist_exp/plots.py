@@ -19,8 +19,12 @@ MAX_MISCLASSIFIED = 36
 
 
 def preload() -> None:
-    """Import matplotlib now: called in a thread while training runs, its import costs the run nothing."""
+    """Import matplotlib, and the image formats PIL registers on its first save, now: called in a thread
+    while training runs, the imports cost the run nothing."""
     _pyplot()
+    from PIL import Image
+
+    Image.init()
 
 
 def _pyplot():

@@ -95,28 +95,12 @@ def test_mlflows_database_retries_are_bounded_and_left_alone_when_gone(monkeypat
 
 def test_saving_a_model_skips_mlflows_scan_of_every_installed_package(tmp_path, monkeypatch):
     """The scan only checks requirements we take from the installed versions; it cost over a second a run."""
-    from types import SimpleNamespace
-
     import importlib_metadata
-    import keras
-    import mlflow
-
-    from mnist_exp.logged_models import log_keras_model
 
     scans = []  # MLflow catches what its check raises: count the calls instead
     monkeypatch.setattr(importlib_metadata, "packages_distributions", lambda: scans.append(1) or {})
     monkeypatch.setattr("mlflow.utils.requirements_utils._MODULES_TO_PACKAGES", None)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(uri)
-    run = client.create_run(client.create_experiment("models", artifact_location=str(tmp_path / "artifacts")))
-    model = keras.Sequential([keras.Input((4,), dtype="uint8"), keras.layers.Dense(3, activation="softmax")])
-    dataset = SimpleNamespace(x_test=np.zeros((2, 4), np.uint8), class_names=["a", "b", "c"])
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)  # log_keras_model logs through MLflow's fluent API, as store.connect sets it up
-    try:
-        assert log_keras_model(run.info.run_id, model, dataset).startswith("models:/")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    assert log_tiny_model(tmp_path).model_id.startswith("m-")
     assert scans == [], "MLflow mapped every installed package while saving the model"
     import mlflow.pyfunc
     import mlflow.utils.environment
@@ -148,3 +132,49 @@ def test_a_table_logged_again_replaces_the_first_and_is_listed_once(tmp_path):
     assert table["columns"] == ["trial"] and table["data"] == [[0], [1], [2]]
     listed = json.loads(client.get_run(run_id).data.tags["mlflow.loggedArtifacts"])
     assert listed == [{"path": "trials.json", "type": "table"}]
+
+
+def log_tiny_model(tmp_path):
+    """A 4-input MLP logged as the product logs models (logged_models.log_keras_model): its
+    LoggedModel in the store."""
+    from types import SimpleNamespace
+
+    import mlflow
+
+    from mnist_exp.logged_models import log_keras_model
+    from mnist_exp.model import build_mlp
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("models", artifact_location=str(tmp_path / "artifacts")))
+    model = build_mlp([2], "relu", 0.0, input_dim=4, num_classes=3)
+    dataset = SimpleNamespace(x_test=np.zeros((2, 4), np.uint8), class_names=["a", "b", "c"])
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)  # log_keras_model logs through MLflow's fluent API, as store.connect sets it up
+    try:
+        model_uri = log_keras_model(run.info.run_id, model, dataset)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return client.get_logged_model(model_uri.removeprefix("models:/"))
+
+
+def test_a_logged_model_is_not_loaded_back_to_check_its_example_and_still_serves_it(tmp_path, monkeypatch):
+    """MLflow's check loaded the model back and predicted on the example, over a second a run."""
+    import mlflow.models.utils as model_utils
+    import mlflow.pyfunc
+
+    checked = []
+    monkeypatch.setattr(model_utils, "_validate_serving_input", lambda *args, **kwargs: checked.append(args))
+    spy = model_utils._validate_serving_input
+    logged = log_tiny_model(tmp_path)
+    assert checked == [] and model_utils._validate_serving_input is spy, "skipped, then put back"
+    served = mlflow.pyfunc.load_model(logged.artifact_location).predict(np.full((2, 4), 255, np.uint8))
+    assert np.asarray(served).shape == (2, 3)
+
+
+def test_without_mlflows_serving_example_check_nothing_is_patched(monkeypatch):
+    import mlflow.models.utils as model_utils
+
+    monkeypatch.delattr(model_utils, "_validate_serving_input")
+    with workarounds.serving_example_check_skipped():
+        assert not hasattr(model_utils, "_validate_serving_input")
