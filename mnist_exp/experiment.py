@@ -90,11 +90,11 @@ def _epoch_hook(cfg: DictConfig, recorder: RunRecorder, context: RunContext):
 
 
 def _preload_publishing(cfg: DictConfig) -> None:
-    """Import what the run's pictures and model logging will import (a second or so in all)."""
+    """Start the process that draws the run's pictures, and import what model logging imports (a second or so)."""
     if cfg.plots:
-        from mnist_exp.plots import preload as preload_plots
+        from mnist_exp import picture_worker
 
-        preload_plots()
+        picture_worker.start()
     if cfg.mlflow.log_model:
         from mnist_exp.logged_models import preload as preload_model_logging
 
@@ -106,7 +106,7 @@ def _publish(cfg: DictConfig, recorder: RunRecorder, result, dataset: Dataset) -
     recorder.log_final(result.metrics)
     drawing, plot_errors = None, []
     if result.test_predictions is not None:
-        # Drawn while the model is saved: much of either waits on files and SQLite, not the GIL.
+        # Drawn while the model is saved, by another process (mnist_exp.picture_worker); this thread waits.
         drawing = threading.Thread(
             target=_log_run_plots, args=(recorder, result, dataset, plot_errors), name="plots"
         )
@@ -123,11 +123,11 @@ def _publish(cfg: DictConfig, recorder: RunRecorder, result, dataset: Dataset) -
 
 def _log_run_plots(recorder: RunRecorder, result, dataset: Dataset, errors: list[Exception]) -> None:
     """The run's pictures as artifacts under plots/; a failure is kept in `errors` and costs the run nothing."""
-    from mnist_exp.plots import write_run_plots
+    from mnist_exp.picture_worker import draw_run_plots
 
     try:
         with tempfile.TemporaryDirectory(prefix="mnist-exp-plots-") as folder:
-            write_run_plots(
+            draw_run_plots(
                 Path(folder), result.history, dataset.x_test, dataset.y_test, result.test_predictions,
                 dataset.class_names,
             )

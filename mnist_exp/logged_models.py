@@ -20,8 +20,8 @@ PIXELS = 28 * 28
 
 
 def preload() -> None:
-    """Import what logging a model imports (mlflow.keras, mlflow.pyfunc, and GitPython for the source commit MLflow tags the
-    model with): called in a thread while training runs, the imports cost the run nothing after its last epoch."""
+    """Import what logging a model imports (mlflow.keras, mlflow.pyfunc, and GitPython for the source commit
+    MLflow tags the model with): called in a thread while training runs, they cost nothing after the last epoch."""
     import mlflow.keras  # noqa: F401
     import mlflow.pyfunc  # noqa: F401
 

@@ -122,12 +122,12 @@ def test_plots_false_draws_nothing(tiny):
 
 
 def test_a_plot_that_fails_leaves_a_finished_run_and_a_warning(tiny, monkeypatch, caplog):
-    from mnist_exp import plots
+    from mnist_exp import picture_worker
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(plots, "write_run_plots", broken)
+    monkeypatch.setattr(picture_worker, "draw_run_plots", broken)
     cfg = tiny("plots=true")
     outcome = experiment.run(cfg)
     assert client_for(cfg).get_run(outcome["run_id"]).info.status == "FINISHED"
