@@ -55,7 +55,11 @@ class InMemoryBatches:
 
         # A new seed every epoch (every pass over this dataset), the same sequence in every process.
         epochs = tf.data.Dataset.random(seed=self._seed, rerandomize_each_iteration=True).take(1)
-        pipeline = epochs.map(epoch_order).flat_map(in_batches).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        # Plain Python around TensorFlow ops, no tensor-dependent branches: AutoGraph's rewrite of their source
+        # (the first pipeline of a process) would cost more than the rest of building it.
+        plain = tf.autograph.experimental.do_not_convert
+        pipeline = epochs.map(plain(epoch_order)).flat_map(plain(in_batches)).map(
+            plain(gather), num_parallel_calls=tf.data.AUTOTUNE)
         options = tf.data.Options()
         # As Keras does: the default rewrites cost a pipeline serialisation per epoch and gain nothing here.
         options.experimental_optimization.apply_default_optimizations = False
