@@ -42,8 +42,12 @@ def group_of(op_type: str) -> str:
 
 
 def op_times(xplane: Path) -> dict[str, float]:
-    """Self time (us) per op type from the profiler's framework_op_stats tool."""
-    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
+    """Self time (us) per op type from the profiler's framework_op_stats tool. TensorFlow exposes the tool only
+    through a private module (the one TensorBoard's profile plugin calls); without it the script says so."""
+    try:
+        from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
+    except ImportError as error:
+        raise SystemExit(f"this TensorFlow has no profiler plugin module ({error})") from None
 
     data, ok = _pywrap_profiler_plugin.xspace_to_tools_data([str(xplane)], "framework_op_stats", {})
     if not ok:

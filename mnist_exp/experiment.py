@@ -90,15 +90,18 @@ def _epoch_hook(cfg: DictConfig, recorder: RunRecorder, context: RunContext):
 
 
 def _preload_publishing(cfg: DictConfig) -> None:
-    """Start the process that draws the run's pictures, and import what model logging imports (a second or so)."""
-    if cfg.plots:
-        from mnist_exp import picture_worker
+    """Start the process that draws the run's pictures, and import what model logging imports."""
+    try:
+        if cfg.plots:
+            from mnist_exp import picture_worker
 
-        picture_worker.start()
-    if cfg.mlflow.log_model:
-        from mnist_exp.logged_models import preload as preload_model_logging
+            picture_worker.start()
+        if cfg.mlflow.log_model:
+            from mnist_exp.logged_models import preload as preload_model_logging
 
-        preload_model_logging()
+            preload_model_logging()
+    except Exception as error:  # only time is lost: publishing imports and draws what is missing itself
+        log.debug("preloading for publishing failed: %s: %s", type(error).__name__, error)
 
 
 def _publish(cfg: DictConfig, recorder: RunRecorder, result, dataset: Dataset) -> str | None:

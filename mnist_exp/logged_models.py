@@ -62,8 +62,9 @@ def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
 
 @contextlib.contextmanager
 def _quiet_example_check():
-    """MLflow checks the input example by calling model.predict, whose progress bar would follow the
-    run's epoch lines, and with a list where Keras expects the named input (a warning)."""
+    """Where MLflow still checks the input example (an MLflow that serving_example_check_skipped cannot patch),
+    it calls model.predict, whose progress bar would follow the run's epoch lines, with a list where Keras
+    expects the named input (a warning)."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
         yield

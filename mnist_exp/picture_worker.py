@@ -1,14 +1,14 @@
 """A run's pictures drawn in a process of their own.
 
-matplotlib holds the GIL for the second or so the three pictures take; drawn in a thread of the training
-process, that second is added to the model's logging after the last epoch (and to every trial of a search).
-In a worker process it runs on the other core. One worker serves every run of the process that starts it
-(a search's trials): started while training runs, it has imported matplotlib by the time it is asked.
+matplotlib holds the GIL while it draws; in a thread of the training process, that time is added to the
+model's logging after the last epoch (and to every trial of a search). In a worker process it runs on the
+other core. One worker serves every run of the process that starts it (a search's trials): started while
+training runs, it has imported matplotlib by the time it is asked.
 
 The worker runs in a session of its own, so a Ctrl-C in the terminal reaches the run, which decides what
 happens, not the worker; it reads its requests from a pipe and exits when the pipe ends, which is when this
-process closes it at exit or dies, even by SIGKILL. When the worker cannot be used (it failed to start, or
-died), the pictures are drawn here as before.
+process closes it at exit or dies, even by SIGKILL. When the worker cannot be used (it failed to start, died,
+or did not answer in time), it is killed and the pictures are drawn here as before.
 
     python -m mnist_exp.picture_worker      (started by `start()`; reads pickled requests on stdin)
 """
@@ -19,6 +19,7 @@ import atexit
 import logging
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -30,22 +31,29 @@ from typing import Any, BinaryIO
 import numpy as np
 
 log = logging.getLogger(__name__)
-STOP_TIMEOUT_S = 10.0
+# Drawing takes a fraction of this; a worker that has not answered by then is treated as gone.
+ANSWER_TIMEOUT_S = 60.0
 _FRAME = struct.Struct("!Q")  # each message: its pickled length, then the pickle
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 _lock = threading.Lock()  # one request at a time, and one worker per process
 _worker: subprocess.Popen | None = None
-_stop_registered = False
+_exiting = False  # set at exit: no worker is started after the one that was stopped
+_hooks_registered = False
+_inherited: list[subprocess.Popen] = []  # a forked child's copies of its parent's worker, never used
 
 
 class WorkerUnavailable(Exception):
-    """The worker could not be started, or ended before it answered."""
+    """The worker could not be started, or did not answer."""
 
 
 def start() -> None:
-    """Start the worker unless it runs already; failures are left for `draw_run_plots` to find."""
+    """Start the worker unless it runs already; a worker that cannot start leaves the drawing to this process."""
     with _lock:
-        _running_worker()
+        try:
+            _running_worker()
+        except WorkerUnavailable as reason:
+            log.debug("no picture worker: %s", reason)
 
 
 def pid() -> int | None:
@@ -73,10 +81,21 @@ def draw_run_plots(folder: Path, history: Mapping[str, Sequence[float]], images:
 
 
 def stop() -> None:
-    """End the worker: it sees its input end and exits."""
-    global _worker
+    """End the worker. No request is in flight once the lock is held, so nothing of it can be lost."""
     with _lock:
-        worker, _worker = _worker, None
+        _discard_worker()
+
+
+def _stop_at_exit() -> None:
+    global _exiting
+    with _lock:
+        _exiting = True
+        _discard_worker()
+
+
+def _discard_worker() -> None:
+    global _worker
+    worker, _worker = _worker, None
     if worker is None:
         return
     for pipe in (worker.stdin, worker.stdout):
@@ -84,30 +103,29 @@ def stop() -> None:
             pipe.close()
         except OSError:
             pass
-    try:
-        worker.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
+    worker.kill()
+    worker.wait()
 
 
 def _running_worker() -> subprocess.Popen:
-    global _worker, _stop_registered
+    global _worker, _hooks_registered
+    if _exiting:
+        raise WorkerUnavailable("the process is exiting")
     if _worker is not None and _worker.poll() is None:
         return _worker
-    # This package's folder first: the worker imports the same mnist_exp whatever its working directory.
-    package_root = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    _discard_worker()
     try:
+        # Run from this package's folder: the worker imports this same mnist_exp whatever the working directory.
         _worker = subprocess.Popen(
-            [sys.executable, "-m", "mnist_exp.picture_worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, "PYTHONPATH": path},
+            [sys.executable, "-m", "mnist_exp.picture_worker"], cwd=PACKAGE_ROOT, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
         )
-    except OSError as error:
+    except (OSError, ValueError) as error:
         raise WorkerUnavailable(f"cannot start it: {error}") from None
-    if not _stop_registered:
-        atexit.register(stop)
-        _stop_registered = True
+    if not _hooks_registered:
+        atexit.register(_stop_at_exit)
+        os.register_at_fork(after_in_child=_forget_in_forked_child)
+        _hooks_registered = True
     return _worker
 
 
@@ -115,20 +133,25 @@ def _ask(request: dict[str, Any]) -> str | None:
     worker = _running_worker()
     try:
         _write(worker.stdin, request)
-        reply = _read(worker.stdout)
-    except (OSError, ValueError) as error:
-        reply, cause = None, error
-    else:
-        cause = None
-    if reply is None:
-        worker.kill()
-        raise WorkerUnavailable(f"it ended ({cause or f'exit code {worker.wait()}'})")
+        # The reply comes whole or not at all, so the buffer is empty while select waits on the pipe.
+        answered, _, _ = select.select([worker.stdout], [], [], ANSWER_TIMEOUT_S)
+        reply = _read(worker.stdout) if answered else None
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        _discard_worker()
+        raise WorkerUnavailable(f"it failed: {type(error).__name__}: {error}") from None
+    except BaseException:  # an interrupt mid-request: the pipe is out of step, the worker is of no more use
+        _discard_worker()
+        raise
+    if not isinstance(reply, dict):
+        _discard_worker()
+        raise WorkerUnavailable("it ended or did not answer in time")
     return reply["error"]
 
 
 def _write(pipe: BinaryIO, message: Any) -> None:
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    pipe.write(_FRAME.pack(len(data)) + data)
+    pipe.write(_FRAME.pack(len(data)))
+    pipe.write(data)
     pipe.flush()
 
 
@@ -142,6 +165,21 @@ def _read(pipe: BinaryIO) -> Any | None:
     return pickle.loads(data) if len(data) == length else None
 
 
+def _forget_in_forked_child() -> None:
+    # A fork (multiprocessing's default start method) holds copies of the pipe's ends, which would keep the
+    # worker alive after this process dies. The child closes its copies of the descriptors and keeps the file
+    # objects unreachable-but-alive, so no later garbage collection closes a descriptor number reused since.
+    global _worker, _lock
+    if _worker is not None:
+        for pipe in (_worker.stdin, _worker.stdout):
+            try:
+                os.close(pipe.fileno())
+            except (OSError, ValueError):
+                pass
+        _inherited.append(_worker)
+    _worker, _lock = None, threading.Lock()
+
+
 def serve(requests: BinaryIO, replies: BinaryIO) -> None:
     """The worker's loop: draw each request's pictures, answer {"error": None or one line}, until the input ends."""
     from mnist_exp.plots import preload, write_run_plots
@@ -152,7 +190,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> None:
             write_run_plots(**request)
             error = None
         except Exception as failure:  # answered, and the next run's pictures still get drawn
-            error = f"{type(failure).__name__}: {failure}"
+            error = f"{type(failure).__name__}: {failure}".splitlines()[0]
         _write(replies, {"error": error})
 
 
@@ -162,7 +200,7 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     serve(sys.stdin.buffer, replies)
     replies.close()
-    # Nothing is left to flush: skip the interpreter's teardown, which the process waiting at its exit would wait for.
+    # Nothing is left to flush: skip the interpreter's teardown.
     os._exit(0)
 
 

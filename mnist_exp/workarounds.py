@@ -74,26 +74,32 @@ def requirements_scan_skipped() -> Iterator[None]:
             module.warn_dependency_requirement_mismatches = original
 
 
+# The names under which MLflow's model logging calls its check of the input example.
+SERVING_EXAMPLE_CHECKS = ("_validate_serving_input", "validate_serving_input")
+
+
 @contextlib.contextmanager
 def serving_example_check_skipped() -> Iterator[None]:
     """Logging a model with an input example, MLflow loads the saved model back and predicts on the example
-    (https://github.com/mlflow/mlflow/pull/12625, mlflow 2.16-3.17): a second copy of the model, a traced
-    predict function and a warning at most if it fails, over a second after the last epoch of every run.
-    Our example is two test images under a signature written out from the same arrays, and the tests serve
-    logged models for real, so the check is skipped while the model is logged. A module without the private
-    name `mlflow.models.utils._validate_serving_input` is left alone (the check then runs)."""
+    (https://github.com/mlflow/mlflow/pull/12625, since mlflow 2.16): a second copy of the model and a traced
+    predict function after the last epoch of every run, for a warning at most if it fails. Our example is
+    two test images under a signature written out from the same arrays, and the tests serve logged models
+    for real, so the check is skipped while the model is logged. MLflow calls it as
+    `mlflow.models.utils.validate_serving_input`, since mlflow#23376 as `_validate_serving_input`: whichever
+    of the two the module has is replaced; a module with neither is left alone (the check then runs)."""
     import mlflow.models.utils as model_utils
 
-    original = getattr(model_utils, "_validate_serving_input", None)
-    if original is None:
-        log.debug("mlflow.models.utils._validate_serving_input is gone; the serving example is checked")
-        yield
-        return
-    model_utils._validate_serving_input = lambda *args, **kwargs: None
+    names = [name for name in SERVING_EXAMPLE_CHECKS if hasattr(model_utils, name)]
+    if not names:
+        log.debug("mlflow.models.utils has no %s; the serving example is checked", " or ".join(SERVING_EXAMPLE_CHECKS))
+    originals = {name: getattr(model_utils, name) for name in names}
+    for name in names:
+        setattr(model_utils, name, lambda *args, **kwargs: None)
     try:
         yield
     finally:
-        model_utils._validate_serving_input = original
+        for name, original in originals.items():
+            setattr(model_utils, name, original)
 
 
 def dataset_input_entity(dataset: Any) -> Any | None:

@@ -201,15 +201,20 @@ def owner_pid(run) -> int:
     return int(run.data.tags["mnist_exp.owner"].split(":")[1])
 
 
-def count_read_only(database: Path, query: str) -> int:
+def count_read_only(database: Path, query: str, parameters: Sequence[object] = ()) -> int:
     """The count `query` finds in a SQLite file that a running process is still writing, read with plain sqlite3
     (read-only): an MLflow or Optuna client would race that process to create the file's tables. 0 while the
-    file or its tables do not exist yet."""
+    file or its tables do not exist yet, or while a write holds the file past sqlite3's 5 s wait; any other error
+    fails the test."""
+    if not Path(database).exists():
+        return 0
     try:
         with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as connection:
-            return connection.execute(query).fetchone()[0]
-    except sqlite3.Error:  # no file, or no tables yet
-        return 0
+            return connection.execute(query, parameters).fetchone()[0]
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error) or "database is locked" in str(error):
+            return 0
+        raise
 
 
 def epochs_recorded(runs_dir: Path) -> int:
@@ -226,7 +231,7 @@ def runs_with_an_epoch(runs_dir: Path) -> int:
 def finished_trials(database: Path, study_name: str) -> int:
     """COMPLETE or PRUNED trials of the study `study_name` in an Optuna SQLite storage so far."""
     return count_read_only(database, "SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE "
-                                     f"studies.study_name = '{study_name}' AND trials.state IN ('COMPLETE', 'PRUNED')")
+                                     "studies.study_name = ? AND trials.state IN ('COMPLETE', 'PRUNED')", [study_name])
 
 
 def child_processes(pid: int) -> list[int]:

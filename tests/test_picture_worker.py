@@ -76,3 +76,22 @@ def test_the_worker_ends_when_the_process_that_started_it_is_killed():
     assert started.returncode == -signal.SIGKILL, started.stderr
     worker = int(started.stdout)
     wait_until(lambda: not living([worker]), 60, f"the orphaned picture worker {worker} to exit")
+
+
+def test_without_a_worker_the_pictures_are_drawn_in_this_process(tmp_path, fresh_worker, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    picture_worker.start()  # cannot start: no error, the drawing stays here
+    assert picture_worker.pid() is None
+    assert draw(tmp_path / "pictures") == PICTURES
+
+
+def test_a_worker_that_does_not_answer_is_killed_and_the_pictures_drawn_here(tmp_path, fresh_worker, monkeypatch):
+    silent = tmp_path / "silent-python"
+    silent.write_text("#!/bin/sh\nexec cat >/dev/null\n")  # reads every request, answers none
+    silent.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(silent))
+    monkeypatch.setattr(picture_worker, "ANSWER_TIMEOUT_S", 1.0)
+    picture_worker.start()
+    mute = picture_worker.pid()
+    assert draw(tmp_path / "pictures") == PICTURES
+    assert picture_worker.pid() is None and not living([mute])
