@@ -10,7 +10,7 @@ happens, not the worker; it reads its requests from a pipe and exits when the pi
 process closes it at exit or dies, even by SIGKILL. When the worker cannot be used (it failed to start, died,
 or did not answer in time), it is killed and the pictures are drawn here as before.
 
-    python -m mnist_exp.picture_worker      (started by `start()`; reads pickled requests on stdin)
+The worker is started by `start()` and reads pickled requests on its stdin.
 """
 
 from __future__ import annotations
@@ -35,6 +35,18 @@ log = logging.getLogger(__name__)
 ANSWER_TIMEOUT_S = 60.0
 _FRAME = struct.Struct("!Q")  # each message: its pickled length, then the pickle
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+# The worker imports this very mnist_exp package, from its folder (argv[1]), whatever the working directory or
+# install holds, without putting that folder's parent (site-packages, for an installed wheel) first on sys.path.
+_BOOTSTRAP = """
+import importlib.util, sys
+folder = sys.argv[1]
+spec = importlib.util.spec_from_file_location("mnist_exp", folder + "/__init__.py", submodule_search_locations=[folder])
+package = importlib.util.module_from_spec(spec)
+sys.modules["mnist_exp"] = package
+spec.loader.exec_module(package)
+from mnist_exp.picture_worker import main
+main()
+"""
 
 _lock = threading.Lock()  # one request at a time, and one worker per process
 _worker: subprocess.Popen | None = None
@@ -115,9 +127,8 @@ def _running_worker() -> subprocess.Popen:
         return _worker
     _discard_worker()
     try:
-        # Run from this package's folder: the worker imports this same mnist_exp whatever the working directory.
         _worker = subprocess.Popen(
-            [sys.executable, "-m", "mnist_exp.picture_worker"], cwd=PACKAGE_ROOT, stdin=subprocess.PIPE,
+            [sys.executable, "-c", _BOOTSTRAP, str(PACKAGE_ROOT / "mnist_exp")], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
         )
     except (OSError, ValueError) as error:
@@ -203,6 +214,3 @@ def main() -> None:
     # Nothing is left to flush: skip the interpreter's teardown.
     os._exit(0)
 
-
-if __name__ == "__main__":
-    main()

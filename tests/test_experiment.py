@@ -115,6 +115,20 @@ def test_a_run_optimising_the_model_size_returns_it_and_watches_a_validation_met
     assert not unwatchable, "early stopping and LR reduction watch a metric the epochs have"
 
 
+def test_the_pictures_are_drawn_by_the_worker_process(tiny, monkeypatch, caplog):
+    """Drawn in this process they would hold the GIL beside the model's logging (mnist_exp.picture_worker)."""
+    from mnist_exp import plots
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("drawn in the training process")
+
+    monkeypatch.setattr(plots, "write_run_plots", not_here)
+    cfg = tiny("plots=true")
+    outcome = experiment.run(cfg)
+    assert "no plots for run" not in caplog.text
+    assert len(artifact_paths(client_for(cfg), outcome["run_id"], "plots")) == 3
+
+
 def test_plots_false_draws_nothing(tiny):
     cfg = tiny()
     outcome = experiment.run(cfg)
