@@ -19,8 +19,8 @@ MAX_MISCLASSIFIED = 36
 
 
 def preload() -> None:
-    """Import matplotlib, and the image formats PIL registers on its first save, now: called in a thread
-    while training runs, the imports cost the run nothing."""
+    """Import matplotlib, and the image formats PIL registers on its first save, now: the picture worker does
+    it as it starts, while training runs, so the first pictures do not wait for the imports."""
     _pyplot()
     from PIL import Image
 
