@@ -37,16 +37,17 @@ class Command:
     name: str
     argv: list[str]
     result_line: str  # how the line printed after evaluation starts
+    cwd: Path = ROOT  # the checkout the command runs in (and whose mnist_exp `python -m` imports)
 
 
 class BenchmarkFailed(RuntimeError):
     pass
 
 
-def timed_lines(argv: list[str]) -> tuple[list[tuple[float, str]], float]:
+def timed_lines(argv: list[str], cwd: Path = ROOT) -> tuple[list[tuple[float, str]], float]:
     """Each stdout line with the seconds since launch when it arrived, and the seconds until the exit."""
     started = time.perf_counter()
-    process = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"})
     lines = [(time.perf_counter() - started, line.rstrip("\n")) for line in process.stdout]
     stderr = process.stderr.read()
@@ -58,7 +59,7 @@ def timed_lines(argv: list[str]) -> tuple[list[tuple[float, str]], float]:
 
 
 def phases(command: Command) -> dict[str, float]:
-    lines, ended = timed_lines(command.argv)
+    lines, ended = timed_lines(command.argv, command.cwd)
     first_step = next(t for t, line in lines if line.startswith("Epoch 1/"))
     # Keras' one line per epoch (verbose=2): "422/422 - 3s - 7ms/step - accuracy: ... - val_loss: ..."
     epoch_ends = [t for t, line in lines if "/step - " in line and "val_loss: " in line]

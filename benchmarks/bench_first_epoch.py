@@ -41,22 +41,10 @@ runpy.run_module("mnist_exp", run_name="__main__", alter_sys=True)
 
 
 def bare_keras(epochs: int) -> dict[str, float]:
-    sys.path.insert(0, str(ROOT))
     import keras
-    from hydra import compose, initialize_config_dir
+    from bench_training import product_model
 
-    from mnist_exp.config import runs_dir
-    from mnist_exp.data import load_dataset
-    from mnist_exp.model import build_mlp, build_optimizer
-    from mnist_exp.pipeline import InMemoryBatches
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["data=fashion_mnist"])
-    dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=runs_dir(cfg) / "cache")
-    model = build_mlp(cfg.model.hidden_units, cfg.model.activation, cfg.model.dropout)
-    model.compile(optimizer=build_optimizer(cfg.optimizer), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=cfg.steps_per_execution)
-    batches = InMemoryBatches(dataset, cfg.seed)
+    cfg, _, model, batches = product_model([])
     marks: dict[str, float] = {}
     epoch_ends: list[float] = []
 

@@ -48,6 +48,22 @@ def training_flops(examples: int) -> float:
     return examples * (forward + backward)
 
 
+def product_model(overrides: list[str]):
+    """(config, dataset, compiled model, batches) for the full Fashion-MNIST as a run sets them up
+    (mnist_exp.train's backend preparation and model), for benchmarks that drive fit() themselves."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_exp.config import runs_dir
+    from mnist_exp.pipeline import InMemoryBatches
+    from mnist_exp.train import compiled_model, prepared_backend
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["data=fashion_mnist", *overrides])
+    dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=runs_dir(cfg) / "cache")
+    prepared_backend(cfg)
+    return cfg, dataset, compiled_model(cfg, dataset), InMemoryBatches(dataset, cfg.seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. backend=jax jit_compile=true")

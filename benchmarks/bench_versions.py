@@ -32,12 +32,11 @@ def main() -> None:
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in checkouts}
     with tempfile.TemporaryDirectory() as runs_dir:
         argv = [PYTHON, "-m", "mnist_exp", "data=fashion_mnist", "epochs=5", f"runs_dir={runs_dir}", *args.overrides]
-        bench_command.ROOT = checkouts["before"]
-        bench_command.timed_lines(argv)  # the data cache and the store, as any second run finds them
+        bench_command.timed_lines(argv, checkouts["before"])  # the data cache and the store, as a second run finds
         for repeat in range(args.repeats):
             for name in checkouts if repeat % 2 == 0 else reversed(checkouts):
-                bench_command.ROOT = checkouts[name]
-                samples[name].append(bench_command.phases(bench_command.Command(name, argv, "val_accuracy ")))
+                command = bench_command.Command(name, argv, "val_accuracy ", cwd=checkouts[name])
+                samples[name].append(bench_command.phases(command))
                 print(f"    {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in samples[name][-1].items()),
                       file=sys.stderr)
     print(f"Command: `.venv/bin/python benchmarks/bench_versions.py BEFORE AFTER --repeats {args.repeats}"

@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/profile_tf_epoch.py [--epochs 2] [overrides ...]
 
-Trains the default model on the full Fashion-MNIST as the product does (its model, optimizer, pipeline and
-steps_per_execution), profiles the last epoch with TensorFlow's profiler, and prints the CPU time of each
-kind of op (self time, summed over both cores' threads) as a share of all op time, with the epoch's wall time
-and the floor this machine's float32 GEMM rate allows (benchmarks/bench_training.py). Ops of the same kind are
+Trains the default model on the full Fashion-MNIST as a run does (benchmarks/bench_training.py:product_model:
+mnist_exp.train's backend preparation and model, the product's pipeline), profiles the last epoch with
+TensorFlow's profiler, and prints the CPU time of each kind of op (self time, summed over both cores' threads)
+as a share of all op time, with the epoch's wall time and the floor this machine's float32 GEMM rate allows
+(benchmarks/bench_training.py). Ops of the same kind are
 grouped (GROUPS): the matrix multiplies, the elementwise math around them, the loss, the optimizer's variable
 updates, the input gather and pipeline, and control flow.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_training import gemm_rate, training_flops  # noqa: E402
+from benchmarks.bench_training import gemm_rate, product_model, training_flops  # noqa: E402
 
 GROUPS = (  # (substring of the op type, group), first match wins; anything else is "other"
     ("MatMul", "matrix multiply"), ("SoftmaxCrossEntropy", "loss"), ("LogSoftmax", "loss"),
@@ -69,26 +70,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["data=fashion_mnist", *args.overrides])
-    import keras
     import tensorflow as tf
 
-    from mnist_exp.config import runs_dir
-    from mnist_exp.data import load_dataset
-    from mnist_exp.model import build_mlp, build_optimizer
-    from mnist_exp.pipeline import InMemoryBatches
-
-    dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=runs_dir(cfg) / "cache")
-    floor = training_flops(len(dataset.y_train)) / gemm_rate(cfg.batch_size)  # before TensorFlow's threads start
-    keras.utils.set_random_seed(cfg.seed)
-    tf.config.experimental.enable_op_determinism()
-    model = build_mlp(cfg.model.hidden_units, cfg.model.activation, cfg.model.dropout)
-    model.compile(optimizer=build_optimizer(cfg.optimizer), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], steps_per_execution=cfg.steps_per_execution)
-    batches = InMemoryBatches(dataset, cfg.seed)
+    cfg, dataset, model, batches = product_model(args.overrides)
+    floor = training_flops(len(dataset.y_train)) / gemm_rate(cfg.batch_size)
     train = batches.train(cfg.batch_size)
     model.fit(train, epochs=args.epochs - 1, verbose=0)  # traced and warm
     with tempfile.TemporaryDirectory() as logdir:

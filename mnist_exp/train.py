@@ -40,36 +40,11 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
                        on_built: SizeHook | None = None) -> TrainingResult:
     """Fit on the train split, select on validation, score the test split once at the end; the metrics
     include the model's size."""
-    select_backend(cfg["backend"])
-    keras = import_keras()
-    if gc.get_freeze_count() == 0:
-        # What the imports made lives as long as the process: frozen, it is not walked again by the full
-        # collection clear_session() runs before each model (a search's trials), only what models made since.
-        gc.freeze()
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(cfg["seed"])
-    if cfg["deterministic"] and cfg["backend"] == "tensorflow":
-        # JAX on CPU is deterministic already; TensorFlow must be told.
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-
-    model_cfg = cfg["model"]
-    model = build_mlp(
-        model_cfg["hidden_units"], model_cfg["activation"], model_cfg["dropout"],
-        input_dim=dataset.x_train.shape[1], num_classes=len(dataset.class_names),
-    )
+    keras = prepared_backend(cfg)
+    model = compiled_model(cfg, dataset)
     size = {key: float(value) for key, value in model_size(model).items()}
     if on_built is not None:
         on_built(size)
-    # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label.
-    model.compile(
-        optimizer=build_optimizer(cfg["optimizer"]),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=cfg["jit_compile"],
-        steps_per_execution=cfg["steps_per_execution"],
-    )
 
     watchdog = _divergence_watch(keras)
     callbacks = [watchdog]
@@ -104,7 +79,7 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
         )
     except MemoryError:
         raise ExperimentError(
-            f"out of memory training model.hidden_units={list(model_cfg['hidden_units'])} "
+            f"out of memory training model.hidden_units={list(cfg['model']['hidden_units'])} "
             f"with batch_size={cfg['batch_size']}; use smaller layers or batches"
         ) from None
     train_seconds = time.perf_counter() - started
@@ -132,6 +107,43 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
     }
     predictions = _predicted_classes(model, dataset.x_test) if cfg["plots"] else None
     return TrainingResult(model=model, metrics=metrics, history=dict(history.history), test_predictions=predictions)
+
+
+def prepared_backend(cfg: Mapping[str, Any]):
+    """Keras on the configured backend, its session cleared and seeded (and deterministic, if asked) for a new
+    model; returns the keras module."""
+    select_backend(cfg["backend"])
+    keras = import_keras()
+    if gc.get_freeze_count() == 0:
+        # What the imports made lives as long as the process: frozen, it is not walked again by the full
+        # collection clear_session() runs before each model (a search's trials), only what models made since.
+        gc.freeze()
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(cfg["seed"])
+    if cfg["deterministic"] and cfg["backend"] == "tensorflow":
+        # JAX on CPU is deterministic already; TensorFlow must be told.
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    return keras
+
+
+def compiled_model(cfg: Mapping[str, Any], dataset: Dataset):
+    """The model `cfg` describes, compiled for training as every run trains it."""
+    model_cfg = cfg["model"]
+    model = build_mlp(
+        model_cfg["hidden_units"], model_cfg["activation"], model_cfg["dropout"],
+        input_dim=dataset.x_train.shape[1], num_classes=len(dataset.class_names),
+    )
+    # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label.
+    model.compile(
+        optimizer=build_optimizer(cfg["optimizer"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=cfg["jit_compile"],
+        steps_per_execution=cfg["steps_per_execution"],
+    )
+    return model
 
 
 def _predicted_classes(model, images: np.ndarray) -> np.ndarray:
