@@ -19,7 +19,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from mnist_exp.config_checks import Check, boolean, integer, number, one_of, optional, text
 from mnist_exp.errors import ExperimentError
-from mnist_exp.model import OPTIMIZERS, SIZE_METRICS
+from mnist_exp.model import MODELS, OPTIMIZERS, SIZE_METRICS
 from mnist_exp.module_lookup import module_found
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +43,9 @@ MAX_LAYER_WIDTH = 65_536
 MAX_EXPERIMENT_NAME_LENGTH = 500  # MLflow's limit (mlflow.utils.validation)
 MAX_MODEL_NAME_LENGTH = 250
 MAX_HIDDEN_LAYERS = 64
+MAX_CONV_BLOCKS = 16
+MAX_FILTERS = 4096
+POOLINGS = ("max", "average", "none")
 MAX_REPEATS = 1000
 
 def _one_of_values(*allowed: Any) -> Check:
@@ -79,6 +82,18 @@ def _layer_widths(value: Any) -> str | None:
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_HIDDEN_LAYERS:
         return allowed
     return None if all(integer(1, MAX_LAYER_WIDTH)(width) is None for width in value) else allowed
+
+
+def _conv_filters(value: Any) -> str | None:
+    allowed = f"a non-empty list of at most {MAX_CONV_BLOCKS} integers from 1 to {MAX_FILTERS}, e.g. [32,64]"
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_CONV_BLOCKS:
+        return allowed
+    return None if all(integer(1, MAX_FILTERS)(count) is None for count in value) else allowed
+
+
+def _dense_widths(value: Any) -> str | None:
+    allowed = f"a list of at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_LAYER_WIDTH}, e.g. [128], or []"
+    return None if isinstance(value, (list, tuple)) and (not value or _layer_widths(value) is None) else allowed
 
 
 def tracking_uri_problem(value: Any) -> str | None:
@@ -158,11 +173,24 @@ OPTIMIZER_SETTINGS: dict[str, Check] = {
     "nesterov": boolean,
     "amsgrad": boolean,
 }
-MODEL_KEYS: dict[str, Check] = {
-    "name": one_of("mlp"),
-    "hidden_units": _layer_widths,
-    "activation": one_of(*ACTIVATIONS),
-    "dropout": _UNIT_OPEN,
+# The keys of each model (conf/model/<name>.yaml), by its name.
+MODEL_KEYS: dict[str, dict[str, Check]] = {
+    "mlp": {
+        "name": one_of(*MODELS),
+        "hidden_units": _layer_widths,
+        "activation": one_of(*ACTIVATIONS),
+        "dropout": _UNIT_OPEN,
+    },
+    "cnn": {
+        "name": one_of(*MODELS),
+        "filters": _conv_filters,
+        "kernel_size": integer(1, 28),
+        "pooling": one_of(*POOLINGS),
+        "dense_units": _dense_widths,
+        "activation": one_of(*ACTIVATIONS),
+        "dropout": _UNIT_OPEN,
+        "batch_norm": boolean,
+    },
 }
 DATA_KEYS: dict[str, Check] = {
     "name": _identifier,
@@ -192,10 +220,13 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
         key: OPTIMIZER_SETTINGS.get(key, _setting)
         for key, value in values["optimizer"].items() if key not in OPTIMIZER_KEYS and not isinstance(value, Mapping)
     }
+    model = values["model"].get("name")
+    if model not in MODEL_KEYS:
+        raise ExperimentError(f"model.name={_show(model)} is invalid: expected one of {', '.join(MODEL_KEYS)}")
     schema = {
         **TOP_LEVEL,
         **_prefixed("optimizer", {**OPTIMIZER_KEYS, **settings}),
-        **_prefixed("model", MODEL_KEYS),
+        **_prefixed("model", MODEL_KEYS[model]),
         **_prefixed("data", DATA_KEYS),
         **_prefixed("mlflow", MLFLOW_KEYS),
     }

@@ -70,6 +70,7 @@ class JobOutcome:
     test_accuracy: float | None = None
     run_id: str | None = None
     reason: str | None = None  # why it was PRUNED or FAIL
+    model: str | None = None  # model.name of the job's config, when it could be composed
 
 
 def thread_overrides(threads: int) -> list[str]:

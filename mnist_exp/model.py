@@ -44,6 +44,64 @@ def build_mlp(
     return keras.Sequential(layers, name="mlp")
 
 
+def build_cnn(
+    filters: Sequence[int],
+    kernel_size: int,
+    pooling: str,
+    dense_units: Sequence[int],
+    activation: str,
+    dropout: float,
+    batch_norm: bool,
+    *,
+    input_dim: int = 784,
+    num_classes: int = 10,
+):
+    """A convolutional network on the same flat uint8 pixels as the MLP, reshaped to a square one-channel image
+    and scaled inside: per entry of `filters`, Conv2D(f, kernel_size, same padding) [-> BatchNormalization] ->
+    activation [-> 2x2 pooling while the map is at least 2 wide] [-> Dropout]; then Flatten, Dense(w, activation)
+    [-> Dropout] per entry of `dense_units`, and Dense(num_classes, softmax)."""
+    import keras
+
+    side = math.isqrt(input_dim)
+    if side * side != input_dim:
+        raise ExperimentError(f"model=cnn needs square images; these have {input_dim} pixels")
+    pool = {"max": keras.layers.MaxPooling2D, "average": keras.layers.AveragePooling2D, "none": None}[pooling]
+    layers = [
+        keras.Input(shape=(input_dim,), dtype="uint8", name="pixels"),
+        # Inside the model, so the saved model takes what the MLP takes: predict, serve and the signature agree.
+        keras.layers.Reshape((side, side, 1), name="image"),
+        keras.layers.Rescaling(1 / 255, name="scale"),
+    ]
+    for index, count in enumerate(filters, start=1):
+        # A bias before batch normalisation is cancelled by its mean.
+        layers.append(keras.layers.Conv2D(count, kernel_size, padding="same", use_bias=not batch_norm,
+                                          name=f"conv_{index}"))
+        if batch_norm:
+            layers.append(keras.layers.BatchNormalization(name=f"batch_norm_{index}"))
+        layers.append(keras.layers.Activation(activation, name=f"{activation}_{index}"))
+        if pool is not None and side >= 2:
+            layers.append(pool(2, name=f"pool_{index}"))
+            side //= 2
+        if dropout > 0:
+            layers.append(keras.layers.Dropout(dropout, name=f"conv_dropout_{index}"))
+    layers.append(keras.layers.Flatten(name="flatten"))
+    for index, width in enumerate(dense_units, start=1):
+        layers.append(keras.layers.Dense(width, activation=activation, name=f"hidden_{index}"))
+        if dropout > 0:
+            layers.append(keras.layers.Dropout(dropout, name=f"dropout_{index}"))
+    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="probabilities"))
+    return keras.Sequential(layers, name="cnn")
+
+
+def build_model(model_cfg: Mapping[str, Any], *, input_dim: int, num_classes: int):
+    """The model conf/model/<name>.yaml describes (its `name`: mlp or cnn)."""
+    options = {key: value for key, value in model_cfg.items() if key != "name"}
+    builder = MODELS.get(model_cfg["name"])
+    if builder is None:
+        raise ExperimentError(f"model.name={model_cfg['name']!r} is invalid: expected one of {', '.join(MODELS)}")
+    return builder(**options, input_dim=input_dim, num_classes=num_classes)
+
+
 def model_size(model) -> dict[str, int]:
     """A built model's `parameters` (trainable weights) and `macs_per_example` (multiply-accumulates of one
     forward pass of one example).
@@ -77,6 +135,10 @@ def _macs(keras, model) -> int:
                 layer, (layers.SeparableConv1D, layers.SeparableConv2D)) else [layer.kernel]
             total += sum(math.prod(kernel.shape) for kernel in kernels) * math.prod(positions)
     return int(total)
+
+
+# Each conf/model/*.yaml names one of these; its other keys are the builder's arguments.
+MODELS = {"mlp": build_mlp, "cnn": build_cnn}
 
 
 def build_optimizer(optimizer_cfg: Mapping[str, Any]):

@@ -133,7 +133,8 @@ class MultirunParent:
         client = self.store.client
         rows = [
             {"trial": t.number, "state": t.state, "value": t.value, "test_accuracy": t.test_accuracy,
-             "run_id": t.run_id, "overrides": " ".join(t.overrides), "reason": t.reason, "baseline": t.baseline,
+             "model": t.model, "run_id": t.run_id, "overrides": " ".join(t.overrides), "reason": t.reason,
+             "baseline": t.baseline,
              **{f"params.{k}": v for k, v in t.params.items()}}
             for t in result.trials
         ]

@@ -23,7 +23,7 @@ from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import INTERRUPTED_REASON, JobOutcome
 from mnist_exp.processes import owner
 from mnist_exp.search_baseline import enqueue_baseline
-from mnist_exp.search_result import SearchResult, TrialOutcome
+from mnist_exp.search_result import MODEL_ATTR, SearchResult, TrialOutcome
 from mnist_exp.search_space import (
     check_space,
     check_study_space,
@@ -268,7 +268,7 @@ def _tell(study, trial, returned: Any) -> str:
         reason = f"{type(returned).__name__}: {returned}" if isinstance(returned, BaseException) else "no result"
         returned = JobOutcome("FAIL", reason=reason)
     for key, value in (("run_id", returned.run_id), ("test_accuracy", returned.test_accuracy),
-                       ("fail_reason", returned.reason)):
+                       ("fail_reason", returned.reason), (MODEL_ATTR, returned.model)):
         if value is not None:
             trial.set_user_attr(key, value)
     state = returned.state

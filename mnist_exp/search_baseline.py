@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mnist_exp.job_context import INTERRUPTED_REASON
-from mnist_exp.search_space import format_value, storage_lock
+from mnist_exp.search_space import applies, format_value, storage_lock
 from mnist_exp.trial_reaper import DIED_REASON
 
 BASELINE_ATTR = "mnist_exp.baseline"  # True on the baseline trial
@@ -25,10 +25,14 @@ def baseline_params(config: Any, space: Mapping[str, Mapping[str, Any]]) -> tupl
 
     choices = config.hydra.runtime.choices
     params: dict[str, Any] = {}
+    chosen: dict[str, Any] = {}
     for name, spec in space.items():
+        if not applies(spec, chosen):
+            continue  # a parameter of a model (or optimizer) the config did not choose
         value = choices[name] if name in choices else OmegaConf.select(config, name)
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
+        chosen[name] = value
         problem = _outside(spec, value)
         if problem is not None:
             return None, f"{name}={format_value(value)} is {problem}"

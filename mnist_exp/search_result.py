@@ -9,6 +9,8 @@ from typing import Any
 from mnist_exp import tables
 from mnist_exp.search_baseline import BASELINE_ATTR
 
+MODEL_ATTR = "model"  # the trial's user attribute holding its model.name
+
 
 @dataclass
 class TrialOutcome:
@@ -23,6 +25,7 @@ class TrialOutcome:
     baseline: bool = False  # the trial of the config without the space's suggestions (mnist_exp.search_baseline)
     values: list[float] | None = None  # every objective's value, for COMPLETE; value is the first
     on_front: bool = False  # on the Pareto front of a search of several objectives
+    model: str | None = None  # the trial's model.name
 
 
 @dataclass
@@ -98,4 +101,6 @@ def trial_outcome(trial) -> TrialOutcome:
         run_id=trial.user_attrs.get("run_id"),
         reason=trial.user_attrs.get("fail_reason"),
         baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
+        # A trial that ended before its config was read only has the space's choice, if the space has one.
+        model=trial.user_attrs.get(MODEL_ATTR, trial.params.get("model")),
     )

@@ -49,8 +49,11 @@ def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
     """Raise ExperimentError for a search space that cannot be sampled (unknown type, inverted bounds, ...)."""
     if not space:
         raise ExperimentError("hydra.sweeper.search_space is empty; choose hparams_search=optuna or add parameters")
+    earlier: dict[str, Mapping[str, Any]] = {}
     for name, spec in space.items():
         where = f"hydra.sweeper.search_space.{name}"
+        _check_condition(where, spec.get("when"), earlier)
+        earlier[name] = spec
         kind = spec.get("type")
         if kind not in PARAM_TYPES:
             raise ExperimentError(f"{where}.type={kind!r} is invalid: expected one of {', '.join(PARAM_TYPES)}")
@@ -75,6 +78,35 @@ def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
                 raise ExperimentError(f"{where} layer widths must be >= 1 (got low={low})")
 
 
+def _check_condition(where: str, when: Any, earlier: Mapping[str, Mapping[str, Any]]) -> None:
+    """`when` ({parameter: choice or [choices]}) may only name categorical parameters listed before it, and
+    choices they have."""
+    if when is None:
+        return
+    if not isinstance(when, Mapping) or not when:
+        raise ExperimentError(f"{where}.when must map earlier parameters to their choices, e.g. {{model: cnn}}")
+    for parameter, wanted in when.items():
+        spec = earlier.get(parameter)
+        if spec is None or spec.get("type") != "categorical":
+            raise ExperimentError(f"{where}.when names {parameter}, which is not a categorical parameter listed "
+                                  "before it in the space")
+        choices = list(spec.get("choices") or [])
+        missing = [value for value in _as_list(wanted) if value not in choices]
+        if missing or not _as_list(wanted):
+            raise ExperimentError(f"{where}.when.{parameter}={format_value(wanted)} is invalid: expected one or "
+                                  f"more of its choices {format_value(choices)}")
+
+
+def applies(spec: Mapping[str, Any], chosen: Mapping[str, Any]) -> bool:
+    """Whether a parameter is part of a point whose earlier parameters took the values `chosen`: true unless
+    its `when` names a value they did not take."""
+    return all(chosen.get(parameter) in _as_list(wanted) for parameter, wanted in (spec.get("when") or {}).items())
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def check_study_space(study, space: Mapping[str, Mapping[str, Any]], where: str) -> None:
     """A study keeps the space its first search gave it: trials drawn from two spaces do not compare, and Optuna
     itself only fails (mid-trial) when a categorical's choices change. `where` names the study in the error."""
@@ -93,8 +125,10 @@ def check_study_space(study, space: Mapping[str, Mapping[str, Any]], where: str)
 
 def suggest_overrides(trial, space: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Sample one point of the space from an Optuna trial, as Hydra command-line overrides."""
-    overrides = []
+    overrides, chosen = [], {}
     for name, spec in space.items():
+        if not applies(spec, chosen):
+            continue  # a parameter of the model (or optimizer) this point did not choose
         kind = spec["type"]
         if kind == "categorical":
             value = trial.suggest_categorical(name, list(spec["choices"]))
@@ -110,6 +144,7 @@ def suggest_overrides(trial, space: Mapping[str, Mapping[str, Any]]) -> list[str
                 trial.suggest_int(f"{name}.width_{i}", int(spec["low"]), int(spec["high"]), log=spec.get("log", False))
                 for i in range(1, layers + 1)
             ]
+        chosen[name] = value
         overrides.append(f"{name}={format_value(value)}")
     return overrides
 
@@ -137,8 +172,9 @@ def make_sampler(spec: Mapping[str, Any], space: Mapping[str, Mapping[str, Any]]
     if name == "nsgaii":  # for several objectives (TPE takes them too)
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=spec.get("population_size", 50))
     if name == "grid":
-        if any(p["type"] != "categorical" for p in space.values()):
-            raise ExperimentError("hydra.sweeper.sampler.name=grid needs a search space of categorical parameters only")
+        if any(p["type"] != "categorical" or p.get("when") for p in space.values()):
+            raise ExperimentError("hydra.sweeper.sampler.name=grid needs a search space of categorical parameters "
+                                  "only, none of them conditional (when)")
         return _grid_sampler_class()({k: list(p["choices"]) for k, p in space.items()}, seed=seed)
     raise ExperimentError(f"hydra.sweeper.sampler.name={name!r} is invalid: expected one of {', '.join(SAMPLERS)}")
 

@@ -6,11 +6,12 @@ A failure is recorded (FAILED in MLflow) and returned, never raised: the sweep g
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 from collections.abc import Callable, Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import experiment, interrupts, run_tags
 from mnist_exp.config import objectives
@@ -85,6 +86,11 @@ def _reporter(job: JobContext | None):
 
 def _run(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, label: str,
          reporter=None) -> JobOutcome:
+    model = OmegaConf.select(cfg, "model.name", default=None, throw_on_missing=False)
+    return dataclasses.replace(_outcome(cfg, overrides, job, label, reporter), model=model)
+
+
+def _outcome(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, label: str, reporter) -> JobOutcome:
     context = RunContext()
     if job is not None:
         reporter = reporter or _reporter(job)

@@ -66,11 +66,11 @@ def row_state(row: Mapping[str, Any]) -> str:
 
 
 def sweep_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The jobs of a sweep: state, validation and test accuracy, run id, overrides."""
+    """The jobs of a sweep: state, validation and test accuracy, model, run id, overrides."""
     return render(
-        ["state", "val_acc", "test_acc", "run id", "overrides"],
-        ([row_state(row), score(row.get("final_val_accuracy")), score(row.get("test_accuracy")), row["run_id"],
-          row["overrides"]] for row in rows),
+        ["state", "val_acc", "test_acc", "model", "run id", "overrides"],
+        ([row_state(row), score(row.get("final_val_accuracy")), score(row.get("test_accuracy")),
+          row.get("params.model.name") or "-", row["run_id"], row["overrides"]] for row in rows),
         right=(1, 2),
     )
 
@@ -78,7 +78,7 @@ def sweep_table(rows: Sequence[Mapping[str, Any]]) -> str:
 # (param, column header): what tells one run from another at a glance.
 KEY_PARAMS = (
     ("dataset.name", "data"), ("optimizer.name", "optimizer"), ("optimizer.lr", "lr"), ("batch_size", "batch"),
-    ("epochs", "epochs"), ("model.hidden_units", "hidden_units"),
+    ("epochs", "epochs"), ("model.name", "model"), ("model.hidden_units", "hidden_units"),
 )
 
 
@@ -108,8 +108,8 @@ def trials_table(trials: Sequence[Any], metric: str, objectives: Sequence[str] =
                 "*" if trial.on_front else ""]
 
     return render(
-        ["trial", "state", *header, "test_acc", "overrides"],
-        ([t.number, t.state, *values(t), score(t.test_accuracy),
+        ["trial", "state", *header, "test_acc", "model", "overrides"],
+        ([t.number, t.state, *values(t), score(t.test_accuracy), t.model or "-",
           " ".join(t.overrides) + ("  [baseline]" if t.baseline else "") + (f"  [{t.reason}]" if t.reason else "")]
          for t in ordered),
         right=(0, *range(2, 3 + len(header))),

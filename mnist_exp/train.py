@@ -15,7 +15,7 @@ import numpy as np
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, ModelCannotLearn, TrainingDiverged
 from mnist_exp.keras_backend import import_keras, select_backend
-from mnist_exp.model import build_mlp, build_optimizer, model_size
+from mnist_exp.model import build_model, build_optimizer, model_size
 from mnist_exp.pipeline import InMemoryBatches
 
 EVALUATION_BATCH = 1024
@@ -79,7 +79,7 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
         )
     except MemoryError:
         raise ExperimentError(
-            f"out of memory training model.hidden_units={list(cfg['model']['hidden_units'])} "
+            f"out of memory training model={cfg['model']['name']} ({_layer_settings(cfg['model'])}) "
             f"with batch_size={cfg['batch_size']}; use smaller layers or batches"
         ) from None
     train_seconds = time.perf_counter() - started
@@ -131,10 +131,7 @@ def prepared_backend(cfg: Mapping[str, Any]):
 def compiled_model(cfg: Mapping[str, Any], dataset: Dataset):
     """The model `cfg` describes, compiled for training as every run trains it."""
     model_cfg = cfg["model"]
-    model = build_mlp(
-        model_cfg["hidden_units"], model_cfg["activation"], model_cfg["dropout"],
-        input_dim=dataset.x_train.shape[1], num_classes=len(dataset.class_names),
-    )
+    model = build_model(model_cfg, input_dim=dataset.x_train.shape[1], num_classes=len(dataset.class_names))
     # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label.
     model.compile(
         optimizer=build_optimizer(cfg["optimizer"]),
@@ -144,6 +141,12 @@ def compiled_model(cfg: Mapping[str, Any], dataset: Dataset):
         steps_per_execution=cfg["steps_per_execution"],
     )
     return model
+
+
+def _layer_settings(model_cfg: Mapping[str, Any]) -> str:
+    """The keys that size a model's layers, as overrides: model.hidden_units=[512], model.filters=[32,64] ..."""
+    lists = {key: value for key, value in model_cfg.items() if isinstance(value, list)}
+    return " ".join(f"model.{key}=[{','.join(map(str, value))}]" for key, value in lists.items())
 
 
 def _predicted_classes(model, images: np.ndarray) -> np.ndarray:

@@ -137,8 +137,9 @@ def test_multirun_groups_jobs_under_one_parent(tmp_path):
     assert f"best: {best.info.run_id}" in result.stdout
     # The table: a state column, best first.
     header, *rows = sweep_table(result.stdout)
-    assert header == ["state", "val_acc", "test_acc", "run", "id", "overrides"]
-    assert [row[0] for row in rows] == ["COMPLETE", "COMPLETE"] and rows[0][3] == best.info.run_id
+    assert header == ["state", "val_acc", "test_acc", "model", "run", "id", "overrides"]
+    assert [row[0] for row in rows] == ["COMPLETE", "COMPLETE"] and rows[0][4] == best.info.run_id
+    assert [row[3] for row in rows] == ["mlp", "mlp"]
     # One line per finished job (number, overrides, scores, time), then the table.
     done = [line for line in result.stderr.splitlines() + result.stdout.splitlines() if " done: " in line]
     assert len(done) == 2 and all("val_accuracy=" in line for line in done), result.stderr

@@ -118,6 +118,38 @@ def test_bad_values_name_the_key_and_what_is_allowed(make_cfg, override, named):
     assert "\n" not in message
 
 
+def test_the_cnn_composes_with_its_own_keys_and_none_of_the_mlps(make_cfg):
+    cfg = make_cfg("model=cnn", "model.filters=[16,32,64]", "model.batch_norm=true")
+    config.validate(cfg)
+    assert cfg.model.name == "cnn" and list(cfg.model.filters) == [16, 32, 64] and cfg.model.batch_norm is True
+    assert "hidden_units" not in cfg.model
+    config.validate(make_cfg("model=cnn", "model.dense_units=[]", "model.pooling=none"))
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.filters=[]", "model.filters=[]"),
+        ("model.filters=[32,0]", "model.filters=[32, 0]"),
+        ("model.filters=32", "model.filters=32"),
+        ("model.kernel_size=0", "model.kernel_size=0"),
+        ("model.pooling=min", "model.pooling='min'"),
+        ("model.dense_units=128", "model.dense_units=128"),
+        ("model.dense_units=[0]", "model.dense_units=[0]"),
+        ("model.batch_norm=1", "model.batch_norm=1"),
+        ("model.dropout=1", "model.dropout=1"),
+    ],
+)
+def test_bad_cnn_values_name_the_key_and_what_is_allowed(make_cfg, override, named):
+    with pytest.raises(ExperimentError, match=f"^{named.replace('[', '.').replace(']', '.')} is invalid: expected "):
+        config.validate(make_cfg("model=cnn", override))
+
+
+def test_a_model_name_without_a_builder_is_one_line(make_cfg):
+    with pytest.raises(ExperimentError, match="^model.name='rnn' is invalid: expected one of mlp, cnn$"):
+        config.validate(make_cfg("model.name=rnn"))
+
+
 @pytest.mark.parametrize("added", ["+model.foo=1", "+data.foo=1", "+mlflow.foo=1", "+foo=1"])
 def test_keys_added_with_plus_are_rejected(make_cfg, added):
     key = added.removeprefix("+").split("=")[0]

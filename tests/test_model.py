@@ -6,7 +6,7 @@ import pytest
 
 from mnist_exp.errors import ExperimentError
 from mnist_exp.keras_backend import import_keras
-from mnist_exp.model import OPTIMIZERS, build_mlp, build_optimizer, model_size
+from mnist_exp.model import OPTIMIZERS, build_cnn, build_mlp, build_model, build_optimizer, model_size
 
 keras = import_keras()
 
@@ -35,6 +35,66 @@ def test_pixels_are_scaled_to_unit_range_inside_the_model():
     scale = keras.Model(model.inputs, model.layers[0].output)
     scaled = scale.predict(np.array([[0] * 783 + [255]], dtype=np.uint8), verbose=0)
     assert scaled.dtype == np.float32 and scaled.min() == 0.0 and scaled.max() == 1.0
+
+
+CNN = {"name": "cnn", "filters": [32, 64], "kernel_size": 3, "pooling": "max", "dense_units": [128],
+       "activation": "relu", "dropout": 0.0, "batch_norm": False}
+
+
+def test_the_default_cnn_takes_the_mlps_flat_uint8_pixels_and_reshapes_and_scales_them_inside():
+    import numpy as np
+
+    model = build_model(CNN, input_dim=784, num_classes=10)
+    assert model.input_shape == (None, 784) and model.inputs[0].dtype == "uint8" and model.output_shape == (None, 10)
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Reshape", "Rescaling", "Conv2D", "Activation", "MaxPooling2D", "Conv2D", "Activation", "MaxPooling2D",
+        "Flatten", "Dense", "Dense"]
+    image = keras.Model(model.inputs, model.get_layer("scale").output)
+    pixels = np.zeros((1, 784), dtype=np.uint8)
+    pixels[0, 28 * 2 + 5] = 255  # row 2, column 5
+    scaled = image.predict(pixels, verbose=0)
+    assert scaled.shape == (1, 28, 28, 1) and scaled[0, 2, 5, 0] == 1.0 and scaled.sum() == 1.0
+    # 28 -> 14 -> 7 after two poolings: 7 * 7 * 64 features reach the dense layer.
+    assert model.get_layer("hidden_1").kernel.shape == (7 * 7 * 64, 128)
+
+
+def test_cnn_options_batch_norm_average_pooling_dropout_and_no_dense_layer():
+    model = build_cnn([8, 8, 8, 8, 8, 8], 5, "average", [], "gelu", 0.25, True, input_dim=16 * 16, num_classes=3)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("BatchNormalization") == 6 and kinds.count("Dropout") == 6 and kinds.count("Dense") == 1
+    # Pooling halves 16 -> 8 -> 4 -> 2 -> 1, then stops: a 1x1 map is not pooled again.
+    assert kinds.count("AveragePooling2D") == 4 and model.get_layer("flatten").output.shape == (None, 8)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert all(conv.kernel_size == (5, 5) and not conv.use_bias for conv in convs)
+    assert model.get_layer("conv_1").kernel.shape == (5, 5, 1, 8)
+
+
+def test_a_cnn_without_pooling_keeps_the_full_map():
+    model = build_cnn([4], 3, "none", [16], "relu", 0.0, False)
+    assert model.get_layer("hidden_1").kernel.shape == (28 * 28 * 4, 16)
+    assert not any("Pooling" in type(layer).__name__ for layer in model.layers)
+
+
+def test_a_cnn_needs_square_images():
+    with pytest.raises(ExperimentError, match="model=cnn needs square images; these have 120 pixels"):
+        build_model(CNN, input_dim=120, num_classes=10)
+
+
+def test_size_of_the_default_cnn():
+    size = model_size(build_model(CNN, input_dim=784, num_classes=10))
+    conv1, conv2 = 3 * 3 * 1 * 32, 3 * 3 * 32 * 64
+    dense1, dense2 = 7 * 7 * 64 * 128, 128 * 10
+    assert size == {
+        "parameters": conv1 + 32 + conv2 + 64 + dense1 + 128 + dense2 + 10,
+        "macs_per_example": conv1 * 28 * 28 + conv2 * 14 * 14 + dense1 + dense2,
+    }
+
+
+def test_build_model_takes_the_models_config_group():
+    assert build_model({"name": "mlp", "hidden_units": [8], "activation": "relu", "dropout": 0.0},
+                       input_dim=784, num_classes=10).name == "mlp"
+    with pytest.raises(ExperimentError, match="model.name='rnn' is invalid: expected one of mlp, cnn"):
+        build_model({"name": "rnn"}, input_dim=784, num_classes=10)
 
 
 def test_size_of_the_default_mlp_counts_weights_and_biases_and_one_multiply_add_per_weight():

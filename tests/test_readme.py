@@ -118,10 +118,11 @@ def test_the_sweep_table_is_what_a_grid_sweep_prints(activated_environment, caps
     metric, jobs = heading[3], int(heading[2])
     rows = []
     for line in output[2: 2 + jobs]:
-        state, val_acc, test_acc, run_id, overrides = line.split(None, 4)
+        state, val_acc, test_acc, model, run_id, overrides = line.split(None, 5)
         assert state in STATUS, f"not a state the sweep table prints: {state!r}"
         rows.append({"state": state, "status": STATUS[state], "final_val_accuracy": number(val_acc),
-                     "test_accuracy": number(test_acc), "run_id": run_id, "overrides": overrides})
+                     "test_accuracy": number(test_acc), "run_id": run_id, "overrides": overrides,
+                     "params.model.name": None if model == "-" else model})
     parent = SimpleNamespace(run_id=heading[1], store=SimpleNamespace(uri=ui_uri(output[-1])))
 
     sweeping.report_grid(parent, SweepSummary(metric, rows))
@@ -149,8 +150,8 @@ def test_the_search_summary_is_what_an_optuna_search_prints(activated_environmen
     trials = []
     for line in itertools.takewhile(lambda line: re.match(r"\s*\d+  ", line), output[2:]):
         on_front = bool(objectives) and line.split()[2 + len(objectives)] == "*"  # else the `front` cell is empty
-        cells = line.split(None, 3 + max(1, len(objectives)) + on_front)
-        trial, state, *values, test_acc, overrides = [cell for cell in cells if cell != "*"]
+        cells = line.split(None, 4 + max(1, len(objectives)) + on_front)
+        trial, state, *values, test_acc, model, overrides = [cell for cell in cells if cell != "*"]
         flags = []
         while overrides.endswith("]") and "  [" in overrides:
             overrides, flag = overrides[:-1].rsplit("  [", 1)
@@ -159,7 +160,8 @@ def test_the_search_summary_is_what_an_optuna_search_prints(activated_environmen
         values = [number(v.replace(",", "")) for v in values]
         trials.append(TrialOutcome(int(trial), state, values[0], {}, overrides.split(" "), number(test_acc),
                                    reason=reasons[0] if reasons else None, baseline="baseline" in flags,
-                                   values=values if objectives else None, on_front=on_front))
+                                   values=values if objectives else None, on_front=on_front,
+                                   model=None if model == "-" else model))
     result = SearchResult(heading[1], heading[2], metric, config.direction(metric),
                           sorted(trials, key=lambda t: t.number), ran_now=int(heading[4]),
                           objectives={m: config.direction(m) for m in objectives})

@@ -13,11 +13,12 @@ import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mnist_exp import interrupts, processes, search, store, trial_reaper
+from mnist_exp import config, interrupts, processes, search, store, trial_reaper
 from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.job_context import JobOutcome, StudyLink
-from mnist_exp.search_space import check_settings, check_space, make_storage, suggest_overrides
+from mnist_exp.search_space import check_settings, check_space, make_sampler, make_storage, suggest_overrides
 from mnist_exp.trial_reporter import TrialReporter
+from tests.conftest import compose_cfg
 
 SPACE = {
     "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
@@ -63,10 +64,52 @@ def test_overrides_are_valid_hydra_syntax_for_every_parameter_type():
     assert parsed[3].value() == [int(w) for w in widths[1:-1].split(",")]
 
 
+MODEL_CHOICE = {
+    "model": {"type": "categorical", "choices": ["mlp", "cnn"]},
+    "model.hidden_units": {"type": "layers", "min_layers": 1, "max_layers": 2, "low": 16, "high": 64,
+                           "when": {"model": "mlp"}},
+    "model.filters": {"type": "layers", "min_layers": 1, "max_layers": 2, "low": 8, "high": 32,
+                      "when": {"model": ["cnn"]}},
+    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+}
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_a_conditional_parameter_is_drawn_only_for_the_choice_it_belongs_to(tmp_path, model):
+    check_space(MODEL_CHOICE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial({"model": model})
+    trial = study.ask()
+    overrides = suggest_overrides(trial, MODEL_CHOICE)
+    own, other = ("model.hidden_units", "model.filters") if model == "mlp" else ("model.filters", "model.hidden_units")
+    assert [o.split("=", 1)[0] for o in overrides] == ["model", own, "model.dropout"]
+    assert overrides[0] == f"model={model}"
+    assert not any(name.startswith(other) for name in trial.params)
+    composed = compose_cfg(tmp_path, *overrides)
+    config.validate(composed)
+    assert composed.model.name == model
+
+
+def test_a_grid_cannot_take_a_conditional_space():
+    with pytest.raises(ExperimentError, match="grid needs a search space of categorical parameters only, none of "
+                                              "them conditional"):
+        make_sampler({"name": "grid"}, {"model": {"type": "categorical", "choices": ["mlp", "cnn"]},
+                                        "model.pooling": {"type": "categorical", "choices": ["max", "average"],
+                                                          "when": {"model": "cnn"}}})
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [
         ({}, "search_space is empty"),
+        ({"model.filters": {"type": "layers", "low": 8, "high": 32, "when": {"model": "cnn"}}},
+         "model.filters.when names model, which is not a categorical parameter listed before it"),
+        ({"model": {"type": "categorical", "choices": ["mlp", "cnn"]},
+          "model.filters": {"type": "layers", "low": 8, "high": 32, "when": {"model": "rnn"}}},
+         "model.filters.when.model=rnn is invalid: expected one or more of its choices [mlp,cnn]"),
+        ({"model": {"type": "categorical", "choices": ["mlp"]},
+          "model.filters": {"type": "layers", "low": 8, "high": 32, "when": "cnn"}},
+         "model.filters.when must map earlier parameters to their choices"),
         ({"optimizer.lr": {"type": "float", "low": 0.1, "high": 0.001}}, "inverted bounds: low=0.1 > high=0.001"),
         ({"optimizer.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "log scale, so low must be > 0"),
         ({"x": {"type": "normal"}}, "type='normal' is invalid"),

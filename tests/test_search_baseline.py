@@ -37,6 +37,19 @@ def test_a_config_outside_the_space_has_no_baseline_and_says_why(tmp_path, overr
     assert baseline_params(*sweeper_view(tmp_path, override)) == (None, problem)
 
 
+def test_a_baseline_has_only_the_parameters_of_the_model_it_chose(tmp_path):
+    from tests.test_search import MODEL_CHOICE
+
+    cfg = compose_cfg(tmp_path / "runs", "hparams_search=optuna", "model=cnn", "model.filters=[16,32]",
+                      with_hydra=True)
+    assert baseline_params(cfg, MODEL_CHOICE) == ({
+        "model": "cnn", "model.filters.layers": 2, "model.filters.width_1": 16, "model.filters.width_2": 32,
+        "model.dropout": 0.0}, None)
+    cfg = compose_cfg(tmp_path / "runs", "hparams_search=optuna", "model.hidden_units=[32]", with_hydra=True)
+    assert baseline_params(cfg, MODEL_CHOICE)[0] == {
+        "model": "mlp", "model.hidden_units.layers": 1, "model.hidden_units.width_1": 32, "model.dropout": 0.0}
+
+
 BASELINE = {"optimizer": "adam", "optimizer.lr": 0.001, "batch_size": 128,
             "model.hidden_units.layers": 1, "model.hidden_units.width_1": 64}
 

@@ -41,3 +41,22 @@ def test_columns_line_up_and_scores_have_four_decimals():
     header, first, second = text.splitlines()
     assert first.split()[:3] == ["COMPLETE", "0.9123", "0.9000"] and second.split()[:3] == ["FAIL", "-", "-"]
     assert header.index("run id") == first.index("a" * 32) == second.index("b" * 32)
+
+
+def test_sweep_search_and_runs_tables_say_which_model_each_row_is():
+    from mnist_exp.search_result import TrialOutcome
+
+    sweep = tables.sweep_table([row("a" * 32, "COMPLETE", 0.9, **{"params.model.name": "cnn"}),
+                                row("b" * 32, "FAIL")])
+    header, cnn, failed = sweep.splitlines()
+    assert header.split()[:4] == ["state", "val_acc", "test_acc", "model"]
+    assert cnn.split()[3] == "cnn" and failed.split()[3] == "-"
+    trials = tables.trials_table([TrialOutcome(0, "COMPLETE", 0.9, {}, ["model=cnn"], 0.8, model="cnn"),
+                                  TrialOutcome(1, "FAIL", None, {}, [], model=None)], "val_accuracy")
+    header, first, second = trials.splitlines()
+    assert header.split()[:5] == ["trial", "state", "val_accuracy", "test_acc", "model"]
+    assert first.split()[4] == "cnn" and second.split()[4] == "-"
+    runs = tables.runs_table([row("c" * 32, "COMPLETE", 0.9, experiment="e", name="n", seconds=1.0,
+                                  **{"params.model.name": "mlp"})])
+    header, line = runs.splitlines()
+    assert line[header.index(" model ") + 1:].split()[0] == "mlp"
