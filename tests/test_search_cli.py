@@ -165,6 +165,53 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path):
     assert parent.info.status == "FINISHED"
 
 
+MODEL_CHOICE = """\
+# @package _global_
+# The model is a choice; each model's own keys are drawn only when it is chosen. The baseline (trial 0) is the
+# command's model=cnn; whichever model the sampler draws next, its trial must have that model's keys only.
+defaults:
+  - override /hydra/sweeper: mnist_optuna
+hydra:
+  sweeper:
+    study_name: models
+    sampler: {name: random, seed: 0}
+    search_space:
+      model: {type: categorical, choices: [mlp, cnn]}
+      model.hidden_units: {type: layers, min_layers: 1, max_layers: 2, low: 8, high: 32, when: {model: mlp}}
+      model.filters: {type: layers, min_layers: 1, max_layers: 2, low: 4, high: 8, when: {model: cnn}}
+      model.dropout: {type: float, low: 0.0, high: 0.3}
+"""
+
+
+LAYER_KEYS = {"mlp": "model.hidden_units", "cnn": "model.filters"}
+
+
+def test_a_search_chooses_between_models_and_each_trial_has_its_models_keys_only(tmp_path):
+    extra = tmp_path / "conf"
+    (extra / "hparams_search").mkdir(parents=True)
+    (extra / "hparams_search" / "models.yaml").write_text(MODEL_CHOICE)
+    runs_dir = tmp_path / "runs"
+    result = search("hparams_search=models", "epochs=1", "model=cnn", "model.filters=[4,8]",
+                    "model.dense_units=[16]", "hydra.sweeper.n_trials=3", runs_dir=runs_dir, extra_conf=extra)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="models", storage=f"sqlite:///{runs_dir}/optuna.db")
+    trials = {t.number: t for t in study.trials}
+    assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials.values())
+    assert trials[0].params == {"model": "cnn", "model.filters.layers": 2, "model.filters.width_1": 4,
+                                "model.filters.width_2": 8, "model.dropout": 0.0}
+    _, (parent,), children = sweep_runs(runs_dir)
+    runs = {int(c.data.tags["optuna.trial_number"]): c for c in children[parent.info.run_id]}
+    lines = result.stdout.splitlines()
+    header = lines.index(next(line for line in lines if line.startswith("trial ")))
+    table = {int(line.split()[0]): line.split()[4] for line in lines[header + 1: header + 4]}
+    for number, trial in trials.items():
+        model = trial.params["model"]
+        own, other = LAYER_KEYS[model], LAYER_KEYS["cnn" if model == "mlp" else "mlp"]
+        assert f"{own}.layers" in trial.params and not any(key.startswith(other) for key in trial.params)
+        assert runs[number].data.params["model.name"] == model and own in runs[number].data.params
+        assert table[number] == model and trial.user_attrs["model"] == model
+
+
 INVERTED_BOUNDS = """\
 # @package _global_
 defaults:
