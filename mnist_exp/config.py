@@ -46,6 +46,8 @@ MAX_HIDDEN_LAYERS = 64
 MAX_CONV_BLOCKS = 16
 MAX_FILTERS = 4096
 POOLINGS = ("max", "average", "none")
+MAX_SHIFT = 8  # pixels: data.augment moves images a little, it does not crop them away
+LR_SCHEDULES = ("constant", "cosine", "one_cycle")
 MAX_REPEATS = 1000
 
 def _one_of_values(*allowed: Any) -> Check:
@@ -155,6 +157,8 @@ TOP_LEVEL: dict[str, Check] = {
     "plots": boolean,
     "train_subset": optional(integer(1, 100_000_000)),
     "min_train_accuracy": optional(number(0, 1, low_open=True)),
+    "label_smoothing": number(0, 1, high_open=True),
+    "lr_schedule": one_of(*LR_SCHEDULES),
 }
 # Every optimizer has a name and a learning rate; its other keys are checked by name, whichever optimizer has
 # them, and any key not listed here must be a finite number or a boolean. Whether the optimizer takes a key
@@ -201,6 +205,7 @@ DATA_KEYS: dict[str, Check] = {
     "allow_fallback": boolean,
     "val_fraction": number(0, 0.9, low_open=True),
     "cache": boolean,
+    "augment": integer(0, MAX_SHIFT),
 }
 MLFLOW_KEYS: dict[str, Check] = {
     "tracking_uri": tracking_uri_problem,
@@ -239,6 +244,11 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
         problem = check(present[key])
         if problem is not None:
             raise ExperimentError(f"{key}={_show(present[key])} is invalid: expected {problem}")
+    if values["lr_schedule"] != "constant" and values["reduce_lr_patience"] is not None:
+        raise ExperimentError(
+            f"lr_schedule={values['lr_schedule']} sets the learning rate at every step and reduce_lr_patience="
+            f"{values['reduce_lr_patience']} halves it on plateaus: choose one (reduce_lr_patience=null)"
+        )
     if values["backend"] == "jax" and importlib.util.find_spec("jax") is None:
         raise ExperimentError("backend=jax needs JAX: pip install -e '.[jax]'")
     if values["data"]["allow_fallback"] and values["data"]["loader"] != MNIST_LOADER:

@@ -141,8 +141,32 @@ def _macs(keras, model) -> int:
 MODELS = {"mlp": build_mlp, "cnn": build_cnn}
 
 
-def build_optimizer(optimizer_cfg: Mapping[str, Any]):
-    """A keras.optimizers instance; `lr` becomes learning_rate, every other key passes through by its name."""
+ONE_CYCLE_WARMUP = 0.3  # the share of the steps one_cycle spends rising to optimizer.lr
+ONE_CYCLE_START = 1 / 25  # where it starts, as a fraction of optimizer.lr
+
+
+def learning_rate_schedule(kind: str, lr: float, total_steps: int):
+    """None for a constant learning rate, else the keras schedule `kind` (cosine, one_cycle) over `total_steps`.
+
+    Keras' own CosineDecay (with its linear warm-up for one_cycle): a saved model's optimizer loads back without
+    custom objects."""
+    import keras
+
+    if kind == "constant":
+        return None
+    if kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
+    if kind == "one_cycle":
+        warmup = max(1, round(ONE_CYCLE_WARMUP * total_steps))
+        return keras.optimizers.schedules.CosineDecay(
+            lr * ONE_CYCLE_START, decay_steps=max(1, total_steps - warmup), warmup_target=lr, warmup_steps=warmup
+        )
+    raise ExperimentError(f"lr_schedule={kind!r} is invalid: expected one of constant, cosine, one_cycle")
+
+
+def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule=None):
+    """A keras.optimizers instance; `lr` becomes learning_rate (or `schedule`, a keras schedule, takes its place),
+    every other key passes through by its name."""
     import keras
 
     name = optimizer_cfg["name"]
@@ -168,6 +192,6 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any]):
                 f"optimizer.{key} is not a known key of {class_name}; it takes lr, {', '.join(accepted)}"
             )
     try:
-        return optimizer_class(learning_rate=float(optimizer_cfg["lr"]), **options)
+        return optimizer_class(learning_rate=schedule or float(optimizer_cfg["lr"]), **options)
     except (TypeError, ValueError) as error:
         raise ExperimentError(f"optimizer={name}: {class_name} rejects these settings: {error}") from None

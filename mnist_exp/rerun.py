@@ -25,6 +25,8 @@ from mnist_exp.store import default_uri, reading_uri, tracking_uri
 GROUPS = ("optimizer", "model", "data", "mlflow")  # the config groups whose option a rerun may switch
 # Overrides that choose the store themselves: with one of them the rerun goes where they say.
 STORE_KEYS = ("mlflow", "mlflow.tracking_uri", "runs_dir")
+# Keys a run recorded before they existed lacks, with the value that gives what every run did then.
+KEYS_ADDED_LATER = {"repeats": 1, "lr_schedule": "constant", "label_smoothing": 0.0, "data.augment": 0}
 
 
 def command(run_id: str, tracking_uri: str | None = None) -> str:
@@ -74,8 +76,9 @@ def prepare(run_id: str, store_uri: str, overrides: Sequence[str]) -> tuple[Dict
         except Exception as error:  # MLflow's, the artifact store's or the file system's words
             raise ExperimentError(f"run {run_id} has no config.yaml and overrides.txt to rerun from: "
                                   f"{first_line(str(error))}") from None
-    if "repeats" not in cfg:
-        cfg.repeats = 1  # recorded before the key existed: one run, as every run then was
+    for key, value in KEYS_ADDED_LATER.items():
+        if not _has(cfg, key):
+            OmegaConf.update(cfg, key, value, merge=False)  # recorded before the key existed: what runs then did
     cfg = apply_overrides(cfg, overrides)
     if not any(o.lstrip("+~").partition("=")[0] in STORE_KEYS for o in overrides):
         if tracking_uri(cfg) != store_uri:
@@ -85,6 +88,12 @@ def prepare(run_id: str, store_uri: str, overrides: Sequence[str]) -> tuple[Dict
         raise ExperimentError(f"repeats={cfg.repeats}: a rerun is one run; repeat with python -m mnist_exp -m")
     _warn_about_other_code(run)
     return cfg, [o for o in recorded if o and not o.lstrip("+~").startswith("hydra.")]
+
+
+def _has(cfg: DictConfig, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:

@@ -15,7 +15,7 @@ import numpy as np
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError, ModelCannotLearn, TrainingDiverged
 from mnist_exp.keras_backend import import_keras, select_backend
-from mnist_exp.model import build_model, build_optimizer, model_size
+from mnist_exp.model import build_model, build_optimizer, learning_rate_schedule, model_size
 from mnist_exp.pipeline import InMemoryBatches
 
 EVALUATION_BATCH = 1024
@@ -64,8 +64,10 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
     if cfg["min_train_accuracy"] is not None:
         callbacks.append(_stop_at_train_accuracy(keras, cfg["min_train_accuracy"]))
     # Last, so the epoch's logs include what the callbacks above add (the learning rate).
-    callbacks.append(_epoch_reporter(keras, dataset.sizes["train"], on_epoch))
-    batches = InMemoryBatches(dataset, cfg["seed"])
+    callbacks.append(_epoch_reporter(keras, dataset.sizes["train"], on_epoch,
+                                     log_learning_rate=cfg["lr_schedule"] != "constant"))
+    batches = InMemoryBatches(dataset, cfg["seed"], shift=cfg["data"]["augment"],
+                              one_hot=len(dataset.class_names) if cfg["label_smoothing"] else None)
     started = time.perf_counter()
     try:
         history = model.fit(
@@ -132,10 +134,17 @@ def compiled_model(cfg: Mapping[str, Any], dataset: Dataset):
     """The model `cfg` describes, compiled for training as every run trains it."""
     model_cfg = cfg["model"]
     model = build_model(model_cfg, input_dim=dataset.x_train.shape[1], num_classes=len(dataset.class_names))
-    # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label.
+    steps = cfg["epochs"] * -(-dataset.sizes["train"] // cfg["batch_size"])
+    schedule = learning_rate_schedule(cfg["lr_schedule"], float(cfg["optimizer"]["lr"]), steps)
+    # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label. Smoothing needs
+    # the one-hot targets (the batches make them), and Keras' sparse loss has no smoothing.
+    import keras
+
+    smoothing = cfg["label_smoothing"]
     model.compile(
-        optimizer=build_optimizer(cfg["optimizer"]),
-        loss="sparse_categorical_crossentropy",
+        optimizer=build_optimizer(cfg["optimizer"], schedule),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if smoothing
+        else "sparse_categorical_crossentropy",
         metrics=["accuracy"],
         jit_compile=cfg["jit_compile"],
         steps_per_execution=cfg["steps_per_execution"],
@@ -204,9 +213,10 @@ def _divergence_watch(keras):
     return DivergenceWatch()
 
 
-def _epoch_reporter(keras, train_examples: int, on_epoch: EpochHook | None):
+def _epoch_reporter(keras, train_examples: int, on_epoch: EpochHook | None, log_learning_rate: bool = False):
     class EpochReporter(keras.callbacks.Callback):
-        """Adds epoch wall time and training throughput to Keras' logs and hands them to `on_epoch`."""
+        """Adds epoch wall time and training throughput (and the learning rate a schedule reached, if asked) to
+        Keras' logs and hands them to `on_epoch`."""
 
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch_start = self._train_end = time.perf_counter()
@@ -222,6 +232,8 @@ def _epoch_reporter(keras, train_examples: int, on_epoch: EpochHook | None):
             if not all(math.isfinite(value) for value in metrics.values()):
                 return  # the divergence watch reports this epoch as a failure
             metrics["epoch_seconds"] = now - self._epoch_start
+            if log_learning_rate:
+                metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             metrics["samples_per_second"] = train_examples / max(train_seconds, 1e-9)
             if on_epoch is not None:
                 on_epoch(epoch + 1, metrics)

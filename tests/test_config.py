@@ -98,6 +98,12 @@ def test_list_override_and_flattened_params(make_cfg):
         ("data.class_names=[]", "data.class_names=[]"),
         ("data.class_names=[1,2]", "data.class_names=[1, 2]"),
         ("data.picture_layout=centred", "data.picture_layout='centred'"),
+        ("data.augment=-1", "data.augment=-1"),
+        ("data.augment=20", "data.augment=20"),
+        ("data.augment=true", "data.augment=true"),
+        ("label_smoothing=1", "label_smoothing=1"),
+        ("label_smoothing=-0.1", "label_smoothing=-0.1"),
+        ("lr_schedule=linear", "lr_schedule='linear'"),
         # Names become folder names (artifacts, plots): never paths that leave the run folders.
         ("mlflow.experiment=/abs/dir", "mlflow.experiment='/abs/dir'"),
         ("mlflow.experiment=../x", "mlflow.experiment='../x'"),
@@ -143,6 +149,13 @@ def test_the_cnn_composes_with_its_own_keys_and_none_of_the_mlps(make_cfg):
 def test_bad_cnn_values_name_the_key_and_what_is_allowed(make_cfg, override, named):
     with pytest.raises(ExperimentError, match=f"^{named.replace('[', '.').replace(']', '.')} is invalid: expected "):
         config.validate(make_cfg("model=cnn", override))
+
+
+def test_a_schedule_and_plateau_reduction_are_refused_together(make_cfg):
+    config.validate(make_cfg("lr_schedule=one_cycle", "label_smoothing=0.1", "data.augment=2"))
+    with pytest.raises(ExperimentError, match="^lr_schedule=cosine sets the learning rate at every step and "
+                                              "reduce_lr_patience=3 halves it on plateaus: choose one"):
+        config.validate(make_cfg("lr_schedule=cosine", "reduce_lr_patience=3"))
 
 
 def test_a_model_name_without_a_builder_is_one_line(make_cfg):

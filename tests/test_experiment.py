@@ -251,6 +251,37 @@ def test_learning_rate_reduction_is_recorded(tiny):
     assert all(earlier >= later for earlier, later in zip(rates, rates[1:], strict=False))
 
 
+def test_a_learning_rate_schedule_is_recorded_every_epoch_and_ends_at_zero(tiny):
+    for schedule in ("cosine", "one_cycle"):
+        outcome = experiment.run(tiny("epochs=5", f"lr_schedule={schedule}", "optimizer.lr=0.01"))
+        rates = [p.value for p in client_for(tiny()).get_metric_history(outcome["run_id"], "learning_rate")]
+        assert len(rates) == 5 and rates[-1] == pytest.approx(0, abs=1e-9) and max(rates) <= 0.01, (schedule, rates)
+        falling = rates if schedule == "cosine" else rates[rates.index(max(rates)):]
+        assert all(earlier > later for earlier, later in zip(falling, falling[1:], strict=False)), (schedule, rates)
+        if schedule == "one_cycle":  # 30% of the steps rising: the end of epoch 1 is still on the way up
+            assert rates[0] < rates[1] and rates.index(max(rates)) == 1, rates
+
+
+def test_a_cnn_with_label_smoothing_and_shifted_images_trains_logs_and_loads(experiment_cfg, tiny_npz):
+    import mlflow
+    import numpy as np
+
+    cfg = experiment_cfg(f"data.path={tiny_npz}", "epochs=2", "batch_size=32", "plots=false", "model=cnn",
+                         "model.filters=[4]", "model.dense_units=[]", "label_smoothing=0.2", "data.augment=2")
+    outcome = experiment.run(cfg)
+    client = client_for(cfg)
+    run = client.get_run(outcome["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["model.name"] == "cnn"
+    assert run.data.params["label_smoothing"] == "0.2" and run.data.params["data.augment"] == "2"
+    # Cross-entropy against smoothed targets (0.82 on the class, 0.02 on each other) cannot go below their entropy.
+    floor = -(0.82 * np.log(0.82) + 9 * 0.02 * np.log(0.02))
+    losses = [p.value for p in client.get_metric_history(outcome["run_id"], "loss")]
+    assert len(losses) == 2 and min(losses) >= floor - 1e-3
+    assert 0 <= outcome["test_accuracy"] <= 1 and outcome["test_loss"] >= floor - 1e-3
+    model = mlflow.keras.load_model(outcome["model_uri"])  # the loss and optimizer are Keras' own: no custom objects
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.2)
+
+
 def test_early_stopping_keeps_the_best_epoch(tiny):
     outcome = experiment.run(tiny("epochs=6", "early_stopping_patience=1", "optimized_metric=val_loss",
                                   "optimizer.lr=0.05"))

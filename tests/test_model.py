@@ -6,7 +6,15 @@ import pytest
 
 from mnist_exp.errors import ExperimentError
 from mnist_exp.keras_backend import import_keras
-from mnist_exp.model import OPTIMIZERS, build_cnn, build_mlp, build_model, build_optimizer, model_size
+from mnist_exp.model import (
+    OPTIMIZERS,
+    build_cnn,
+    build_mlp,
+    build_model,
+    build_optimizer,
+    learning_rate_schedule,
+    model_size,
+)
 
 keras = import_keras()
 
@@ -180,3 +188,13 @@ def test_a_key_the_optimizer_does_not_take_names_the_key_and_the_class():
 def test_a_value_keras_rejects_is_one_line_naming_the_class():
     with pytest.raises(ExperimentError, match=r"^optimizer=sgd: keras.optimizers.SGD rejects these settings: "):
         build_optimizer({"name": "sgd", "lr": 0.01, "momentum": 1.5})
+
+
+def test_learning_rate_schedules_over_the_whole_training():
+    assert learning_rate_schedule("constant", 0.01, 100) is None
+    cosine = learning_rate_schedule("cosine", 0.01, 100)
+    assert [round(float(cosine(step)), 6) for step in (0, 50, 100)] == [0.01, 0.005, 0.0]
+    cycle = learning_rate_schedule("one_cycle", 0.01, 100)
+    assert [round(float(cycle(step)), 6) for step in (0, 30, 65, 100)] == [0.0004, 0.01, 0.005, 0.0]
+    optimizer = build_optimizer({"name": "adam", "lr": 0.01}, cycle)
+    assert float(optimizer.learning_rate) == pytest.approx(0.0004)
