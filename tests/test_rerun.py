@@ -120,3 +120,21 @@ def test_a_rerun_goes_to_the_store_it_was_read_from(make_cfg, tmp_path):
     assert rerun_cfg.mlflow.tracking_uri is None, "the store its config names: the config unchanged"
     with pytest.raises(ExperimentError, match="mlflow.tracking_uri='foo://x' is invalid"):
         rerun.prepare(run_id, store_uri(tmp_path / "copy"), ["mlflow.tracking_uri=foo://x"])
+
+
+def test_a_run_recorded_before_the_newer_keys_existed_is_rerun_as_it_was_trained(make_cfg):
+    """A config.yaml without repeats, lr_schedule, label_smoothing or data.augment: the values that give what
+    every run did then, and overrides still change them."""
+    from omegaconf import OmegaConf
+
+    cfg = make_cfg("data=mnist_sample")
+    OmegaConf.set_struct(cfg, False)
+    for key in ("repeats", "lr_schedule", "label_smoothing"):
+        del cfg[key]
+    del cfg.data["augment"]
+    run_id = recorded_run(cfg)
+    prepared, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), [])
+    assert (prepared.repeats, prepared.lr_schedule, prepared.label_smoothing, prepared.data.augment) == (
+        1, "constant", 0.0, 0)
+    prepared, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), ["lr_schedule=cosine", "data.augment=2"])
+    assert (prepared.lr_schedule, prepared.data.augment) == ("cosine", 2)

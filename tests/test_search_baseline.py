@@ -50,6 +50,18 @@ def test_a_baseline_has_only_the_parameters_of_the_model_it_chose(tmp_path):
         "model": "mlp", "model.hidden_units.layers": 1, "model.hidden_units.width_1": 32, "model.dropout": 0.0}
 
 
+def test_the_models_preset_searches_either_model_from_either_baseline(tmp_path):
+    from mnist_exp.search_space import check_settings
+
+    for model, own in (("mlp", "model.hidden_units.width_1"), ("cnn", "model.filters.width_2")):
+        cfg = compose_cfg(tmp_path / "runs", "hparams_search=models", f"model={model}", with_hydra=True)
+        check_settings(cfg.hydra.sweeper)
+        params, problem = baseline_params(cfg, cfg.hydra.sweeper.search_space)
+        assert problem is None and params["model"] == model and own in params
+        assert not any(key.startswith(("model.filters", "model.hidden_units")) and key.split(".")[1] not in own
+                       for key in params)
+
+
 BASELINE = {"optimizer": "adam", "optimizer.lr": 0.001, "batch_size": 128,
             "model.hidden_units.layers": 1, "model.hidden_units.width_1": 64}
 
