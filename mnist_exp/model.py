@@ -36,12 +36,18 @@ def build_mlp(
         keras.Input(shape=(input_dim,), dtype="uint8", name="pixels"),
         keras.layers.Rescaling(1 / 255, name="scale"),
     ]
-    for index, width in enumerate(hidden_units, start=1):
+    return keras.Sequential(layers + _dense_layers(keras, hidden_units, activation, dropout, num_classes), name="mlp")
+
+
+def _dense_layers(keras, widths: Sequence[int], activation: str, dropout: float, num_classes: int) -> list:
+    """Dense(w, activation) [-> Dropout] per width, then Dense(num_classes, softmax): both models end so."""
+    layers = []
+    for index, width in enumerate(widths, start=1):
         layers.append(keras.layers.Dense(width, activation=activation, name=f"hidden_{index}"))
         if dropout > 0:
             layers.append(keras.layers.Dropout(dropout, name=f"dropout_{index}"))
     layers.append(keras.layers.Dense(num_classes, activation="softmax", name="probabilities"))
-    return keras.Sequential(layers, name="mlp")
+    return layers
 
 
 def build_cnn(
@@ -85,12 +91,7 @@ def build_cnn(
         if dropout > 0:
             layers.append(keras.layers.Dropout(dropout, name=f"conv_dropout_{index}"))
     layers.append(keras.layers.Flatten(name="flatten"))
-    for index, width in enumerate(dense_units, start=1):
-        layers.append(keras.layers.Dense(width, activation=activation, name=f"hidden_{index}"))
-        if dropout > 0:
-            layers.append(keras.layers.Dropout(dropout, name=f"dropout_{index}"))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="probabilities"))
-    return keras.Sequential(layers, name="cnn")
+    return keras.Sequential(layers + _dense_layers(keras, dense_units, activation, dropout, num_classes), name="cnn")
 
 
 def build_model(model_cfg: Mapping[str, Any], *, input_dim: int, num_classes: int):
