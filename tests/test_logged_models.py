@@ -39,7 +39,7 @@ def trained_cnn(tmp_path_factory):
     """A small convolutional network trained for 2 epochs on the real digits, in a store of its own."""
     runs_dir = tmp_path_factory.mktemp("trained-cnn") / "runs"
     overrides = ["data=mnist_sample", "epochs=2", "model=cnn", "model.filters=[8,16]", "model.dense_units=[32]"]
-    cfg = compose_cfg(runs_dir, *overrides, "plots=false", "mlflow.registered_model=mnist-cnn")
+    cfg = compose_cfg(runs_dir, *overrides, "plots=false")  # registered as mnist-cnn: named after its model
     return cfg, experiment.run(cfg, overrides=overrides)
 
 
