@@ -38,3 +38,18 @@ def test_a_presets_study_export_parses_and_its_best_is_the_best_of_its_trials(pr
     for trial in trials:  # every trial's overrides are its params, in Hydra's grammar
         assert {o.split("=", 1)[0] for o in trial["overrides"]} == {key.split(".width_")[0].removesuffix(".layers")
                                                                    for key in trial["params"]}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_the_best_experiment_of_a_preset_is_its_best_trials_configuration(make_cfg, preset):
+    """conf/experiment/<preset>_best.yaml trains what the search's best run trained, value for value."""
+    from mnist_exp import config
+    from mnist_exp.run_record import _param_value
+
+    best = json.loads((RESULTS / f"{preset}.json").read_text())["best"]["params"]
+    flat = config.flatten(make_cfg(f"experiment={preset}_best"))
+    where = ("runs_dir", "mlflow.", "hydra.")  # where it is recorded, not what it trains
+    compared = {key for key in flat.keys() & best.keys() if not key.startswith(where)}
+    assert {"model.name", "optimizer.lr", "epochs", "batch_size", "lr_schedule", "label_smoothing",
+            "data.augment", "data.name", "seed"} <= compared
+    assert {key: _param_value(flat[key]) for key in compared} == {key: best[key] for key in compared}
