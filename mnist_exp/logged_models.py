@@ -127,11 +127,12 @@ def _model_run_id(client, model_uri: str) -> str:
     return client.get_logged_model(reference).source_run_id
 
 
-def register_champion(cfg: Mapping[str, Any], run_id: str) -> str | None:
-    """Register `run_id`'s model under mlflow.registered_model with the alias champion; returns 'NAME/VERSION'."""
-    name = cfg["mlflow"]["registered_model"]
-    if not name:
+def register_champion(cfg: Mapping[str, Any], run_id: str, name: str | None = None) -> str | None:
+    """Register `run_id`'s model under `name` (default: mlflow.registered_model) with the alias champion;
+    returns 'NAME/VERSION'. None, registering nothing, when mlflow.registered_model is null."""
+    if not cfg["mlflow"]["registered_model"]:
         return None
+    name = name or cfg["mlflow"]["registered_model"]
     store = connect(cfg)
     models = logged_models(store.client, store.experiment_id, run_id)
     if not models:
@@ -144,7 +145,7 @@ def register_champion(cfg: Mapping[str, Any], run_id: str) -> str | None:
         try:
             client.get_registered_model(name)
         except MlflowException:
-            client.create_registered_model(name, description="MLPs trained by mnist-exp; @champion is the best search")
+            client.create_registered_model(name, description="Models trained by mnist-exp; @champion: a search's best")
     model_version = client.create_model_version(
         name, models[0].model_uri, run_id=run_id, tags={"mnist_exp.source": "search"}, model_id=models[0].model_id
     )

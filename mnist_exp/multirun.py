@@ -163,7 +163,13 @@ class MultirunParent:
                 client.log_metric(self.run_id, "baseline_value", result.baseline.value)
                 client.log_metric(self.run_id, "gain_over_baseline", result.gain)
                 client.set_tag(self.run_id, "baseline_trial_number", str(result.baseline.number))
-            summary.champion = register_champion(self.cfg, best.run_id) if best.run_id else None
+            if best.run_id:
+                # The name the champion's own config gave (mnist-${model.name}): a search choosing between
+                # models registers a CNN as mnist-cnn, whatever model the search's command composed.
+                recorded = client.get_run(best.run_id).data.params.get("mlflow.registered_model")
+                summary.champion = register_champion(self.cfg, best.run_id, None if recorded == "null" else recorded)
+            else:
+                summary.champion = None
             if summary.champion is not None:
                 client.set_tag(self.run_id, "champion_model_version", summary.champion)
         self._end(summary)

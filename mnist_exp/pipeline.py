@@ -66,8 +66,10 @@ class InMemoryBatches:
                 batches = batches.concatenate(tf.data.Dataset.from_tensors(rows[full:]))
             if not shift:
                 return batches
-            # Each batch's own seed for its shifts: the epoch's seed and the batch's number.
-            return batches.enumerate().map(plain(lambda number, rows: (rows, tf.stack([epoch_seed, number]))))
+            # Each batch's own seed for its shifts: the epoch's seed and the batch's number, moved past every
+            # run seed (< 2**32), so that no batch's shifts share the epoch order's seed [epoch_seed, seed].
+            return batches.enumerate().map(
+                plain(lambda number, rows: (rows, tf.stack([epoch_seed, number + 2**32]))))
 
         def gather(rows, batch_seed=None):
             # read_value(): a dense read shares the buffer; gathering from the variable itself makes TF copy it.

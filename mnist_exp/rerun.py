@@ -76,10 +76,12 @@ def prepare(run_id: str, store_uri: str, overrides: Sequence[str]) -> tuple[Dict
         except Exception as error:  # MLflow's, the artifact store's or the file system's words
             raise ExperimentError(f"run {run_id} has no config.yaml and overrides.txt to rerun from: "
                                   f"{first_line(str(error))}") from None
-    for key, value in KEYS_ADDED_LATER.items():
-        if not _has(cfg, key):
-            OmegaConf.update(cfg, key, value, merge=False)  # recorded before the key existed: what runs then did
     cfg = apply_overrides(cfg, overrides)
+    for key, value in KEYS_ADDED_LATER.items():
+        # Recorded before the key existed (what runs then did), or a group option replaced whole by its YAML
+        # file (data=...), which lacks what config.yaml sets for every option (data.augment).
+        if not _has(cfg, key):
+            OmegaConf.update(cfg, key, value, merge=False)
     if not any(o.lstrip("+~").partition("=")[0] in STORE_KEYS for o in overrides):
         if tracking_uri(cfg) != store_uri:
             cfg.mlflow.tracking_uri = store_uri  # where the run was found, not where its config pointed

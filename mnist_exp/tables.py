@@ -78,7 +78,7 @@ def sweep_table(rows: Sequence[Mapping[str, Any]]) -> str:
 # (param, column header): what tells one run from another at a glance.
 KEY_PARAMS = (
     ("dataset.name", "data"), ("optimizer.name", "optimizer"), ("optimizer.lr", "lr"), ("batch_size", "batch"),
-    ("epochs", "epochs"), ("model.name", "model"), ("model.hidden_units", "hidden_units"),
+    ("epochs", "epochs"), ("model.name", "model"), ("model.hidden_units", "hidden_units"), ("model.filters", "filters"),
 )
 
 

@@ -97,7 +97,7 @@ def test_the_champion_alias_serves_predictions(trained, real_digits, tmp_path, c
 def test_a_cnn_is_predicted_registered_and_loaded_like_the_mlp(trained_cnn, real_digits, tmp_path, capsys):
     """The same flat uint8 pixels in, the same probabilities out: predict, the registry and pyfunc need nothing new."""
     cfg, outcome = trained_cnn
-    assert register_champion(cfg, outcome["run_id"]).startswith("mnist-cnn/")
+    assert register_champion(cfg, outcome["run_id"]).startswith("mnist-cnn/"), "named after its model"
     paths, truth = photographed_digits(real_digits, tmp_path)
     assert predict.main([*map(str, paths), "--model", "models:/mnist-cnn@champion",
                          "--tracking-uri", tracking_uri(cfg)]) == 0

@@ -138,3 +138,6 @@ def test_a_run_recorded_before_the_newer_keys_existed_is_rerun_as_it_was_trained
         1, "constant", 0.0, 0)
     prepared, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), ["lr_schedule=cosine", "data.augment=2"])
     assert (prepared.lr_schedule, prepared.data.augment) == ("cosine", 2)
+    # A data option's own file lacks data.augment (config.yaml sets it for every dataset).
+    prepared, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), ["data=fashion_mnist"])
+    assert (prepared.data.name, prepared.data.augment) == ("fashion_mnist", 0)

@@ -167,8 +167,7 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path):
 
 MODEL_CHOICE = """\
 # @package _global_
-# The model is a choice; each model's own keys are drawn only when it is chosen. The baseline (trial 0) is the
-# command's model=cnn; whichever model the sampler draws next, its trial must have that model's keys only.
+# The model is a choice; each model's own keys are drawn only when it is chosen.
 defaults:
   - override /hydra/sweeper: mnist_optuna
 hydra:
@@ -177,39 +176,67 @@ hydra:
     sampler: {name: random, seed: 0}
     search_space:
       model: {type: categorical, choices: [mlp, cnn]}
-      model.hidden_units: {type: layers, min_layers: 1, max_layers: 2, low: 8, high: 32, when: {model: mlp}}
+      model.hidden_units: {type: layers, min_layers: 1, max_layers: 2, low: 8, high: 512, when: {model: mlp}}
       model.filters: {type: layers, min_layers: 1, max_layers: 2, low: 4, high: 8, when: {model: cnn}}
       model.dropout: {type: float, low: 0.0, high: 0.3}
 """
-
-
 LAYER_KEYS = {"mlp": "model.hidden_units", "cnn": "model.filters"}
 
 
 def test_a_search_chooses_between_models_and_each_trial_has_its_models_keys_only(tmp_path):
     extra = tmp_path / "conf"
     (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / "models.yaml").write_text(MODEL_CHOICE)
+    (extra / "hparams_search" / "two_models.yaml").write_text(MODEL_CHOICE)
     runs_dir = tmp_path / "runs"
-    result = search("hparams_search=models", "epochs=1", "model=cnn", "model.filters=[4,8]",
-                    "model.dense_units=[16]", "hydra.sweeper.n_trials=3", runs_dir=runs_dir, extra_conf=extra)
+    runs_dir.mkdir()
+    # Both models for certain, whatever the sampler draws: a CNN queued first, then the baseline (the default MLP).
+    storage = f"sqlite:///{runs_dir}/optuna.db"
+    optuna.create_study(study_name="models", storage=storage, direction="maximize").enqueue_trial({"model": "cnn"})
+    result = search("hparams_search=two_models", "epochs=1", "hydra.sweeper.n_trials=2", runs_dir=runs_dir,
+                    extra_conf=extra)
     assert result.returncode == 0, result.stderr[-3000:]
-    study = optuna.load_study(study_name="models", storage=f"sqlite:///{runs_dir}/optuna.db")
+    study = optuna.load_study(study_name="models", storage=storage)
     trials = {t.number: t for t in study.trials}
-    assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials.values())
-    assert trials[0].params == {"model": "cnn", "model.filters.layers": 2, "model.filters.width_1": 4,
-                                "model.filters.width_2": 8, "model.dropout": 0.0}
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials.values())
+    assert {t.params["model"] for t in trials.values()} == {"mlp", "cnn"}
+    assert trials[1].params == {"model": "mlp", "model.hidden_units.layers": 1, "model.hidden_units.width_1": 512,
+                                "model.dropout": 0.0}, "the baseline: the default MLP, none of the CNN's keys"
     _, (parent,), children = sweep_runs(runs_dir)
     runs = {int(c.data.tags["optuna.trial_number"]): c for c in children[parent.info.run_id]}
     lines = result.stdout.splitlines()
     header = lines.index(next(line for line in lines if line.startswith("trial ")))
-    table = {int(line.split()[0]): line.split()[4] for line in lines[header + 1: header + 4]}
+    table = {int(line.split()[0]): line.split()[4] for line in lines[header + 1: header + 3]}
     for number, trial in trials.items():
         model = trial.params["model"]
         own, other = LAYER_KEYS[model], LAYER_KEYS["cnn" if model == "mlp" else "mlp"]
         assert f"{own}.layers" in trial.params and not any(key.startswith(other) for key in trial.params)
         assert runs[number].data.params["model.name"] == model and own in runs[number].data.params
         assert table[number] == model and trial.user_attrs["model"] == model
+    # The champion is registered under its own model's name, not the one the command composed (mlp).
+    assert f"registered models:/mnist-{study.best_trial.params['model']}@champion" in result.stdout
+
+
+def test_a_key_only_some_of_the_searched_models_have_is_refused_in_one_line(tmp_path):
+    extra = tmp_path / "conf"
+    (extra / "hparams_search").mkdir(parents=True)
+    (extra / "hparams_search" / "two_models.yaml").write_text(MODEL_CHOICE)
+    runs_dir = tmp_path / "runs"
+    result = search("hparams_search=two_models", "model=cnn", "model.filters=[4,8]", runs_dir=runs_dir,
+                    extra_conf=extra)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: model.filters=[4,8]: the search chooses model (hydra.sweeper.search_space.model) and model=mlp has "
+        "no filters; give each model its values in the space, with when: {model: ...}")
+    assert not (runs_dir / "optuna.db").exists() or finished_trials(runs_dir / "optuna.db", "models") == 0
+
+
+def test_a_loss_objective_over_label_smoothing_is_refused_in_one_line(tmp_path):
+    """Losses against differently smoothed targets do not rank the trials that produced them."""
+    result = search("hparams_search=fashion_mlp", "optimized_metric=val_loss", runs_dir=tmp_path / "runs")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: optimized_metric val_loss cannot rank trials of different label_smoothing")
+    assert not (tmp_path / "runs" / "optuna.db").exists()
 
 
 INVERTED_BOUNDS = """\

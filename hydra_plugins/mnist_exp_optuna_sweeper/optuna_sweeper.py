@@ -81,7 +81,8 @@ class OptunaSweeper(Sweeper):
         from mnist_exp.search_baseline import baseline_params
         from mnist_exp.search_space import check_settings, storage_url
 
-        for override in OverridesParser.create().parse_overrides(arguments):
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        for override in parsed:
             if override.is_sweep_override():
                 raise ExperimentError(
                     f"{override.input_line}: put values to search in hydra.sweeper.search_space, "
@@ -89,11 +90,17 @@ class OptunaSweeper(Sweeper):
                 )
         s = self.settings
         check_settings(s)
+        _check_keys_of_chosen_groups(parsed, s.get("search_space") or {}, self.config.hydra.runtime.choices)
         config.validate(self.config)
         if self.config.repeats != 1:
             raise ExperimentError(f"repeats={self.config.repeats} is for grid sweeps; a search runs each trial once")
         sweeping.check_ray_cluster(self.config)
         metrics = config.objectives(self.config)
+        if "val_loss" in metrics and "label_smoothing" in (s.get("search_space") or {}):
+            raise ExperimentError(
+                "optimized_metric val_loss cannot rank trials of different label_smoothing: their losses are "
+                "against differently smoothed targets; optimise val_accuracy, or fix label_smoothing"
+            )
         pruner = s.get("pruner") or {}
         if len(metrics) > 1 and pruner.get("name", "median") != "none":
             raise ExperimentError(
@@ -116,3 +123,24 @@ class OptunaSweeper(Sweeper):
             space=space, sampler=s.get("sampler") or {}, pruner=pruner,
             n_trials=s["n_trials"], n_jobs=s["n_jobs"], max_failures=s.get("max_failures"), baseline=baseline,
         )
+
+
+def _check_keys_of_chosen_groups(overrides, space, choices) -> None:
+    """A key set on the command line under a group the search chooses (model.filters while the space chooses
+    model) must exist in every option of that group: Hydra applies it to whichever option a trial draws, and
+    fails the trials of an option without it."""
+    from mnist_exp.config import PROJECT_ROOT
+    from mnist_exp.errors import ExperimentError
+
+    chosen = {name: spec.get("choices") or [] for name, spec in space.items()
+              if spec.get("type") == "categorical" and name in choices}
+    for override in overrides:
+        group, _, key = override.key_or_group.partition(".")
+        for option in chosen.get(group, []) if key else []:
+            path = PROJECT_ROOT / "conf" / group / f"{option}.yaml"
+            if path.is_file() and OmegaConf.select(OmegaConf.load(path), key, default="<absent>") == "<absent>":
+                raise ExperimentError(
+                    f"{override.input_line}: the search chooses {group} (hydra.sweeper.search_space.{group}) and "
+                    f"{group}={option} has no {key}; give each {group} its values in the space, with when: "
+                    f"{{{group}: ...}}"
+                )
