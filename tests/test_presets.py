@@ -133,5 +133,6 @@ def test_presets_work_from_the_command_line(tmp_path):
 def test_help_lists_the_presets():
     result = run_cli("--help", runs_dir=None, timeout=60)
     assert result.returncode == 0
-    assert "experiment: classic_mnist, fashion_mnist_best" in result.stdout
+    assert "experiment: classic_mnist, fashion_cnn_best, fashion_mlp_best, fashion_mnist_best" in result.stdout
+    assert "model: cnn, mlp" in result.stdout
     assert "debug: fast_dev_run, overfit" in result.stdout
