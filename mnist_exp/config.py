@@ -19,7 +19,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from mnist_exp.config_checks import Check, boolean, integer, number, one_of, optional, text
 from mnist_exp.errors import ExperimentError
-from mnist_exp.model import MODELS, OPTIMIZERS, SIZE_METRICS
+from mnist_exp.model import OPTIMIZERS, SIZE_METRICS
+from mnist_exp.model_keys import MODEL_KEYS
 from mnist_exp.module_lookup import module_found
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -33,19 +34,9 @@ BACKENDS = ("tensorflow", "jax")
 # What a run or search can optimise, and which way; a search may take a list of them (several objectives).
 OPTIMIZED_METRICS = {"val_accuracy": "maximize", "val_loss": "minimize", **dict.fromkeys(SIZE_METRICS, "minimize")}
 EPOCH_METRICS = ("val_accuracy", "val_loss")  # those that change during training (callbacks can watch them)
-# Activations Keras 3 knows by name; checked here so a typo fails before TensorFlow loads.
-ACTIVATIONS = (
-    "relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu", "swish", "mish",
-    "tanh", "sigmoid", "hard_sigmoid", "softplus", "softsign", "exponential", "linear",
-)
 TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
-MAX_LAYER_WIDTH = 65_536
 MAX_EXPERIMENT_NAME_LENGTH = 500  # MLflow's limit (mlflow.utils.validation)
 MAX_MODEL_NAME_LENGTH = 250
-MAX_HIDDEN_LAYERS = 64
-MAX_CONV_BLOCKS = 16
-MAX_FILTERS = 4096
-POOLINGS = ("max", "average", "none")
 MAX_SHIFT = 8  # pixels: data.augment moves images a little, it does not crop them away
 LR_SCHEDULES = ("constant", "cosine", "one_cycle")
 MAX_REPEATS = 1000
@@ -77,25 +68,6 @@ def _loader(value: Any) -> str | None:
         return allowed
     module = value.split(":")[0]
     return None if module_found(module) else f"module:function whose module can be found; {module} cannot be found"
-
-
-def _layer_widths(value: Any) -> str | None:
-    allowed = f"a non-empty list of at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_LAYER_WIDTH}, e.g. [256,128]"
-    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_HIDDEN_LAYERS:
-        return allowed
-    return None if all(integer(1, MAX_LAYER_WIDTH)(width) is None for width in value) else allowed
-
-
-def _conv_filters(value: Any) -> str | None:
-    allowed = f"a non-empty list of at most {MAX_CONV_BLOCKS} integers from 1 to {MAX_FILTERS}, e.g. [32,64]"
-    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_CONV_BLOCKS:
-        return allowed
-    return None if all(integer(1, MAX_FILTERS)(count) is None for count in value) else allowed
-
-
-def _dense_widths(value: Any) -> str | None:
-    allowed = f"a list of at most {MAX_HIDDEN_LAYERS} integers from 1 to {MAX_LAYER_WIDTH}, e.g. [128], or []"
-    return None if isinstance(value, (list, tuple)) and (not value or _layer_widths(value) is None) else allowed
 
 
 def tracking_uri_problem(value: Any) -> str | None:
@@ -176,25 +148,6 @@ OPTIMIZER_SETTINGS: dict[str, Check] = {
     "weight_decay": number(0, 1),
     "nesterov": boolean,
     "amsgrad": boolean,
-}
-# The keys of each model (conf/model/<name>.yaml), by its name.
-MODEL_KEYS: dict[str, dict[str, Check]] = {
-    "mlp": {
-        "name": one_of(*MODELS),
-        "hidden_units": _layer_widths,
-        "activation": one_of(*ACTIVATIONS),
-        "dropout": _UNIT_OPEN,
-    },
-    "cnn": {
-        "name": one_of(*MODELS),
-        "filters": _conv_filters,
-        "kernel_size": integer(1, 28),
-        "pooling": one_of(*POOLINGS),
-        "dense_units": _dense_widths,
-        "activation": one_of(*ACTIVATIONS),
-        "dropout": _UNIT_OPEN,
-        "batch_norm": boolean,
-    },
 }
 DATA_KEYS: dict[str, Check] = {
     "name": _identifier,
