@@ -14,6 +14,12 @@ from mnist_exp.errors import ExperimentError
 SAMPLERS = ("tpe", "random", "grid", "nsgaii")
 PRUNERS = ("median", "hyperband", "threshold", "none")
 PARAM_TYPES = ("categorical", "float", "int", "layers")
+PARAM_KEYS = {  # the settings of each type of parameter; any other key is a typing mistake (a `wehn:`)
+    "categorical": ("type", "choices", "when"),
+    "float": ("type", "low", "high", "log", "step", "when"),
+    "int": ("type", "low", "high", "log", "step", "when"),
+    "layers": ("type", "min_layers", "max_layers", "low", "high", "log", "when"),
+}
 SQLITE_LOCK_TIMEOUT_S = 60
 MAX_STUDY_NAME_LENGTH = 255  # a file name's limit
 STUDY_FILE = "optuna.db"  # the study storage under runs_dir when hydra.sweeper.storage is null
@@ -46,17 +52,21 @@ def check_settings(sweeper: Mapping[str, Any]) -> None:
 
 
 def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
-    """Raise ExperimentError for a search space that cannot be sampled (unknown type, inverted bounds, ...)."""
+    """Raise ExperimentError for a search space that cannot be sampled (unknown type, inverted bounds, ...) or
+    holds a parameter that would never be drawn (a condition that can never hold, a misspelt `when`)."""
     if not space:
         raise ExperimentError("hydra.sweeper.search_space is empty; choose hparams_search=optuna or add parameters")
-    earlier: dict[str, Mapping[str, Any]] = {}
+    needs: dict[str, dict[str, list[Any]]] = {}  # per parameter: the values its draw needs of earlier ones
     for name, spec in space.items():
         where = f"hydra.sweeper.search_space.{name}"
-        _check_condition(where, spec.get("when"), earlier)
-        earlier[name] = spec
         kind = spec.get("type")
         if kind not in PARAM_TYPES:
             raise ExperimentError(f"{where}.type={kind!r} is invalid: expected one of {', '.join(PARAM_TYPES)}")
+        unknown = [key for key in spec if key not in PARAM_KEYS[kind]]
+        if unknown:
+            raise ExperimentError(f"{where}.{unknown[0]} is not a setting of a {kind} parameter: expected "
+                                  f"{', '.join(PARAM_KEYS[kind])}")
+        needs[name] = _condition_needs(where, name, spec.get("when"), space, needs)
         if kind == "categorical":
             if not spec.get("choices"):
                 raise ExperimentError(f"{where}.choices must be a non-empty list")
@@ -68,6 +78,9 @@ def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
             raise ExperimentError(f"{where} has inverted bounds: low={low} > high={high}")
         if spec.get("log") and low <= 0:
             raise ExperimentError(f"{where} is on a log scale, so low must be > 0 (got {low})")
+        if spec.get("log") and spec.get("step") not in (None, 1):
+            # Optuna refuses it in every trial, each then FAIL.
+            raise ExperimentError(f"{where} takes log or step, not both (Optuna samples a log scale without steps)")
         if kind == "layers":
             least, most = spec.get("min_layers", 1), spec.get("max_layers", 1)
             if not (isinstance(least, int) and isinstance(most, int) and 1 <= least <= most):
@@ -78,23 +91,62 @@ def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
                 raise ExperimentError(f"{where} layer widths must be >= 1 (got low={low})")
 
 
-def _check_condition(where: str, when: Any, earlier: Mapping[str, Mapping[str, Any]]) -> None:
-    """`when` ({parameter: choice or [choices]}) may only name categorical parameters listed before it, and
-    choices they have."""
+def _condition_needs(where: str, name: str, when: Any, space: Mapping[str, Mapping[str, Any]],
+                     needs: Mapping[str, Mapping[str, list[Any]]]) -> dict[str, list[Any]]:
+    """What `name` needs of earlier parameters to be drawn: its `when` ({parameter: choice or [choices]}, each
+    a categorical parameter listed before it), and what those need in turn. A condition that can never hold
+    is refused, naming why: it would silently never draw the parameter."""
     if when is None:
-        return
+        return {}
     if not isinstance(when, Mapping) or not when:
         raise ExperimentError(f"{where}.when must map earlier parameters to their choices, e.g. {{model: cnn}}")
+    names = list(space)
+    earlier = names[:names.index(name)]
+    found: dict[str, tuple[list[Any], str]] = {}  # parameter -> the values allowed, and who asks for them
     for parameter, wanted in when.items():
-        spec = earlier.get(parameter)
-        if spec is None or spec.get("type") != "categorical":
-            raise ExperimentError(f"{where}.when names {parameter}, which is not a categorical parameter listed "
-                                  "before it in the space")
+        condition = f"{where}.when.{parameter}={format_value(wanted)}"
+        spec = space.get(parameter)
+        if spec is None:
+            raise ExperimentError(f"{condition} can never hold: {parameter} is not a parameter of the search space")
+        if parameter == name:
+            raise ExperimentError(f"{condition} can never hold: a parameter cannot depend on itself")
+        if parameter not in earlier:
+            raise ExperimentError(f"{condition} can never hold: {parameter} is drawn after {name}; list it before")
+        if spec.get("type") != "categorical":
+            raise ExperimentError(f"{condition} is invalid: {parameter} is a {spec.get('type')} parameter, and "
+                                  "when takes categorical parameters only")
         choices = list(spec.get("choices") or [])
-        missing = [value for value in _as_list(wanted) if value not in choices]
-        if missing or not _as_list(wanted):
-            raise ExperimentError(f"{where}.when.{parameter}={format_value(wanted)} is invalid: expected one or "
-                                  f"more of its choices {format_value(choices)}")
+        values = _as_list(wanted)
+        missing = [value for value in values if value not in choices]
+        if not values:
+            raise ExperimentError(f"{condition} can never hold: it names none of the choices of {parameter} "
+                                  f"{format_value(choices)}")
+        if missing:  # one of several still holds; a typing mistake all the same
+            verdict = "is invalid" if len(missing) < len(values) else "can never hold"
+            are = "is" if len(missing) == 1 else "are"
+            raise ExperimentError(f"{condition} {verdict}: {_one_or_list(missing)} {are} not among the choices of "
+                                  f"{parameter} {format_value(choices)}")
+        asks = [(parameter, values, "it asks")]
+        asks += [(earlier_one, allowed, f"{parameter} is drawn only when")
+                 for earlier_one, allowed in needs[parameter].items()]
+        for other, allowed, who in asks:
+            before = found.get(other)
+            both = allowed if before is None else [value for value in before[0] if value in allowed]
+            if not both:
+                raise ExperimentError(
+                    f"{where}.when={_format_when(when)} can never hold: {before[1]} {other}={_one_or_list(before[0])}"
+                    f", and {who} {other}={_one_or_list(allowed)}"
+                )
+            found[other] = (both, before[1] if before is not None else who)
+    return {parameter: allowed for parameter, (allowed, _) in found.items()}
+
+
+def _format_when(when: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{parameter}: {format_value(wanted)}" for parameter, wanted in when.items()) + "}"
+
+
+def _one_or_list(values: list[Any]) -> str:
+    return format_value(values[0] if len(values) == 1 else values)
 
 
 def applies(spec: Mapping[str, Any], chosen: Mapping[str, Any]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,11 +103,6 @@ def test_a_grid_cannot_take_a_conditional_space():
     ("space", "message"),
     [
         ({}, "search_space is empty"),
-        ({"model.filters": {"type": "layers", "low": 8, "high": 32, "when": {"model": "cnn"}}},
-         "model.filters.when names model, which is not a categorical parameter listed before it"),
-        ({"model": {"type": "categorical", "choices": ["mlp", "cnn"]},
-          "model.filters": {"type": "layers", "low": 8, "high": 32, "when": {"model": "rnn"}}},
-         "model.filters.when.model=rnn is invalid: expected one or more of its choices [mlp,cnn]"),
         ({"model": {"type": "categorical", "choices": ["mlp"]},
           "model.filters": {"type": "layers", "low": 8, "high": 32, "when": "cnn"}},
          "model.filters.when must map earlier parameters to their choices"),
@@ -115,11 +111,70 @@ def test_a_grid_cannot_take_a_conditional_space():
         ({"x": {"type": "normal"}}, "type='normal' is invalid"),
         ({"x": {"type": "categorical", "choices": []}}, "choices must be a non-empty list"),
         ({"m": {"type": "layers", "low": 8, "high": 64, "min_layers": 3, "max_layers": 2}}, "min_layers <= max_layers"),
+        ({"optimizer.lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True, "step": 1e-4}},
+         "optimizer.lr takes log or step, not both"),
+        ({"model": {"type": "categorical", "choices": ["mlp", "cnn"]},
+          "model.filters": {"type": "layers", "low": 8, "high": 32, "wehn": {"model": "cnn"}}},
+         "model.filters.wehn is not a setting of a layers parameter: expected type, min_layers, max_layers, low, "
+         "high, log, when"),
     ],
 )
 def test_bad_search_spaces_are_rejected(space, message):
-    with pytest.raises(ExperimentError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(ExperimentError, match=re.escape(message)):
         check_space(space)
+
+
+CHOICE = {"type": "categorical", "choices": ["mlp", "cnn"]}
+POOLING = {"type": "categorical", "choices": ["max", "average"], "when": {"model": "cnn"}}
+ACTIVATION = {"type": "categorical", "choices": ["relu", "gelu"], "when": {"model": "mlp"}}
+DROPOUT = {"type": "float", "low": 0.0, "high": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ({"model": CHOICE, "model.dropout": {**DROPOUT, "when": {"model": "rnn"}}},
+         "model.dropout.when.model=rnn can never hold: rnn is not among the choices of model [mlp,cnn]"),
+        ({"model": CHOICE, "model.dropout": {**DROPOUT, "when": {"model": ["rnn", "gru"]}}},
+         "model.dropout.when.model=[rnn,gru] can never hold: [rnn,gru] are not among the choices of model [mlp,cnn]"),
+        ({"model": CHOICE, "model.dropout": {**DROPOUT, "when": {"model": ["cnn", "rnn"]}}},
+         "model.dropout.when.model=[cnn,rnn] is invalid: rnn is not among the choices of model [mlp,cnn]"),
+        ({"model": CHOICE, "model.dropout": {**DROPOUT, "when": {"model": []}}},
+         "model.dropout.when.model=[] can never hold: it names none of the choices of model [mlp,cnn]"),
+        ({"model": CHOICE, "model.dropout": {**DROPOUT, "when": {"seed": 1}}},
+         "model.dropout.when.seed=1 can never hold: seed is not a parameter of the search space"),
+        ({"model.dropout": {**DROPOUT, "when": {"model": "cnn"}}, "model": CHOICE},
+         "model.dropout.when.model=cnn can never hold: model is drawn after model.dropout; list it before"),
+        ({"model": {**CHOICE, "when": {"model": "cnn"}}},
+         "model.when.model=cnn can never hold: a parameter cannot depend on itself"),
+        ({"optimizer.lr": {"type": "float", "low": 1e-4, "high": 0.1}, "model.dropout": {**DROPOUT, "when": {
+            "optimizer.lr": 0.01}}},
+         "model.dropout.when.optimizer.lr=0.01 is invalid: optimizer.lr is a float parameter, and when takes "
+         "categorical parameters only"),
+        # A condition on a parameter that is itself conditional: both must hold in one trial.
+        ({"model": CHOICE, "model.pooling": POOLING,
+          "model.dropout": {**DROPOUT, "when": {"model": "mlp", "model.pooling": "max"}}},
+         "model.dropout.when={model: mlp, model.pooling: max} can never hold: it asks model=mlp, and model.pooling "
+         "is drawn only when model=cnn"),
+        ({"model": CHOICE, "model.pooling": POOLING, "model.activation": ACTIVATION,
+          "model.dropout": {**DROPOUT, "when": {"model.pooling": "max", "model.activation": "relu"}}},
+         "model.dropout.when={model.pooling: max, model.activation: relu} can never hold: model.pooling is drawn "
+         "only when model=cnn, and model.activation is drawn only when model=mlp"),
+    ],
+    ids=["not-a-choice", "no-choice", "one-not-a-choice", "empty", "not-a-parameter", "listed-after", "itself",
+         "not-categorical", "excluded-by-its-parameter", "excluded-by-two-parameters"],
+)
+def test_a_condition_that_can_never_hold_is_one_line_naming_why(space, message):
+    """Once accepted silently: the parameter was then never drawn."""
+    with pytest.raises(ExperimentError, match=f"^hydra\\.sweeper\\.search_space\\.{re.escape(message)}$"):
+        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": "s", "search_space": space})
+
+
+def test_conditions_that_can_hold_together_are_accepted():
+    check_space({"model": CHOICE, "model.pooling": POOLING, "model.activation": ACTIVATION,
+                 "model.dropout": {**DROPOUT, "when": {"model": ["mlp", "cnn"], "model.pooling": "max"}},
+                 "model.batch_norm": {"type": "categorical", "choices": [False, True], "when": {"model": "cnn"}},
+                 "model.filters": {"type": "layers", "low": 8, "high": 32, "when": {"model.batch_norm": True}}})
 
 
 def test_bad_sampler_and_pruner_names():

@@ -264,6 +264,34 @@ def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
     assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
 
 
+NEVER_DRAWN = """\
+# @package _global_
+defaults:
+  - override /hydra/sweeper: mnist_optuna
+hydra:
+  sweeper:
+    study_name: never-drawn
+    search_space:
+      model: {type: categorical, choices: [mlp, cnn]}
+      model.dropout: {type: float, low: 0.0, high: 0.5, when: {model: rnn}}
+"""
+
+
+def test_a_condition_that_can_never_hold_is_one_line_and_leaves_nothing(tmp_path):
+    """Once accepted silently, the parameter never drawn; each reason: test_search.py (conditions)."""
+    extra = tmp_path / "conf"
+    (extra / "hparams_search").mkdir(parents=True)
+    (extra / "hparams_search" / "never.yaml").write_text(NEVER_DRAWN)
+    runs_dir = tmp_path / "runs"
+    result = search("hparams_search=never", runs_dir=runs_dir, extra_conf=extra)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: hydra.sweeper.search_space.model.dropout.when.model=rnn can never hold: rnn is not among the choices "
+        "of model [mlp,cnn]"
+    )
+    assert not runs_dir.exists()
+
+
 def test_a_search_refuses_repeats_in_one_line(tmp_path):
     runs_dir = tmp_path / "runs"
     result = search("hparams_search=optuna", "repeats=2", runs_dir=runs_dir)
