@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -22,15 +27,16 @@ MAX_PIXELS = 50_000_000
 def read_image(path: Path) -> np.ndarray:
     """The file as a 2-D uint8 grayscale array; transparent pixels become white, like paper.
 
-    Pictures of more than MAX_PIXELS pixels are refused before they are decoded (a small PNG can claim
-    20000x20000 pixels: a decompression bomb).
+    Only a regular file is opened: a FIFO would block the command for ever, a device never end. Pictures of
+    more than MAX_PIXELS pixels are refused before they are decoded (a small PNG can claim 20000x20000
+    pixels: a decompression bomb). 16-bit and 32-bit pictures keep their contrast: see _gray.
     """
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
+        with _regular_file(path) as stream, warnings.catch_warnings(), Image.open(stream) as image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if image.width * image.height > MAX_PIXELS:
                 raise ExperimentError(
@@ -41,15 +47,73 @@ def read_image(path: Path) -> np.ndarray:
                 rgba = image.convert("RGBA")
                 paper = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(paper, rgba)
-            gray = np.asarray(image.convert("L"), dtype=np.uint8)
+            gray = _gray(image, path)
     except FileNotFoundError:
         raise ExperimentError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+    except UnidentifiedImageError:  # its own words name the open file, not the path
+        raise ExperimentError(f"{path}: not a readable image (no image format Pillow reads)") from None
+    except (OSError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as error:
         raise ExperimentError(f"{path}: not a readable image ({error})") from None
     if gray.size == 0:
         raise ExperimentError(f"{path}: the image is empty")
     return gray
+
+
+@contextlib.contextmanager
+def _regular_file(path: Path) -> Iterator[BinaryIO]:
+    """`path` opened for reading if it is a regular file, else one ExperimentError naming what it is.
+
+    Checked before anything is opened (opening a device may act on it), then opened with O_NONBLOCK, so
+    that a path swapped for a FIFO after the check cannot block the open either, and checked again on the
+    open file itself (fstat): the file it will read.
+    """
+    _check_regular(path, os.stat(path).st_mode)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(descriptor, "rb") as stream:
+        _check_regular(path, os.fstat(descriptor).st_mode)
+        os.set_blocking(descriptor, True)
+        yield stream
+
+
+# What a path that is no regular file is, for the error line.
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in FILE_KINDS if test(mode)), "no regular file")
+        raise ExperimentError(f"{path}: {kind}, not a regular file; only picture files are read")
+
+
+def _gray(image, path: Path) -> np.ndarray:
+    """The picture's gray levels as uint8 0-255, whatever its bit depth.
+
+    Pillow's own conversion to `L` clips anything above 255: a 16-bit picture (`I;16`, up to 65535) turns
+    almost all white, a float picture in [0, 1] (`F`) all black. Here 16-bit levels are divided by 257
+    (65535 -> 255); 32-bit integers (`I`, as some readers give 16-bit files) by the largest value their
+    range implies (255, 65535 or 2**31 - 1); floats follow the training data's rule (data.formats:
+    taken as [0, 1] when the largest pixel is at most 1, else as [0, 255]).
+    """
+    if image.width * image.height == 0:
+        return np.zeros((image.height, image.width), np.uint8)
+    if image.mode.startswith("I;16"):
+        return np.rint(np.asarray(image, dtype=np.float64) / 257).astype(np.uint8)
+    if image.mode == "I":
+        levels = np.clip(np.asarray(image, dtype=np.float64), 0, None)
+        high = float(levels.max())
+        top = 255 if high <= 255 else 65535 if high <= 65535 else 2**31 - 1
+        return np.rint(levels * (255 / top)).astype(np.uint8)
+    if image.mode == "F":
+        levels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(levels).all():
+            raise ExperimentError(f"{path}: the picture has NaN or infinite pixel values")
+        low, high = float(levels.min()), float(levels.max())
+        if low < 0 or high > 255:
+            raise ExperimentError(f"{path}: float pixels from {low:g} to {high:g}; expected [0, 1] or [0, 255]")
+        return np.rint(levels * (255.0 if high <= 1.0 else 1.0)).astype(np.uint8)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 def to_model_input(gray: np.ndarray, layout: str = "digit") -> np.ndarray:

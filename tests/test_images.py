@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import re
+import threading
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -74,3 +79,70 @@ def test_unreadable_and_missing_files_are_one_clear_error(tmp_path):
 def test_an_unknown_layout_is_one_clear_error():
     with pytest.raises(ExperimentError, match=r"^data.picture_layout='centred' is invalid: expected one of digit"):
         to_model_input(np.zeros((28, 28), np.uint8), "centred")
+
+
+def gray_seven(path):
+    """The drawn seven as 8-bit grayscale levels (RGB paper and ink made gray by Pillow)."""
+    return np.asarray(Image.open(drawn_seven(path)).convert("L"))
+
+
+def test_16_bit_and_32_bit_pictures_keep_their_contrast(tmp_path):
+    """Pillow's conversion to 8 bits clips levels above 255: a 16-bit picture turned almost all white."""
+    levels = gray_seven(tmp_path / "seven.png")
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "seven16.png")  # a 16-bit PNG (I;16)
+    Image.fromarray(levels.astype(np.int32) * 257).save(tmp_path / "seven32.tiff")  # 32-bit integers (I)
+    for name in ("seven16.png", "seven32.tiff"):
+        assert np.array_equal(read_image(tmp_path / name), levels), name
+        assert np.array_equal(to_model_input(read_image(tmp_path / name)), to_model_input(levels)), name
+
+
+def test_float_pictures_are_scaled_as_the_training_data_is(tmp_path):
+    """A float TIFF in [0, 1] was once all black ("blank"); floats follow data.formats' rule."""
+    from mnist_exp.data.formats import check_arrays
+
+    levels = gray_seven(tmp_path / "seven.png")
+    for name, scale in (("unit.tiff", 1 / 255), ("bytes.tiff", 1.0)):
+        Image.fromarray((levels * scale).astype(np.float32)).save(tmp_path / name)  # mode F
+        assert np.array_equal(read_image(tmp_path / name), levels), name
+    small = (np.arange(28 * 28, dtype=np.float32).reshape(28, 28) / (28 * 28 - 1))  # [0, 1], as one MNIST image
+    Image.fromarray(small).save(tmp_path / "small.tiff")
+    trained = check_arrays("t", small[None], np.array([1]), small[None], np.array([1])).x_train[0]
+    assert np.array_equal(read_image(tmp_path / "small.tiff"), trained)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ([0.5, np.nan], "NaN or infinite pixel values"),
+    ([-1.0, 0.5], "float pixels from -1 to 0.5; expected"),
+    ([0.0, 300.0], "float pixels from 0 to 300; expected"),
+])
+def test_float_pictures_out_of_range_are_one_clear_error(tmp_path, values, message):
+    Image.fromarray(np.resize(np.asarray(values, np.float32), (8, 8))).save(tmp_path / "odd.tiff")
+    with pytest.raises(ExperimentError, match=rf"odd.tiff: .*{re.escape(message)}"):
+        read_image(tmp_path / "odd.tiff")
+
+
+def test_only_regular_files_are_opened(tmp_path):
+    """A FIFO once blocked the command for ever (open() waits for a writer); a folder or a device is no picture."""
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | np.ndarray] = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_image(fifo))
+        except BaseException as error:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(error)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    if reader.is_alive():  # blocked in open(): a writer releases it, then the test fails
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+        pytest.fail("reading a FIFO blocked")
+    (error,) = outcome
+    assert isinstance(error, ExperimentError), error
+    assert str(error) == f"{fifo}: a FIFO, not a regular file; only picture files are read"
+    for path, kind in ((tmp_path, "a folder"), (Path(os.devnull), "a character device")):
+        with pytest.raises(ExperimentError, match=rf"^{re.escape(str(path))}: {kind}, not a regular file"):
+            read_image(path)
