@@ -167,12 +167,48 @@ def check_study_space(study, space: Mapping[str, Mapping[str, Any]], where: str)
     if recorded is None:  # a new study, or one from before spaces were recorded: this search's space is its space
         study.set_user_attr(SPACE_ATTR, wanted)
         return
-    changed = sorted(key for key in {*recorded, *wanted} if recorded.get(key) != wanted.get(key))
-    if changed:
+    differences = _space_differences(recorded, wanted)
+    if differences:
         raise ExperimentError(
-            f"{where} was created with another search space (different: {', '.join(changed)}); "
-            "search it with its own space, or choose another hydra.sweeper.study_name"
+            f"{where} was created with another search space (the study's -> this search's: {'; '.join(differences)});"
+            " search it with its own space, or choose another hydra.sweeper.study_name"
         )
+
+
+def _space_differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Parameter by parameter, how the space `wanted` differs from the `recorded` one: added, removed, another
+    type, or each setting changed with its old and new value."""
+    differences = []
+    for name in sorted({*recorded, *wanted}):
+        old, new = recorded.get(name), wanted.get(name)
+        if old == new:
+            continue
+        if old is None:
+            differences.append(f"{name}: added {_describe(new)}")
+        elif new is None:
+            differences.append(f"{name}: removed (was {_describe(old)})")
+        elif not (isinstance(old, Mapping) and isinstance(new, Mapping)) or old.get("type") != new.get("type"):
+            differences.append(f"{name}: {_describe(old)} -> {_describe(new)}")
+        else:
+            changes = [f"{key} {_describe(old.get(key))} -> {_describe(new.get(key))}"
+                       for key in _ordered({*old, *new}, old.get("type")) if old.get(key) != new.get(key)]
+            differences.append(f"{name}: {', '.join(changes)}")
+    return differences
+
+
+def _describe(value: Any) -> str:
+    """A parameter, a setting or a condition as its YAML would read: {type: float, low: 0.0, high: 0.5}."""
+    if value is None:
+        return "unset"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{key}: {_describe(value[key])}" for key in _ordered(value, value.get("type"))) + "}"
+    return format_value(value)
+
+
+def _ordered(keys: Any, kind: Any) -> list[str]:
+    """Keys in the order a parameter's settings are written (type first), others after them, sorted."""
+    order = PARAM_KEYS.get(kind, ("type",)) if isinstance(kind, str) else ("type",)
+    return [key for key in order if key in keys] + sorted(key for key in keys if key not in order)
 
 
 def suggest_overrides(trial, space: Mapping[str, Mapping[str, Any]]) -> list[str]:
