@@ -15,8 +15,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_exp import credentials, interrupts
+from mnist_exp import credentials, hydra_arguments, interrupts
 from mnist_exp.errors import BAD_INPUT, INTERRUPTED, ExperimentError, exit_with
+
+# The beginnings of the errors Hydra's _run_hydra raises as ValueError about its flags (hydra-core 1.3).
+HYDRA_FLAG_ERRORS = ("Only one of --run, --multirun", "The --resolve flag can only be used")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -59,6 +62,13 @@ def cli() -> None:
         try:
             # Before Hydra logs the arguments or saves them in runs_dir/hydra.
             sys.argv[1:] = credentials.take_from_arguments(sys.argv[1:])
+            # Hydra's argparse takes its flags before the overrides only (`optimizer=sgd,adam -m epochs=1`).
+            flags, overrides = hydra_arguments.flags_first(sys.argv[1:])
+            hydra_arguments.check_one_option(overrides)
+            if hydra_arguments.shows_a_sweep(flags):  # Hydra refuses -m with --cfg, in a traceback
+                sys.stdout.write(hydra_arguments.sweep_configs(flags, overrides))
+                return
+            sys.argv[1:] = [*flags, *overrides]
             main()
         except ExperimentError as error:
             exit_with(str(error), BAD_INPUT)
@@ -66,6 +76,11 @@ def cli() -> None:
             if show_tracebacks:
                 raise
             exit_with(_hydra_message(error), BAD_INPUT)
+        except ValueError as error:
+            # Hydra's own checks of its flags (`--run -m`, `--resolve` alone) raise a bare ValueError.
+            if show_tracebacks or not str(error).startswith(HYDRA_FLAG_ERRORS):
+                raise
+            exit_with(str(error), BAD_INPUT)
         except KeyboardInterrupt:
             interrupts.ignore()
             exit_with("interrupted; the run is recorded as KILLED", INTERRUPTED)

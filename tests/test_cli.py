@@ -312,3 +312,21 @@ def test_ctrl_c_pressed_again_and_again_keeps_exit_130_and_the_run_killed(tmp_pa
     assert seconds <= 30, f"{seconds:.0f} s from the first signal to the exit"
     (run,) = all_runs(store_client(runs_dir))
     assert run.info.status == "KILLED"
+
+
+def test_a_sweep_shows_each_jobs_config_and_flags_may_follow_the_overrides(tmp_path):
+    import yaml
+
+    # Once a 12-line Hydra traceback (-m with --cfg), and an 8-line usage block (flags after an override).
+    result = run_cli("optimizer=sgd,adam", "-m", "--cfg", "job", "epochs=3", runs_dir=tmp_path / "runs")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    jobs = list(yaml.safe_load_all(result.stdout))
+    assert [(job["optimizer"]["name"], job["epochs"]) for job in jobs] == [("sgd", 3), ("adam", 3)]
+    presets = run_cli("experiment=[classic_mnist,fashion_mnist_best]", runs_dir=tmp_path / "runs")
+    assert presets.returncode == 2 and presets.stderr.startswith(
+        "error: experiment=[classic_mnist,fashion_mnist_best]: experiment takes one preset"), presets.stderr
+    assert len(presets.stderr.splitlines()) == 1
+    flags = run_cli("-m", "--run", runs_dir=tmp_path / "runs")
+    assert flags.returncode == 2 and flags.stderr == (
+        "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified\n")
+    assert not (tmp_path / "runs").exists()

@@ -222,3 +222,62 @@ def test_jax_backend_without_jax_installed(make_cfg, monkeypatch):
     )
     with pytest.raises(ExperimentError, match=r"backend=jax needs JAX: pip install -e '.\[jax\]'"):
         config.validate(make_cfg("backend=jax"))
+
+
+def test_hydra_flags_after_the_overrides_are_put_before_them():
+    from mnist_exp.hydra_arguments import flags_first
+
+    # Hydra's argparse took `-m` or `--cfg job` after an override as unrecognized arguments (a usage block).
+    assert flags_first(["optimizer=sgd,adam", "-m", "epochs=1", "--cfg", "job", "-p", "optimizer", "--info",
+                        "plugins", "seed=1", "--config-name=config"]) == (
+        ["-m", "--cfg", "job", "-p", "optimizer", "--info", "plugins", "--config-name=config"],
+        ["optimizer=sgd,adam", "epochs=1", "seed=1"])
+    assert flags_first(["--info", "seed=1"]) == (["--info"], ["seed=1"])
+
+
+def test_a_sweep_asked_for_its_config_shows_each_jobs_config(tmp_path):
+    import yaml
+
+    from mnist_exp.hydra_arguments import sweep_configs
+
+    # Hydra itself refuses -m with --cfg (a 12-line traceback): each job, repeats included, one YAML document.
+    text = sweep_configs(["-m", "--cfg", "job"], ["optimizer=sgd,adam", "repeats=2", f"runs_dir={tmp_path}"])
+    jobs = list(yaml.safe_load_all(text))
+    assert [(job["optimizer"]["name"], job["seed"]) for job in jobs] == [
+        ("sgd", 42), ("sgd", 43), ("adam", 42), ("adam", 43)]
+    assert "hydra" not in jobs[0] and text.startswith("# job 0 of 4: optimizer=sgd repeats=2 ")
+    hydra = list(yaml.safe_load_all(sweep_configs(["--multirun", "--cfg=hydra"], ["epochs=1,2"])))
+    assert [(job["hydra"]["job"]["num"], job["hydra"]["overrides"]["task"]) for job in hydra] == [
+        (0, ["epochs=1"]), (1, ["epochs=2"])] and list(hydra[0]) == ["hydra"]
+    (lr,) = yaml.safe_load_all(sweep_configs(["-m", "-c", "job", "-p", "optimizer.lr", "--resolve"], []))
+    assert lr == 0.001  # rmsprop's, the one job of a sweep without sweep values
+    search = sweep_configs(["-m", "--cfg", "job"], ["hparams_search=optuna"])
+    assert search.startswith("# an Optuna search of 20 trials: each trial is this config with values drawn for "
+                             "optimizer, optimizer.lr, batch_size, model.hidden_units, model.dropout")
+    assert yaml.safe_load(search)["optimizer"]["name"] == "rmsprop"
+
+
+@pytest.mark.parametrize(("flags", "overrides", "message"), [
+    (["-m", "--cfg", "job"], ["hparams_search=optuna", "optimizer=sgd,adam"],
+     "optimizer=sgd,adam: put values to search in hydra.sweeper.search_space"),
+    (["-m", "--cfg", "jobs"], [], "--cfg jobs: choose one of job, hydra, all"),
+    (["-m", "--cfg", "job"], ["hydra.job.chdir=true,false"], "hydra.job.chdir=true,false: a sweep cannot vary"),
+])
+def test_what_a_sweep_cannot_show_is_one_line(flags, overrides, message):
+    from mnist_exp.hydra_arguments import sweep_configs
+
+    with pytest.raises(ExperimentError, match="^" + message.replace(".", r"\.")):
+        sweep_configs(flags, overrides)
+
+
+@pytest.mark.parametrize("override", ["experiment=[classic_mnist,fashion_mnist_best]",
+                                      "+experiment=[classic_mnist,fashion_mnist_best]",
+                                      "experiment=classic_mnist,[classic_mnist,fashion_mnist_best]",
+                                      "hparams_search=[optuna,fashion_mlp]"])
+def test_a_list_of_presets_is_refused_before_hydra_merges_them(override):
+    from mnist_exp.hydra_arguments import check_one_option
+
+    with pytest.raises(ExperimentError, match=r"(experiment takes one preset|hparams_search takes one search) "
+                                              r"\(a list would merge .*fashion"):
+        check_one_option([override])
+    check_one_option(["experiment=classic_mnist,fashion_mnist_best", "experiment=[classic_mnist]", "seed=1"])
