@@ -91,6 +91,8 @@ class Search:
     baseline: Mapping[str, Any] | None = None  # the params of the trial to run first (mnist_exp.search_baseline)
     # Several objectives, metric -> direction, the first being `metric`: a multi-objective study. {} for one.
     objectives: Mapping[str, str] = field(default_factory=dict)
+    # Whether open_study created the study: of searches starting together on a new study, one did.
+    created: bool = field(default=False, init=False)
     _study: Any = field(default=None, init=False, repr=False)
     _storage: Any = field(default=None, init=False, repr=False)
     _sampler: Any = field(default=None, init=False, repr=False)
@@ -106,10 +108,13 @@ class Search:
         self._sampler = make_sampler(self.sampler, self.space)
         self._storage = make_storage(self.storage)
         directions = list(self.objectives.values()) or [self.direction]
-        study = optuna.create_study(
-            storage=self._storage, study_name=self.study_name, directions=directions,
-            sampler=self._sampler, pruner=make_pruner(self.pruner), load_if_exists=True,
-        )
+        try:  # the storage makes one of several searches creating the study at once succeed
+            study = optuna.create_study(storage=self._storage, study_name=self.study_name, directions=directions,
+                                        sampler=self._sampler, pruner=make_pruner(self.pruner))
+            self.created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(storage=self._storage, study_name=self.study_name, sampler=self._sampler,
+                                      pruner=make_pruner(self.pruner))
         created = [d.name.lower() for d in study.directions]
         if created != directions:
             raise ExperimentError(

@@ -169,12 +169,13 @@ def report_grid(parent: MultirunParent, summary: SweepSummary) -> None:
 
 
 def announce_search(search: Search, parent: MultirunParent) -> None:
-    """A search's first line: a new study, or a resumed one and how many trials it holds already."""
+    """A search's first line: a new study (this search created it), or a resumed one (or one another search
+    starting at the same moment created) and how many trials it holds already."""
     trials = search.open_study().get_trials(deepcopy=False)
     counts = {state: sum(t.state.name == state for t in trials) for state in ("COMPLETE", "PRUNED", "FAIL")}
     finished = counts["COMPLETE"] + counts["PRUNED"]
     where = f"study {search.study_name} ({mask(search.storage)})"
-    if not trials:
+    if search.created:
         print(f"New {where}: {search.n_trials} trials to run; MLflow parent run {parent.run_id}", flush=True)
         return
     print(f"Resuming {where}: it holds {finished} finished trials ({counts['COMPLETE']} COMPLETE, "

@@ -180,7 +180,7 @@ def test_the_search_summary_is_what_an_optuna_search_prints(activated_environmen
     n_trials = int(dict(a.split("=", 1) for a in arguments if "=" in a)["hydra.sweeper.n_trials"])
     if first is not None:  # what the search printed first, on the study as it found it (new)
         new_study = SimpleNamespace(study_name=result.study_name, storage=result.storage, n_trials=n_trials,
-                                    open_study=lambda: SimpleNamespace(get_trials=lambda deepcopy: []))
+                                    open_study=lambda: SimpleNamespace(get_trials=lambda deepcopy: []), created=True)
         sweeping.announce_search(new_study, parent)
         assert capsys.readouterr().out.splitlines() == [first]
     sweeping.report_search(parent, result, summary, retrain)

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mnist_exp import config, interrupts, processes, search, store, trial_reaper
+from mnist_exp import config, interrupts, processes, search, store, sweeping, trial_reaper
 from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.job_context import JobOutcome, StudyLink
 from mnist_exp.search_space import check_settings, check_space, make_sampler, make_storage, suggest_overrides
@@ -437,6 +438,33 @@ def test_searches_starting_together_on_a_new_storage_create_it_once(tmp_path):
     for thread in threads:
         thread.join(120)
     assert errors == []
+
+
+def test_of_searches_starting_together_on_a_new_study_only_the_one_that_created_it_says_new(tmp_path, capsys):
+    """Once every one of them said `New study`: each saw a study without trials."""
+    searches = [make_search(tmp_path, sampler={"name": "random"}) for _ in range(4)]
+    start, errors = threading.Barrier(len(searches)), []
+
+    def open_study(found: search.Search) -> None:
+        start.wait()
+        try:
+            found.open_study()
+        except Exception as error:  # what the race raised
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_study, args=(found,)) for found in searches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    for found in searches:
+        sweeping.announce_search(found, SimpleNamespace(run_id="parent-run"))
+    lines = capsys.readouterr().out.splitlines()
+    where = f"study test (sqlite:///{tmp_path}/optuna.db)"
+    assert sorted(lines) == [f"New {where}: 5 trials to run; MLflow parent run parent-run"] + [
+        f"Resuming {where}: it holds 0 finished trials (0 COMPLETE, 0 PRUNED), 0 FAIL; 5 more to reach n_trials=5; "
+        "MLflow parent run parent-run"] * 3
 
 
 def test_an_unusable_storage_is_one_line(tmp_path):

@@ -347,6 +347,8 @@ def test_independent_searches_on_one_storage_share_one_study(tmp_path):
     workers = [start_cli(*command, runs_dir=runs_dir) for _ in range(2)]
     outputs = [finish(worker) for worker in workers]
     assert [o.returncode for o in outputs] == [0, 0], [o.stderr[-2000:] for o in outputs]
+    # Only the worker that created the study says so (once both did: each saw a study without trials).
+    assert sorted(o.stdout.split(" ", 2)[:2] for o in outputs) == [["New", "study"], ["Resuming", "study"]]
 
     trials = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 6
