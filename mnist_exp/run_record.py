@@ -55,6 +55,7 @@ class RunRecorder:
     store: Store | None = None
     run_id: str | None = None
     epochs_logged: int = 0
+    saving_model: bool = False  # log_model began: a run ending otherwise than FINISHED fails what it left PENDING
     _opening: threading.Thread | None = None
     _open_error: BaseException | None = None
     _unwritten_size: dict[str, float] = field(default_factory=dict)
@@ -100,6 +101,7 @@ class RunRecorder:
         from mnist_exp.logged_models import log_keras_model
 
         self.wait_until_open()
+        self.saving_model = True
         with store_writes(self.uri, f"saving the model of run {self.run_id}"):
             try:
                 return log_keras_model(self.run_id, model, dataset)
@@ -146,6 +148,11 @@ class RunRecorder:
             with store_writes(self.uri, f"ending run {self.run_id}"):
                 ending = [RunTag(key, mask(value)[:run_tags.MAX_TAG_LENGTH]) for key, value in tags.items()]
                 self.client.log_batch(self.run_id, metrics=self._size_points(), tags=ending)
+                if self.saving_model and status != "FINISHED":
+                    # MLflow fails the model it was writing on an Exception only: Ctrl-C or SIGTERM left it PENDING.
+                    from mnist_exp.logged_models import fail_unfinished_models
+
+                    fail_unfinished_models(self.client, self.store.experiment_id, self.run_id)
                 self.client.set_terminated(self.run_id, status)
         except StoreFailed:
             if not another_error:

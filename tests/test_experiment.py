@@ -318,6 +318,26 @@ def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny):
         load_logged_model(tracking_uri(cfg), run_id=saving.info.run_id)
 
 
+def test_a_run_interrupted_while_saving_its_model_leaves_it_failed_not_pending(tiny, monkeypatch):
+    """Ctrl-C or SIGTERM (a KeyboardInterrupt) while MLflow writes the model: MLflow fails a logged model only on
+    an Exception, so the model stayed PENDING beside the KILLED run."""
+    import mlflow.keras
+
+    from mnist_exp.logged_models import logged_models
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow.keras, "save_model", interrupted)
+    cfg = tiny("epochs=1", "mlflow.log_model=true")
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(cfg)
+    (run,) = runs_of(cfg)
+    assert run.info.status == "KILLED"
+    (model,) = logged_models(client_for(cfg), run.info.experiment_id, run.info.run_id)
+    assert str(model.status) == "FAILED"
+
+
 def test_git_is_asked_once_per_process_and_never_fails_a_run(tmp_path, monkeypatch):
     """Each run once called `git status` in the checkout: a huge or read-only one should not slow or fail runs."""
     calls = []
