@@ -1,6 +1,7 @@
 """Runs as `python -m mnist_exp.runs` writes them: a table of chosen columns, CSV, or JSON.
 
-Tables round scores to 4 decimals (mnist_exp.tables); CSV and JSON keep every value as the store holds it.
+Tables round scores to 4 decimals (mnist_exp.tables); CSV and JSON keep every value as the store holds it,
+but for a `'` in front of CSV text a spreadsheet would run as a formula (`spreadsheet_safe`).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +22,9 @@ FORMATS = ("table", "csv", "json")
 # Metrics that count things: shown whole, not with 4 decimals; durations: to a tenth of a second.
 COUNTS = ("epochs_completed", "jobs_failed", *SIZE_METRICS)
 SECONDS_SUFFIX = "_seconds"
+# What makes a spreadsheet read a CSV cell as a formula (https://owasp.org/www-community/attacks/CSV_Injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 
 
 def columns_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
@@ -46,10 +51,20 @@ def as_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> 
     keys = list(columns) if columns else default_csv_columns(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(keys)
+    writer.writerow(map(spreadsheet_safe, keys))
     for row in rows:
-        writer.writerow(["" if (value := lookup(row, key)) in (MISSING, None) else value for key in keys])
+        writer.writerow(["" if (value := lookup(row, key)) in (MISSING, None) else spreadsheet_safe(value)
+                         for key in keys])
     return buffer.getvalue()
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """The cell as it goes into CSV: text that starts with = + - @ (or a tab or carriage return), which a
+    spreadsheet would run as a formula, with a `'` in front (OWASP, "CSV Injection"): a run's name, params and
+    tags are whatever whoever wrote the store put there. Numbers, also written as text (`-0.5`), stay."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
 
 
 def default_csv_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -80,8 +95,8 @@ def columns_csv(columns: Mapping[str, Sequence[Any]]) -> str:
     """A table given as column name -> values (mnist_exp.repeats.as_columns), as CSV."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    writer.writerows(zip(*columns.values(), strict=True))
+    writer.writerow(map(spreadsheet_safe, columns))
+    writer.writerows([spreadsheet_safe(value) for value in row] for row in zip(*columns.values(), strict=True))
     return buffer.getvalue()
 
 

@@ -93,6 +93,16 @@ class Condition:
             raise ExperimentError(f"--where {text!r}: {operator} compares numbers, and {raw!r} is not one")
         return cls(key, operator, value, text)
 
+    def check_comparable(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """ExperimentError when `<`, `<=`, `>` or `>=` meets a key that holds text in every run that has it
+        (`name<3`): it would match nothing, without a word."""
+        if self.operator not in ORDERED:
+            return
+        found = [value for row in rows if (value := lookup(row, self.key)) not in (MISSING, None)]
+        if found and not any(_is_number(parse_value(v) if isinstance(v, str) else v) for v in found):
+            raise ExperimentError(f"--where {self.text!r}: {self.operator} compares numbers, and {self.key} holds "
+                                  f"text (e.g. {str(found[0])!r}); compare text with = != or ~")
+
     def holds(self, row: Mapping[str, Any]) -> bool:
         found = lookup(row, self.key)
         if found is MISSING:
@@ -121,6 +131,8 @@ def parse_value(text: str) -> Any:
 def select(rows: Sequence[Mapping[str, Any]], conditions: Sequence[Condition]) -> list[Mapping[str, Any]]:
     """The rows every condition holds for; an unknown key is an error, not an empty answer."""
     check_keys(rows, [condition.key for condition in conditions], "--where")
+    for condition in conditions:
+        condition.check_comparable(rows)
     return [row for row in rows if all(condition.holds(row) for condition in conditions)]
 
 

@@ -11,13 +11,16 @@ from typing import NoReturn
 from mnist_exp.errors import ExperimentError, exit_with, report
 
 DEFAULT_LIMIT = 20
+COMMANDS = ("show", "diff", "list")
+# The options that take a value (the listing's and --tracking-uri): the word after one is never a command.
+VALUE_OPTIONS = ("--where", "--sort", "--columns", "--format", "--limit", "--experiment", "--tracking-uri")
 LIST_DESCRIPTION = "The runs of a store, filtered, sorted or grouped over seeds, as a table, CSV or JSON."
 EPILOG = """\
 keys (--where, --sort, --columns): run_id experiment name status state seconds, any metric (val_accuracy and
 val_loss: the kept model's), any param (optimizer.name, model.hidden_units, ...), any tag; metrics., params. or
 tags. in front picks one. OP: = != < <= > >= ~ (contains). Values are read as JSON: 0.01, [512], true.
 
-other commands:
+other commands (options may stand before or after the command; `list` is this one):
   python -m mnist_exp.runs show RUN            a run's config, final metrics, state, dataset, model, rerun command
   python -m mnist_exp.runs diff RUN RUN [...]  only the config keys and final metrics that differ"""
 
@@ -37,12 +40,25 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["show"]:
-        return show(argv[1:])
-    if argv[:1] == ["diff"]:
-        return diff(argv[1:])
-    return list_runs(argv)
+    command, arguments = _command(list(sys.argv[1:] if argv is None else argv))
+    if command == "show":
+        return show(arguments)
+    if command == "diff":
+        return diff(arguments)
+    return list_runs(arguments)
+
+
+def _command(argv: list[str]) -> tuple[str, list[str]]:
+    """The command wherever it stands after options (`--tracking-uri X show RUN` is `show RUN --tracking-uri
+    X`), and the other arguments in their order; `list` (also when none is named) lists runs."""
+    index = 0
+    while index < len(argv) and argv[index].startswith("-"):
+        option = argv[index]
+        takes_value = "=" not in option and any(name.startswith(option) for name in VALUE_OPTIONS)
+        index += 2 if takes_value else 1
+    if index < len(argv) and argv[index] in COMMANDS:
+        return argv[index], [*argv[:index], *argv[index + 1:]]
+    return "list", argv
 
 
 def list_runs(argv: Sequence[str]) -> int:

@@ -6,6 +6,7 @@ complete work (state COMPLETE) can rank as best: a pruned or failed run never he
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -14,6 +15,10 @@ from mnist_exp.model import SIZE_METRICS
 
 T = TypeVar("T")
 COMPLETE = "COMPLETE"
+# Characters that would break a table's line or drive the terminal: C0 and C1 controls, DEL, Unicode's line
+# and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def score(value: float | None) -> str:
@@ -50,7 +55,7 @@ def best(items: Iterable[T], metric: str, value: Callable[[T], float | None], st
 
 def render(header: Sequence[str], rows: Iterable[Sequence[Any]], right: Sequence[int] = ()) -> str:
     """Columns padded to their widest cell (those in `right` aligned right), two spaces apart; a trailing newline."""
-    table = [list(map(str, header))] + [[str(cell) for cell in row] for row in rows]
+    table = [[printable(cell) for cell in header]] + [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = [
         "  ".join(cell.rjust(width) if i in right else cell.ljust(width)
@@ -58,6 +63,18 @@ def render(header: Sequence[str], rows: Iterable[Sequence[Any]], right: Sequence
         for line in table
     ]
     return "\n".join(lines) + "\n"
+
+
+def printable(value: Any) -> str:
+    """A cell on one line: newlines, tabs and other control characters (a terminal's escape sequences too)
+    written as escapes (`\\n`, `\\x1b`), so a run named with one cannot break or repaint a table."""
+    return _CONTROL.sub(lambda found: _escape(found[0]), str(value))
+
+
+def _escape(character: str) -> str:
+    if character in _ESCAPES:
+        return _ESCAPES[character]
+    return f"\\x{ord(character):02x}" if ord(character) < 0x100 else f"\\u{ord(character):04x}"
 
 
 def row_state(row: Mapping[str, Any]) -> str:
@@ -87,7 +104,7 @@ def runs_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return render(
         ["run id", "experiment", "name", "state", *(title for _, title in KEY_PARAMS), "val_acc", "test_acc",
          "seconds"],
-        ([row["run_id"], row["experiment"], _cut(row["name"] or "", 32), row_state(row),
+        ([row["run_id"], row["experiment"], _cut(printable(row["name"] or ""), 32), row_state(row),
           *(short_number(row.get(f"params.{key}", "")) for key, _ in KEY_PARAMS),
           score(row.get("final_val_accuracy")), score(row.get("test_accuracy")), f"{row['seconds']:.1f}"]
          for row in rows),

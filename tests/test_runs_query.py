@@ -293,3 +293,43 @@ def test_a_tracking_server_is_queried_like_a_local_store(tracking_server, make_c
     assert code == 0 and f"python -m mnist_exp.rerun {sgd}" in out
     code, out, _ = run_main(capsys, "diff", sgd, adam, "--tracking-uri", url)
     assert code == 0 and "optimizer.name" in out and "final_val_accuracy" in out
+
+
+def test_options_may_stand_before_the_command(shared_store, capsys):
+    store, ids = shared_store
+    # `runs --tracking-uri X show RUN` was "unrecognized arguments: show RUN".
+    code, out, err = run_main(capsys, "--tracking-uri", store.uri, "show", ids["sgd"])
+    assert code == 0 and ids["sgd"] in out, err
+    code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "diff", ids["adam"], ids["twin"])
+    assert (code, out) == (0, "the 2 runs have the same config, dataset and final metrics\n")
+    code, out, _ = run_main(capsys, "--tracking-uri", store.uri, "--sort", "-run_id", "--where", "optimizer.name=sgd",
+                            "list", "--columns", "run_id")
+    assert code == 0 and out.splitlines()[1:] == sorted([ids["sgd"], ids["failed"]], reverse=True)
+    code, out, err = run_main(capsys, "--where", "optimizer.name=sgd", "show", ids["sgd"], "--tracking-uri", store.uri)
+    assert (code, out) == (2, "") and err.startswith("error: unrecognized arguments: --where") and "\n" not in err[:-1]
+
+
+@pytest.mark.parametrize(("where", "message"), [
+    ("name<3", "--where 'name<3': < compares numbers, and name holds text (e.g. 'optimizer="),
+    ("optimizer.name>=1", "--where 'optimizer.name>=1': >= compares numbers, and optimizer.name holds text (e.g. "),
+])
+def test_a_text_key_compared_as_a_number_is_one_line(shared_store, capsys, where, message):
+    store, _ = shared_store
+    # It matched nothing, without a word.
+    code, out, err = run_main(capsys, "--tracking-uri", store.uri, "--where", where)
+    assert (code, out) == (2, "") and err.startswith(f"error: {message}") and len(err.splitlines()) == 1, err
+
+
+def test_csv_export_defuses_formulas_and_keeps_numbers(tiny_store, capsys):
+    run_id = tiny_store.add("optimizer=sgd", val_accuracy=0.5)
+    client = tiny_store.store.client
+    client.update_run(run_id, name="=HYPERLINK(\"http://x\",\"click\")")
+    client.log_param(run_id, "note", "@SUM(1+1)*cmd|' /C calc'!A0")
+    client.log_param(run_id, "shift", "-0.5")
+    client.log_metric(run_id, "delta", -0.25)
+    client.set_tag(run_id, "owner", "+1+2")
+    code, out, _ = run_main(capsys, "--tracking-uri", tiny_store.uri, "--format", "csv",
+                            "--columns", "name,note,shift,delta,owner,optimizer.name")
+    (cells,) = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and cells == {"name": "'=HYPERLINK(\"http://x\",\"click\")", "note": "'@SUM(1+1)*cmd|' /C calc'!A0",
+                                   "shift": "-0.5", "delta": "-0.25", "owner": "'+1+2", "optimizer.name": "sgd"}

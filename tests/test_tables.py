@@ -60,3 +60,13 @@ def test_sweep_search_and_runs_tables_say_which_model_each_row_is():
                                   **{"params.model.name": "mlp"})])
     header, line = runs.splitlines()
     assert line[header.index(" model ") + 1:].split()[0] == "mlp"
+
+
+def test_a_name_with_a_newline_or_an_escape_sequence_stays_on_its_line():
+    # A newline in a run name once broke the `runs` table in two; an ESC could repaint the terminal.
+    text = tables.runs_table([row("d" * 32, "COMPLETE", 0.9, experiment="e\tx", name="two\nlines\x1b[2J\u2028",
+                                  seconds=1.0)])
+    header, line = text.splitlines()
+    assert "two\\nlines\\x1b[2J\\u2028" in line and "e\\tx" in line and "\x1b" not in text
+    assert line.index("COMPLETE") == header.index("state")
+    assert tables.render(["a"], [["é…±"]]) == "a\né…±\n"
