@@ -21,7 +21,7 @@ from mnist_exp import config
 from mnist_exp.credentials import connection_url, mask, take_password
 from mnist_exp.errors import ExperimentError, StoreFailed, first_line, root_cause
 from mnist_exp.net import CONNECT_TIMEOUT_S
-from mnist_exp.store_checks import check_store_uri
+from mnist_exp.store_checks import check_store_uri, server_refusal
 
 STORE_FILE = "mlflow.db"
 # MLflow's retries of a failed HTTP request, unless the user set them: a few seconds in all, where
@@ -118,7 +118,8 @@ def _connect(cfg: Mapping[str, Any]) -> Store:
                 if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before we set it, or by someone else
                     _mark_model_development(client, experiment_id)
     except MlflowException as error:
-        raise ExperimentError(f"cannot use the MLflow store {uri}: {first_line(error.message)}") from None
+        refusal = server_refusal(uri, error.get_http_status_code(), f"use mlflow.experiment={name}")
+        raise refusal or ExperimentError(f"cannot use the MLflow store {uri}: {first_line(error.message)}") from None
     except ExperimentError:
         raise
     except Exception as error:  # SQLAlchemy and driver errors for a file that is no MLflow database
@@ -144,7 +145,23 @@ def open_store(uri: str):
     bounded_mlflow_database_retries()
 
     mlflow.set_tracking_uri(connection_url(uri))
-    return mlflow.MlflowClient(connection_url(uri))
+    client = mlflow.MlflowClient(connection_url(uri))
+    if urlparse(uri).scheme in ("http", "https"):
+        _check_server_lets_us_read(client, uri)
+    return client
+
+
+def _check_server_lets_us_read(client, uri: str) -> None:
+    """A server with authentication refuses a reader without (valid) credentials: one line, asked once here,
+    instead of a traceback from whichever call a command makes first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.search_experiments(max_results=1)
+    except MlflowException as error:
+        refusal = server_refusal(uri, error.get_http_status_code(), "read its runs")
+        if refusal is not None:
+            raise refusal from None
 
 
 @contextlib.contextmanager

@@ -75,6 +75,25 @@ def _check_server_reachable(uri: str) -> None:
         )
 
 
+def server_refusal(uri: str, status: int, doing: str) -> ExperimentError | None:
+    """What a tracking server's 401 or 403 answer (MLflow's basic-auth app) means for the user, as one line
+    naming the variables to set; None for any other status. Only the user name is shown, never a password."""
+    if status not in (401, 403):
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 403:
+        who = f"user {user}" if user else "these credentials"
+        return ExperimentError(f"the MLflow tracking server at {uri} does not allow {who} to {doing} "
+                               "(permission denied); its admin can grant EDIT permission")
+    if user:
+        return ExperimentError(f"the MLflow tracking server at {uri} refused user {user}: wrong user name or password "
+                               "in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return ExperimentError(f"the MLflow tracking server at {uri} refused the token in MLFLOW_TRACKING_TOKEN")
+    return ExperimentError(f"the MLflow tracking server at {uri} needs authentication: set MLFLOW_TRACKING_USERNAME "
+                           "and MLFLOW_TRACKING_PASSWORD")
+
+
 def _check_database_reachable(uri: str) -> None:
     """MLflow retries a database that does not answer for minutes; a TCP connection says so in seconds. A
     URI without a host (a local socket) is left to the driver."""

@@ -7,6 +7,8 @@ import contextlib
 import glob
 import http.server
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -15,11 +17,14 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
 from mnist_exp.logged_models import register_champion
 from tests.conftest import (
+    PROJECT_ROOT,
+    all_runs,
     artifact_paths,
     compose_cfg,
     free_port,
@@ -27,6 +32,7 @@ from tests.conftest import (
     run_cli,
     single_sweep,
     store_client,
+    sweep_parents_and_children,
     wait_for_http,
 )
 
@@ -183,13 +189,25 @@ def test_passwords_in_the_urls_reach_their_servers_and_nothing_else(tracking_ser
     printed = result.stdout + result.stderr + resumed.stdout + resumed.stderr
     assert f"UI: open http://alice:***@{proxy.removeprefix('http://')}" in printed
     assert f"postgresql+psycopg://postgres:***@{postgres}/optuna" in printed
-    recorded = [printed, parent.data.tags["optuna.storage"]]
-    for run in [parent, *children]:
-        recorded += [run.info.run_name, *run.data.params.values(), *run.data.tags.values()]
-    assert not [text for text in recorded if SECRET in text]
     files = [path for folder in (runs_dir, artifacts) for path in folder.rglob("*") if path.is_file()]
     assert any(path.name == "overrides.txt" for path in files) and any(path.name == "overrides.yaml" for path in files)
-    assert not [path for path in files if SECRET.encode() in path.read_bytes()]
+    assert not where_secrets_appear([SECRET], printed + parent.data.tags["optuna.storage"], [parent, *children],
+                                    [runs_dir, artifacts])
+
+
+def where_secrets_appear(secrets: list[str], printed: str, runs: list, folders: list[Path]) -> list[str]:
+    """Where any of `secrets` appears: in `printed`, in a run's name, params or tags, in a file under `folders`
+    (a database, an artifact, Hydra's folders). [] when nowhere."""
+    def holds_one(text: str | bytes) -> bool:
+        return any((secret.encode() if isinstance(text, bytes) else secret) in text for secret in secrets)
+
+    found = ["printed output"] if holds_one(printed) else []
+    for run in runs:
+        named = {"run name": run.info.run_name, **{f"param {key}": value for key, value in run.data.params.items()},
+                 **{f"tag {key}": value for key, value in run.data.tags.items()}}
+        found += [f"run {run.info.run_id}: {name}" for name, value in named.items() if holds_one(f"{name} {value}")]
+    files = [path for folder in folders for path in folder.rglob("*") if path.is_file()]
+    return found + [str(path) for path in files if holds_one(path.read_bytes())]
 
 
 @contextlib.contextmanager
@@ -231,3 +249,141 @@ def recording_proxy(upstream: str):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# Passwords of 12 characters or more: MLflow refuses shorter ones.
+ADMIN_SECRET, ALICE_SECRET, BOB_SECRET = "Adm1n-secret-pw", "Al1ce-secret-pw", "B0b-secret-pw-x"
+WRONG_SECRET = "Wr0ng-pw-12345"
+CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def test_the_basic_auth_recipe_refuses_strangers_and_serves_its_users(tmp_path, monkeypatch):
+    """README's authenticated server: no default admin password; without credentials or with a wrong password a
+    run and `runs` are one line, exit 2, and no run is created; with them, one user's run and Optuna search and
+    another user's grid sweep land in one shared experiment; no password anywhere (output, Hydra's folders, the
+    server's databases, log and artifacts, params, tags)."""
+    pytest.importorskip("flask_wtf", reason="needs mlflow[auth] (pip install -e '.[test]')")
+    for variable in CREDENTIAL_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    server_dir, runs_dir = tmp_path / "server", tmp_path / "runs"
+    server_dir.mkdir()
+    with basic_auth_server(server_dir) as url:
+        assert answer_status(url, "admin", "password1234") == 401, "older MLflow's default admin password"
+        assert answer_status(url, "admin", ADMIN_SECRET) == 200
+        with signed_in("admin", ADMIN_SECRET):  # README's way of adding users
+            from mlflow.server import get_app_client
+
+            users = get_app_client("basic-auth", tracking_uri=url)
+            users.create_user("alice", ALICE_SECRET)
+            users.create_user("bob", BOB_SECRET)
+        alice, bob = credentials("alice", ALICE_SECRET), credentials("bob", BOB_SECRET)
+        tiny = ("data=mnist_sample", "epochs=1", "plots=false", "mlflow=server", f"mlflow.tracking_uri={url}")
+
+        printed = []
+        server = f"error: the MLflow tracking server at {url}"
+        variables = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+        refusals = [(None, f"{server} needs authentication: set {variables}\n"),
+                    (credentials("alice", WRONG_SECRET),
+                     f"{server} refused user alice: wrong user name or password in {variables}\n")]
+        for env, line in refusals:
+            for refused in (run_cli(*tiny, runs_dir=runs_dir, env=env, timeout=300), runs_command(url, env)):
+                assert (refused.returncode, refused.stderr) == (2, line), refused.stderr[-3000:]
+                printed.append(refused.stdout + refused.stderr)
+        with signed_in("admin", ADMIN_SECRET):
+            client = store_client(url)
+            assert [e.name for e in client.search_experiments()] == ["Default"] and all_runs(client) == []
+
+        run = run_cli(*tiny, "mlflow.log_model=false", runs_dir=runs_dir, env=alice)
+        # Bob's sweep in the experiment Alice's run created (README's default_permission = EDIT); its models
+        # travel through the server's artifact proxy, authenticated too.
+        sweep = run_cli("-m", "optimizer=sgd,adam", *tiny, runs_dir=runs_dir, env=bob)
+        search = run_cli("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none",
+                         *tiny, runs_dir=runs_dir, env=alice)
+        listed = runs_command(url, alice)
+        for result in (run, sweep, search, listed):
+            assert result.returncode == 0, result.stderr[-3000:]
+            printed.append(result.stdout + result.stderr)
+
+        with signed_in("admin", ADMIN_SECRET):
+            client = store_client(url)
+            runs = all_runs(client)
+            parents, children = sweep_parents_and_children(client)
+            (search_parent,) = [p for p in parents if "optuna.storage" in p.data.tags]
+            (sweep_parent,) = [p for p in parents if p is not search_parent]
+            assert {e.name for e in client.search_experiments()} == {"Default", "mnist-exp"}
+            assert len(runs) == 1 + 3 + 3 and all(r.info.status == "FINISHED" for r in runs)
+            assert len(children[search_parent.info.run_id]) == 2
+            swept = children[sweep_parent.info.run_id]
+            assert {c.data.params["optimizer.name"] for c in swept} == {"sgd", "adam"}
+            for child in swept:
+                assert child.info.artifact_uri.startswith("mlflow-artifacts:")
+                assert client.search_logged_models([child.info.experiment_id],
+                                                   filter_string=f"source_run_id = '{child.info.run_id}'")
+        assert any((server_dir / "artifacts").rglob("MLmodel")), "the models went through the server"
+
+    assert not where_secrets_appear([ADMIN_SECRET, ALICE_SECRET, BOB_SECRET, WRONG_SECRET], "".join(printed), runs,
+                                    [runs_dir, server_dir])
+
+
+@contextlib.contextmanager
+def basic_auth_server(folder: Path):
+    """README's `mlflow server --app-name basic-auth` with its `basic_auth.ini`, on a free port of 127.0.0.1, its
+    stores in `folder` (mlflow.db, basic_auth.db, artifacts/; the server runs there): its URL once /health answers.
+    The admin password reaches it only through MLFLOW_AUTH_ADMIN_PASSWORD."""
+    config = folder / "basic_auth.ini"
+    config.write_text(readme_auth_config(folder / "basic_auth.db"))
+    environment = {key: value for key, value in os.environ.items() if key not in CREDENTIAL_VARIABLES}
+    environment.update(MLFLOW_AUTH_CONFIG_PATH=str(config), MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+                       MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN_SECRET)
+    port = free_port()
+    with open(folder / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--app-name", "basic-auth",
+             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+             "--serve-artifacts", "--artifacts-destination", str(folder / "artifacts"),
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=environment,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for_http(f"{url}/health", server)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+def readme_auth_config(database: Path) -> str:
+    """The `basic_auth.ini` README's recipe writes, with its user database at `database`."""
+    (text,) = re.findall(r"basic_auth\.ini <<'EOF'\n(.*?\n)EOF\n", (PROJECT_ROOT / "README.md").read_text(), re.S)
+    assert "default_permission = EDIT" in text and "admin_password" not in text
+    return re.sub(r"^database_uri = .*$", f"database_uri = sqlite:///{database}", text, flags=re.M)
+
+
+def credentials(user: str, password: str) -> dict[str, str]:
+    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+
+
+@contextlib.contextmanager
+def signed_in(user: str, password: str):
+    """This process's MLflow clients send `user`'s credentials inside the block (they read the environment)."""
+    with mock.patch.dict(os.environ, credentials(user, password)):
+        yield
+
+
+def answer_status(url: str, user: str, password: str) -> int:
+    """The HTTP status of a request to the server's REST API with these credentials."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def runs_command(url: str, env: dict[str, str] | None) -> subprocess.CompletedProcess:
+    """`python -m mnist_exp.runs --tracking-uri URL`, with `env` added to this process's environment."""
+    return subprocess.run([sys.executable, "-m", "mnist_exp.runs", "--tracking-uri", url], capture_output=True,
+                          text=True, timeout=120, cwd=PROJECT_ROOT, env={**os.environ, **(env or {})})
