@@ -14,34 +14,36 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import config, run_tags
+from mnist_exp import config, recorded_config, run_tags
 from mnist_exp.credentials import mask
-from mnist_exp.errors import BAD_INPUT, INTERRUPTED, ExperimentError, first_line, report
-from mnist_exp.store import default_uri, reading_uri, tracking_uri
+from mnist_exp.errors import BAD_INPUT, INTERRUPTED, ExperimentError, exit_with, first_line, report
+from mnist_exp.store import reading_uri
 
 GROUPS = ("optimizer", "model", "data", "mlflow")  # the config groups whose option a rerun may switch
-# Overrides that choose the store themselves: with one of them the rerun goes where they say.
-STORE_KEYS = ("mlflow", "mlflow.tracking_uri", "runs_dir")
 # Keys a run recorded before they existed lacks, with the value that gives what every run did then.
 KEYS_ADDED_LATER = {"repeats": 1, "lr_schedule": "constant", "label_smoothing": 0.0, "data.augment": 0}
 
 
-def command(run_id: str, tracking_uri: str | None = None) -> str:
-    """The command that reruns `run_id`; it names the store unless that is the default config's: whoever runs
-    the command may have another $MLFLOW_TRACKING_URI (and MLflow sets it in this process)."""
-    store = [] if tracking_uri in (None, default_uri()) else ["--tracking-uri", shlex.quote(mask(tracking_uri))]
-    return " ".join(["python -m mnist_exp.rerun", run_id, *store])
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors (exit 2), not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        exit_with(f"{message} (usage: {self.prog} RUN [OVERRIDE ...] [--tracking-uri URI] [--trust-loader M:F])")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mnist_exp.rerun", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="python -m mnist_exp.rerun", description=__doc__.splitlines()[0])
     parser.add_argument("run", metavar="RUN", help="the id of the MLflow run to train again")
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="changes to its config, e.g. epochs=10")
     parser.add_argument("--tracking-uri", default=reading_uri(), help="the MLflow store (default: %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--trust-loader", action="append", default=[], metavar="MODULE:FUNCTION",
+                        help="a data.loader the run's config may name besides those of conf/data/*.yaml (repeatable)")
+    # Options before, between or after the run id and the overrides, as people type them.
+    args = parser.parse_intermixed_args(argv)
     from mnist_exp import credentials, experiment, interrupts
     from mnist_exp.run_record import RunContext
 
@@ -50,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = credentials.take_from_arguments(args.overrides)
         store_uri = credentials.take_password(args.tracking_uri, "--tracking-uri")
-        cfg, recorded_overrides = prepare(args.run, store_uri, overrides)
+        cfg, recorded_overrides = prepare(args.run, store_uri, overrides, args.trust_loader)
         context = RunContext(tags={run_tags.RERUN_OF_TAG: args.run, "mlflow.source.name": "python -m mnist_exp.rerun"})
         outcome = experiment.run(cfg, [*recorded_overrides, *overrides], context)
     except ExperimentError as error:
@@ -62,34 +64,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def prepare(run_id: str, store_uri: str, overrides: Sequence[str]) -> tuple[DictConfig, list[str]]:
+def prepare(run_id: str, store_uri: str, overrides: Sequence[str],
+            trusted_loaders: Sequence[str] = ()) -> tuple[DictConfig, list[str]]:
     """The run's config with `overrides` applied and validated, and the overrides it was recorded with;
-    warns (one line) when the run's code was another commit. ExperimentError when it cannot be rerun."""
+    warns (one line) when the run's code was another commit. ExperimentError when it cannot be rerun.
+
+    The recorded config is data (mnist_exp.recorded_config): its places on this machine are replaced by the
+    store's, and its data.loader must be one the user trusts, unless the overrides choose them."""
     from mnist_exp.store import open_store
 
     client = open_store(store_uri)
     run = _recorded_run(client, run_id, store_uri)
-    with tempfile.TemporaryDirectory(prefix="mnist-exp-rerun-") as folder:
-        try:
-            cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", folder))
-            recorded = Path(client.download_artifacts(run_id, "overrides.txt", folder)).read_text().split("\n")
-        except Exception as error:  # MLflow's, the artifact store's or the file system's words
-            raise ExperimentError(f"run {run_id} has no config.yaml and overrides.txt to rerun from: "
-                                  f"{first_line(str(error))}") from None
+    cfg, recorded = _recorded_files(client, run_id)
+    chosen = {override.lstrip("+~").partition("=")[0] for override in overrides}
+    recorded_path = recorded_config.recorded_data_path(cfg)
+    recorded_config.take_machine_keys_from(cfg, store_uri, chosen)
+    if not chosen & {"data", "data.loader"}:
+        recorded_config.check_loader(cfg, run_id, recorded_config.trusted_loaders(trusted_loaders))
+    if recorded_path and not chosen & {"data", "data.path"}:
+        raise ExperimentError(
+            f"run {run_id} read its data from data.path={recorded_path}, and a rerun takes no path from a store: "
+            f"name the data again, e.g. {recorded_config.rerun_command(run_id, store_uri, recorded_path)}"
+        )
     cfg = apply_overrides(cfg, overrides)
     for key, value in KEYS_ADDED_LATER.items():
         # Recorded before the key existed (what runs then did), or a group option replaced whole by its YAML
         # file (data=...), which lacks what config.yaml sets for every option (data.augment).
         if not _has(cfg, key):
             OmegaConf.update(cfg, key, value, merge=False)
-    if not any(o.lstrip("+~").partition("=")[0] in STORE_KEYS for o in overrides):
-        if tracking_uri(cfg) != store_uri:
-            cfg.mlflow.tracking_uri = store_uri  # where the run was found, not where its config pointed
     config.validate(cfg)
     if cfg.repeats > 1 and any(o.lstrip("+").partition("=")[0] == "repeats" for o in overrides):
         raise ExperimentError(f"repeats={cfg.repeats}: a rerun is one run; repeat with python -m mnist_exp -m")
     _warn_about_other_code(run)
     return cfg, [o for o in recorded if o and not o.lstrip("+~").startswith("hydra.")]
+
+
+def _recorded_files(client, run_id: str) -> tuple[DictConfig, list[str]]:
+    """The run's config.yaml, read as data, and the overrides of overrides.txt; one ExperimentError saying
+    which is missing, too large or unreadable."""
+    try:
+        sizes = {info.path: info.file_size for info in client.list_artifacts(run_id)}
+    except Exception as error:  # MLflow's or the artifact store's words
+        raise ExperimentError(f"the artifacts of run {run_id} cannot be listed: {first_line(str(error))}") from None
+    missing = [name for name in ("config.yaml", "overrides.txt") if name not in sizes]
+    if missing:
+        raise ExperimentError(f"run {run_id} has no {' and no '.join(missing)} to rerun from")
+    for name in ("config.yaml", "overrides.txt"):
+        recorded_config.check_size(run_id, name, sizes[name])  # before downloading it
+    with tempfile.TemporaryDirectory(prefix="mnist-exp-rerun-") as folder:
+        try:
+            config_file = Path(client.download_artifacts(run_id, "config.yaml", folder))
+            overrides_file = Path(client.download_artifacts(run_id, "overrides.txt", folder))
+        except Exception as error:  # MLflow's, the artifact store's or the file system's words
+            raise ExperimentError(f"the config.yaml of run {run_id} cannot be downloaded: "
+                                  f"{first_line(str(error))}") from None
+        return recorded_config.read(config_file, run_id), recorded_config.read_overrides(overrides_file, run_id)
 
 
 def _has(cfg: DictConfig, key: str) -> bool:
@@ -142,6 +171,9 @@ def _recorded_run(client, run_id: str, store_uri: str):
         run = client.get_run(run_id)
     except MlflowException:
         raise ExperimentError(f"no run {run_id} in {mask(store_uri)} (--tracking-uri picks another store)") from None
+    if run.info.lifecycle_stage == "deleted":
+        restore = f"MLFLOW_TRACKING_URI={shlex.quote(mask(store_uri))} mlflow runs restore --run-id {run_id}"
+        raise ExperimentError(f"run {run_id} is deleted; to rerun it, restore it first: {restore}")
     if run.data.tags.get(run_tags.SWEEP_TAG) == "true":
         best = run.data.tags.get("best_child_run_id")
         raise ExperimentError(f"run {run_id} is a sweep's parent run; rerun one of its jobs"

@@ -12,9 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mnist_exp import run_tags, tables
-from mnist_exp.errors import ExperimentError
+from mnist_exp.errors import ExperimentError, first_line
 
-RERUN_COMMAND = "python -m mnist_exp.rerun {run_id}"
 ID_PREFIX = 8  # characters of a run id that head a diff's column
 
 
@@ -33,6 +32,10 @@ class RunDetails:
     metrics: dict[str, float]
     failure: str = ""
     model_uris: list[str] = field(default_factory=list)
+    deleted: bool = False
+    store_uri: str | None = None
+    # Why `python -m mnist_exp.rerun` cannot train this run again (None: it can).
+    cannot_rerun: str | None = None
 
     @property
     def config(self) -> dict[str, str]:
@@ -55,6 +58,7 @@ def read_runs(uri: str, run_ids: Sequence[str]) -> list[RunDetails]:
         run = _get_run(client, uri, run_id)
         experiment = client.get_experiment(run.info.experiment_id)
         ended = run.info.end_time
+        deleted = run.info.lifecycle_stage == "deleted"
         details.append(RunDetails(
             run_id=run.info.run_id, name=run.info.run_name or "", experiment=experiment.name,
             status=run.info.status, state=tables.row_state({"state": run.data.tags.get(run_tags.STATE_TAG, ""),
@@ -63,8 +67,23 @@ def read_runs(uri: str, run_ids: Sequence[str]) -> list[RunDetails]:
             params=dict(sorted(run.data.params.items())), metrics=final_metrics(run),
             failure=run.data.tags.get(run_tags.FAILURE_TAG, ""),
             model_uris=_model_uris(client, run),
+            deleted=deleted, store_uri=uri, cannot_rerun=_why_no_rerun(client, run, deleted),
         ))
     return details
+
+
+def _why_no_rerun(client, run, deleted: bool) -> str | None:
+    """Why a rerun of `run` cannot work, in the words `rerun` would say it; None when it can."""
+    if deleted:
+        return "deleted: restore it first (mlflow runs restore)"
+    if run.data.tags.get(run_tags.SWEEP_TAG) == "true":
+        return "a sweep's parent run: rerun one of its jobs"
+    try:
+        recorded = {info.path for info in client.list_artifacts(run.info.run_id)}
+    except Exception as error:  # an artifact store that cannot be listed from here
+        return f"its artifacts cannot be listed: {first_line(str(error))}"
+    missing = [name for name in ("config.yaml", "overrides.txt") if name not in recorded]
+    return f"it has no {' and no '.join(missing)}" if missing else None
 
 
 def _get_run(client, uri: str, run_id: str):
@@ -94,16 +113,24 @@ def show_text(run: RunDetails) -> str:
                       if f"{split}_examples" in data)
     heading = [
         ("run", run.run_id), ("name", run.name), ("experiment", run.experiment),
-        ("state", f"{run.state} (MLflow status {run.status})" + (f": {run.failure}" if run.failure else "")),
+        ("state", ("deleted, " if run.deleted else "") + f"{run.state} (MLflow status {run.status})"
+         + (f": {run.failure}" if run.failure else "")),
         ("started", started + ("" if run.seconds is None else f", {run.seconds:.1f} s")),
         ("dataset", f"{data.get('name', '-')}, digest {data.get('digest', '-')}" + (f" ({sizes})" if sizes else "")),
         ("model", ", ".join(run.model_uris) or "-"),
-        ("reproduce", RERUN_COMMAND.format(run_id=run.run_id)),
+        ("reproduce", _rerun_command(run) if run.cannot_rerun is None else f"- (cannot be rerun: {run.cannot_rerun})"),
     ]
     lines = _aligned(heading, indent="")
     lines += ["", "config", *_aligned(list(run.config.items()))]
     lines += ["", "final metrics", *_aligned([(key, metric_cell(key, value)) for key, value in run.metrics.items()])]
     return "\n".join(lines) + "\n"
+
+
+def _rerun_command(run: RunDetails) -> str:
+    from mnist_exp.recorded_config import rerun_command
+
+    path = run.params.get("data.path", "null")
+    return rerun_command(run.run_id, run.store_uri, None if path == "null" else path)
 
 
 def diff_text(runs: Sequence[RunDetails]) -> str:

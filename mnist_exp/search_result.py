@@ -78,14 +78,14 @@ class SearchResult:
             return None
         return (best.value - baseline.value) * (1 if self.direction == "maximize" else -1)
 
-    def retrain_command(self, tracking_uri: str | None = None) -> str | None:
+    def retrain_command(self, tracking_uri: str | None = None, data_path: str | None = None) -> str | None:
         """The command that trains the best trial's run again from its recorded config (mnist_exp.rerun);
-        `tracking_uri` is the store the run is in."""
-        from mnist_exp.rerun import command
+        `tracking_uri` is the store the run is in, `data_path` the search's data.path."""
+        from mnist_exp.recorded_config import rerun_command
 
         if self.best is None or self.best.run_id is None:
             return None
-        return command(self.best.run_id, tracking_uri)
+        return rerun_command(self.best.run_id, tracking_uri, data_path)
 
 
 def trial_outcome(trial) -> TrialOutcome:

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from mnist_exp import config, data
-from mnist_exp.data import formats, memory, sources
+from mnist_exp.data import formats, loading, memory, sources
 from mnist_exp.errors import ExperimentError
 from tests.conftest import CONF_DIR, learnable_digits, write_idx
 
@@ -311,6 +311,24 @@ def test_whole_float_labels_are_taken_and_a_single_class_is_warned_about(tmp_pat
     loaded = data.load_dataset(data_cfg(path=path, cache=False), seed=0)
     assert set(loaded.labels.tolist()) == {3}
     assert "every training label is 3" in caplog.text
+
+
+def test_a_test_split_with_classes_the_training_split_lacks_is_warned_about(tmp_path, caplog):
+    """A hand-made split of the class-sorted sample once trained to 0.0000 test accuracy without a word."""
+    x, y = learnable_digits(60)
+    train = y < 5
+    path = write_npz_of(tmp_path / "split.npz", x[train], y[train], x[~train], y[~train])
+    data.load_dataset(data_cfg(path=path, cache=False), seed=0)
+    unseen = ", ".join(f"{label} ({label})" for label in sorted(set(y[~train].tolist())))
+    assert f"the test split has classes the training split lacks, {unseen}" in caplog.text
+
+
+def test_a_loader_that_does_not_take_path_and_cache_dir_is_one_line():
+    """`data.loader=os:listdir` once ended in a 22-line traceback from inside the call."""
+    with pytest.raises(ExperimentError, match=r"data.loader=os:listdir is invalid: a loader takes \(path, cache_dir\), "
+                                              r"listdir takes \(path=None\)"):
+        loading.resolve_loader("os:listdir")
+    assert loading.resolve_loader("mnist_exp.data.sources:load_mnist") is sources.load_mnist
 
 
 def test_a_small_gzip_that_inflates_far_beyond_its_header_is_one_line(tmp_path):

@@ -114,8 +114,11 @@ def test_a_rerun_goes_to_the_store_it_was_read_from(make_cfg, tmp_path):
     run_id = recorded_run(cfg)
     (tmp_path / "copy").mkdir()
     shutil.copy(tmp_path / "runs" / "mlflow.db", tmp_path / "copy" / "mlflow.db")
+    from mnist_exp.store import tracking_uri
+
     rerun_cfg, _ = rerun.prepare(run_id, store_uri(tmp_path / "copy"), [])
-    assert rerun_cfg.mlflow.tracking_uri == store_uri(tmp_path / "copy")
+    assert tracking_uri(rerun_cfg) == store_uri(tmp_path / "copy")
+    assert rerun_cfg.runs_dir == str(tmp_path / "copy"), "a local store's folder is the rerun's runs_dir"
     rerun_cfg, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [])
     assert rerun_cfg.mlflow.tracking_uri is None, "the store its config names: the config unchanged"
     with pytest.raises(ExperimentError, match="mlflow.tracking_uri='foo://x' is invalid"):
@@ -141,3 +144,158 @@ def test_a_run_recorded_before_the_newer_keys_existed_is_rerun_as_it_was_trained
     # A data option's own file lacks data.augment (config.yaml sets it for every dataset).
     prepared, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), ["data=fashion_mnist"])
     assert (prepared.data.name, prepared.data.augment) == ("fashion_mnist", 0)
+
+
+def recorded_text(cfg, config_text: str | None, overrides_text: str | None = "\n") -> str:
+    """A run whose config.yaml (and overrides.txt) hold exactly these texts, as someone with write access to
+    the store could leave them; None: the file is not there."""
+    store = connect(cfg)
+    run = store.client.create_run(store.experiment_id)
+    if config_text is not None:
+        store.client.log_text(run.info.run_id, config_text, "config.yaml")
+    if overrides_text is not None:
+        store.client.log_text(run.info.run_id, overrides_text, "overrides.txt")
+    store.client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def edited(cfg, **changes) -> str:
+    """The YAML a run records for `cfg`, with dotted `changes` made to it."""
+    from omegaconf import OmegaConf
+
+    from mnist_exp import config
+
+    values = OmegaConf.create(config.plain(cfg))
+    for key, value in changes.items():
+        OmegaConf.update(values, key.replace("__", "."), value, merge=False)
+    return OmegaConf.to_yaml(values)
+
+
+def test_a_recorded_loader_is_called_only_when_trusted_and_refused_before_any_import(make_cfg, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """A config.yaml edited to `data.loader: shutil:rmtree` once made a teammate's rerun delete a folder."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    # A module whose import alone leaves a mark: the refusal comes before anything is imported.
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "marking_loader.py").write_text(
+        f"open({str(tmp_path / 'imported')!r}, 'w').close()\ndef load(path, cache_dir):\n    raise SystemExit(9)\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    cfg = make_cfg("data=mnist_sample")
+    uri = store_uri(tmp_path / "runs")
+    for loader in ("shutil:rmtree", "marking_loader:load"):
+        run_id = recorded_text(cfg, edited(cfg, data__loader=loader, data__path=str(victim)))
+        assert rerun.main([run_id, "--tracking-uri", uri]) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == (f"error: run {run_id}'s config names data.loader={loader}, which no dataset in conf/data/ "
+                        f"names: a rerun calls only loaders you trust (if you do: --trust-loader {loader})")
+        assert (victim / "keep.txt").read_text() == "precious" and not (tmp_path / "imported").exists()
+    # Trusted on the command line, or chosen again by the user, the loader is theirs to call.
+    prepared, _ = rerun.prepare(run_id, uri, [f"data.path={victim}"], trusted_loaders=["marking_loader:load"])
+    assert prepared.data.loader == "marking_loader:load" and not (tmp_path / "imported").exists()
+    prepared, _ = rerun.prepare(run_id, uri, ["data=mnist_sample"])
+    assert prepared.data.loader == "mnist_exp.data.sources:load_mnist_sample"
+    assert len(store_client(tmp_path / "runs").search_runs([cfg_experiment_id(cfg)])) == 2, "no run trained"
+
+
+def cfg_experiment_id(cfg) -> str:
+    return connect(cfg).experiment_id
+
+
+def test_a_recorded_config_names_no_place_on_this_machine(make_cfg, tmp_path):
+    """Its runs_dir, hydra node, tracking URI and data.path are never used: the store it was read from and the
+    user's overrides decide."""
+    cfg = make_cfg("data=mnist_sample")
+    elsewhere = tmp_path / "elsewhere"
+    text = edited(cfg, runs_dir=str(elsewhere), mlflow__tracking_uri=f"sqlite:///{elsewhere}/mlflow.db")
+    run_id = recorded_text(cfg, text + f"hydra:\n  run:\n    dir: {elsewhere}/out\n")
+    prepared, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [])
+    assert prepared.runs_dir == str(tmp_path / "runs") and prepared.mlflow.tracking_uri is None
+    assert "hydra" not in prepared
+    prepared, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [f"runs_dir={tmp_path / 'mine'}"])
+    assert prepared.runs_dir == str(tmp_path / "mine"), "the user's override wins"
+
+    sample = tmp_path / "digits.csv"
+    sample.write_text("0," * 784 + "0\n")
+    run_id = recorded_text(cfg, edited(cfg, data__path=str(sample)))
+    with pytest.raises(ExperimentError, match=f"run {run_id} read its data from data.path={sample}, and a rerun "
+                       "takes no path from a store: name the data again, e.g. python -m mnist_exp.rerun "
+                       f"{run_id} --tracking-uri .* data.path={sample}"):
+        rerun.prepare(run_id, store_uri(tmp_path / "runs"), [])
+    prepared, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [f"data.path={sample}"])
+    assert prepared.data.path == str(sample)
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(12))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BILLION_LAUGHS, "config.yaml cannot be read: it uses a YAML alias (*name), which recorded configs never do"),
+        ("epochs: 1\n" + "x" * 300_000, "config.yaml is 300010 bytes, more than a run records (262144)"),
+        ("a:\n" + "".join(f"{'  ' * depth}b:\n" for depth in range(1, 40)), "is nested deeper than 32"),
+        ("[1, 2", "config.yaml cannot be read: while parsing a flow sequence"),
+        ("- 1\n- 2\n", "config.yaml is not a mapping of keys to values"),
+        ("seed: ${oc.env:MLFLOW_TRACKING_PASSWORD}\n", "config.yaml has an interpolation at seed="),
+        (None, "has no config.yaml to rerun from"),
+    ],
+    ids=["alias bomb", "too large", "too deep", "not yaml", "not a mapping", "interpolation", "missing"],
+)
+def test_a_recorded_config_that_a_run_cannot_have_written_is_one_line(make_cfg, tmp_path, capsys, text, message):
+    """A 1 kB alias bomb once ran 485 s and reached 3.7 GB; a broken config.yaml was reported as missing."""
+    cfg = make_cfg("data=mnist_sample")
+    run_id = recorded_text(cfg, text)
+    assert rerun.main([run_id, "--tracking-uri", store_uri(tmp_path / "runs")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: run {run_id}") and message in line, line
+
+
+def test_a_deleted_run_is_not_rerun_and_show_offers_no_rerun_where_it_cannot_work(make_cfg, tmp_path, capsys):
+    from mnist_exp import runs
+
+    cfg = make_cfg("data=mnist_sample")
+    uri = store_uri(tmp_path / "runs")
+    deleted, parent = recorded_run(cfg), recorded_run(cfg, tags={run_tags.SWEEP_TAG: "true"})
+    bare = recorded_text(cfg, None, None)
+    store_client(tmp_path / "runs").delete_run(deleted)
+    assert rerun.main([deleted, "--tracking-uri", uri]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: run {deleted} is deleted; to rerun it, restore it first: ") and \
+        line.endswith(f"mlflow runs restore --run-id {deleted}")
+
+    expected = {
+        deleted: ("deleted, COMPLETE", "- (cannot be rerun: deleted: restore it first (mlflow runs restore))"),
+        parent: ("COMPLETE", "- (cannot be rerun: a sweep's parent run: rerun one of its jobs)"),
+        bare: ("COMPLETE", "- (cannot be rerun: it has no config.yaml and no overrides.txt)"),
+    }
+    for run_id, (state, reproduce) in expected.items():
+        assert runs.main(["show", run_id, "--tracking-uri", uri]) == 0
+        lines = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines()[:8] if line.strip())
+        assert lines["state"].startswith(state) and lines["reproduce"] == reproduce, lines
+    fine = recorded_run(cfg)
+    assert runs.main(["show", fine, "--tracking-uri", uri]) == 0
+    assert f"\nreproduce   python -m mnist_exp.rerun {fine} --tracking-uri {uri}\n" in capsys.readouterr().out
+    from_a_file = recorded_run(cfg)
+    store_client(tmp_path / "runs").log_param(from_a_file, "data.path", str(tmp_path / "my digits.csv"))
+    assert runs.main(["show", from_a_file, "--tracking-uri", uri]) == 0
+    assert (f"\nreproduce   python -m mnist_exp.rerun {from_a_file} --tracking-uri {uri} "
+            f"data.path='{tmp_path / 'my digits.csv'}'\n" in capsys.readouterr().out), "a path is named again"
+
+
+def test_options_may_come_before_between_or_after_the_run_and_its_overrides(recorded_store, capsys):
+    """`rerun RUN --tracking-uri X epochs=1` once printed a usage block."""
+    runs_dir, runs = recorded_store
+    uri = store_uri(runs_dir)
+    for arguments in ([runs["run"], "--tracking-uri", uri, "epochs=0"],
+                      ["--tracking-uri", uri, runs["run"], "epochs=0"]):
+        assert rerun.main(arguments) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == "error: epochs=0 is invalid: expected an integer from 1 to 100000"
+    with pytest.raises(SystemExit) as leaving:
+        rerun.main([runs["run"], "--no-such-option"])
+    assert leaving.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: unrecognized arguments: --no-such-option (usage: python -m mnist_exp.rerun RUN")

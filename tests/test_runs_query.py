@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from mnist_exp import config, run_tags, runs
-from mnist_exp.run_record import log_params
+from mnist_exp.run_record import log_config, log_params
 from mnist_exp.store import connect
 from tests.conftest import PROJECT_ROOT, compose_cfg
 from tests.test_failing_stores import tracking_server  # noqa: F401 - a fixture
@@ -44,6 +44,7 @@ class TinyStore:
         log_params(client, run_id, {**config.flatten(cfg), "dataset.name": "mnist_sample", "dataset.digest": digest,
                                     "dataset.train_examples": "3600", "dataset.val_examples": "400",
                                     "dataset.test_examples": "1000"})
+        log_config(client, run_id, cfg, list(overrides))  # what a rerun starts from, as every run records it
         for key, value in (("val_accuracy", 0.1), ("final_val_accuracy", val_accuracy), ("val_loss", 9.0),
                            ("final_val_loss", val_loss), ("test_accuracy", test_accuracy)):
             if value is not None:
@@ -227,7 +228,7 @@ def test_show_prints_config_final_metrics_state_dataset_model_and_rerun(shared_s
     assert fields["state"] == "COMPLETE (MLflow status FINISHED)"
     assert fields["dataset"] == f"mnist_sample, digest {DIGEST} (train 3600, val 400, test 1000)"
     assert fields["model"] == "-"  # recorded without a model
-    assert fields["reproduce"] == f"python -m mnist_exp.rerun {ids['wide']}"
+    assert fields["reproduce"] == f"python -m mnist_exp.rerun {ids['wide']} --tracking-uri {store.uri}"
     config_lines = lines[lines.index("config") + 1: lines.index("final metrics") - 1]
     assert "  model.hidden_units" in "\n".join(config_lines) and "[256, 128]" in "\n".join(config_lines)
     assert not [line for line in config_lines if line.strip().startswith("dataset.")]

@@ -68,7 +68,7 @@ class OptunaSweeper(Sweeper):
                 exit_with(str(error))
             from mnist_exp import config
 
-            retrain = result.retrain_command(parent.store.uri)
+            retrain = result.retrain_command(parent.store.uri, self.config.data.path)
             plots = search_plots(result, config.runs_dir(self.config) / "optuna" / result.study_name)
             summary = parent.close_search(result, plots, retrain)
         sweeping.report_search(parent, result, summary, retrain)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import inspect
 import logging
 import os
 from collections.abc import Mapping
@@ -159,7 +160,21 @@ def resolve_loader(spec: str) -> Loader:
     loader = getattr(module, function_name, None)
     if not callable(loader):
         raise ExperimentError(f"data.loader={spec} is invalid: {module_name} has no function {function_name}")
+    try:
+        inspect.signature(loader).bind(None, None)
+    except TypeError:
+        raise ExperimentError(f"data.loader={spec} is invalid: a loader takes (path, cache_dir), "
+                              f"{function_name} takes {_parameters(loader)}") from None
+    except ValueError:  # a builtin without a signature to inspect: its call below says whether it fits
+        pass
     return loader
+
+
+def _parameters(function) -> str:
+    try:
+        return str(inspect.signature(function))
+    except (TypeError, ValueError):
+        return "other arguments"
 
 
 def _existing_path(path: str | None) -> Path | None:
@@ -199,3 +214,8 @@ def _check_labels(raw: RawData, class_names: tuple[str, ...]) -> None:
     if len(present) == 1:
         log.warning("%s: every training label is %s (%s): the model can only learn to answer that",
                     raw.source, present[0], class_names[present[0]])
+    unseen = np.setdiff1d(np.unique(raw.y_test), present)
+    if unseen.size:
+        names = ", ".join(f"{label} ({class_names[label]})" for label in unseen[:10])
+        log.warning("%s: the test split has classes the training split lacks, %s: the model cannot learn them, "
+                    "and test accuracy counts every such image as wrong", raw.source, names)
