@@ -332,5 +332,6 @@ def test_csv_export_defuses_formulas_and_keeps_numbers(tiny_store, capsys):
     code, out, _ = run_main(capsys, "--tracking-uri", tiny_store.uri, "--format", "csv",
                             "--columns", "name,note,shift,delta,owner,optimizer.name")
     (cells,) = list(csv.DictReader(io.StringIO(out)))
-    assert code == 0 and cells == {"name": "'=HYPERLINK(\"http://x\",\"click\")", "note": "'@SUM(1+1)*cmd|' /C calc'!A0",
-                                   "shift": "-0.5", "delta": "-0.25", "owner": "'+1+2", "optimizer.name": "sgd"}
+    assert code == 0 and cells == {"name": "'=HYPERLINK(\"http://x\",\"click\")",
+                                   "note": "'@SUM(1+1)*cmd|' /C calc'!A0", "shift": "-0.5", "delta": "-0.25",
+                                   "owner": "'+1+2", "optimizer.name": "sgd"}
