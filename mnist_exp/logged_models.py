@@ -94,7 +94,12 @@ def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None
         flavors = mlflow.models.get_model_info(model_uri).flavors
         if "keras" not in flavors:
             raise ExperimentError(f"{what} is not a Keras model (its flavors: {', '.join(sorted(flavors))})")
-        model = mlflow.keras.load_model(model_uri)
+        if flavors["keras"].get("save_exported_model"):
+            # A TensorFlow SavedModel is a graph of ops whoever saved it chose (file reads and writes among them).
+            raise ExperimentError(f"{what} is an exported TensorFlow SavedModel; predict loads only models in "
+                                  "Keras' own format, as runs save them")
+        # What a store holds is data: Keras' safe mode refuses to deserialize Python code (Lambda layers).
+        model = mlflow.keras.load_model(model_uri, load_model_kwargs={"safe_mode": True})
     except MlflowException as error:
         raise ExperimentError(f"cannot load {what}: {first_line(error.message)}") from None
     except ExperimentError:

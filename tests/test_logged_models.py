@@ -243,3 +243,35 @@ def test_models_predict_cannot_use_are_one_line(real_digits, tmp_path, capsys):
     assert predict.main([str(paths[0]), "--run", damaged_run.info.run_id, "--tracking-uri", uri]) == 2
     err = capsys.readouterr().err
     assert "cannot load the model of run" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_stored_model_that_would_run_code_is_refused_in_one_line(real_digits, tmp_path, capsys):
+    """What a store holds is data: a Keras model whose Lambda layer is Python code, or an exported SavedModel
+    (a graph of whatever ops its author chose), is refused before it runs."""
+    import keras
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient(uri).create_experiment(
+        "others", artifact_location=(tmp_path / "artifacts").as_uri()))
+    paths, _ = photographed_digits(real_digits, tmp_path, count=1)
+    marker = tmp_path / "ran"
+    marker_name = str(marker)
+    with_code = keras.Sequential([keras.Input(shape=(784,)),
+                                  keras.layers.Lambda(lambda x: x + 0 * len(open(marker_name, "w").name)),
+                                  keras.layers.Dense(10, activation="softmax")])
+    marker.unlink()
+    with mlflow.start_run() as code_run:
+        mlflow.keras.log_model(with_code, name="model", pip_requirements=[])
+    plain = keras.Sequential([keras.Input(shape=(784,)), keras.layers.Dense(10, activation="softmax")])
+    with mlflow.start_run() as exported_run:
+        mlflow.keras.log_model(plain, name="model", pip_requirements=[], save_exported_model=True,
+                               signature=mlflow.models.infer_signature(np.zeros((1, 784), np.float32),
+                                                                       np.zeros((1, 10), np.float32)))
+    capsys.readouterr()
+    for run, message in [(code_run, "Requested the deserialization of a `Lambda` layer"),
+                         (exported_run, "is an exported TensorFlow SavedModel; predict loads only models in Keras'")]:
+        assert predict.main([str(paths[0]), "--run", run.info.run_id, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not marker.exists(), "the layer's code never ran"
