@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 
 from mnist_exp import config, interrupts
 from mnist_exp.data import Dataset, load_dataset, with_training_subset
-from mnist_exp.errors import ExperimentError
+from mnist_exp.errors import ExperimentError, out_of_memory_is_a_failure
+from mnist_exp.model_memory import check_fits
 from mnist_exp.run_record import RunContext, RunRecorder
 from mnist_exp.store import check_store
 
@@ -42,7 +43,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = ST
             result = train_and_evaluate(
                 cfg, dataset, on_epoch=_epoch_hook(cfg, recorder, context), on_built=recorder.log_model_size
             )
-            model_uri = _publish(cfg, recorder, result, dataset)
+            with out_of_memory_is_a_failure(f"saving the model and pictures of run {recorder.run_id}"):
+                model_uri = _publish(cfg, recorder, result, dataset)
     return {
         **result.metrics,
         "run_id": recorder.run_id,
@@ -59,6 +61,8 @@ def _validated_data(cfg: DictConfig, overrides: Sequence[str], context: RunConte
         dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
         if cfg.train_subset is not None:
             dataset = with_training_subset(dataset, cfg.train_subset, cfg.seed)
+        # Before TensorFlow loads: a model far too large for this process fails here in one line, not mid-build.
+        check_fits(config.plain(cfg), dataset)
         # Imported here, after the checks that need neither: together they cost seconds.
         from mnist_exp.keras_backend import import_keras, select_backend
         from mnist_exp.model import build_optimizer

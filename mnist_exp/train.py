@@ -6,20 +6,24 @@ import gc
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from mnist_exp.data import Dataset
-from mnist_exp.errors import ExperimentError, ModelCannotLearn, TrainingDiverged
+from mnist_exp.errors import ModelCannotLearn, TrainingDiverged, out_of_memory_is_a_failure
 from mnist_exp.keras_backend import import_keras, select_backend
 from mnist_exp.model import build_model, build_optimizer, learning_rate_schedule, model_size
+from mnist_exp.model_memory import inference_bytes_per_example
 from mnist_exp.pipeline import InMemoryBatches
 
 EVALUATION_BATCH = 1024
-PREDICTION_CHUNK = 4096  # images per direct model call: bounds the activations held at once
+# Images per direct model call (the run's pictures): at most PREDICTION_CHUNK, and fewer when the activations one
+# call holds would pass PREDICTION_MEMORY (wide convolutions keep a feature map per filter and image).
+PREDICTION_CHUNK = 4096
+PREDICTION_MEMORY = 256 * 2**20
 
 # Called after every epoch with (epoch number from 1, metrics); may raise to stop training.
 EpochHook = Callable[[int, dict[str, float]], None]
@@ -39,8 +43,16 @@ class TrainingResult:
 def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: EpochHook | None = None,
                        on_built: SizeHook | None = None) -> TrainingResult:
     """Fit on the train split, select on validation, score the test split once at the end; the metrics
-    include the model's size."""
+    include the model's size. Running out of memory anywhere on the way raises OutOfMemory."""
     keras = prepared_backend(cfg)
+    model_cfg = cfg["model"]
+    with out_of_memory_is_a_failure(f"training model={model_cfg['name']} ({_layer_settings(model_cfg)}) with "
+                                    f"batch_size={cfg['batch_size']}"):
+        return _train_and_evaluate(keras, cfg, dataset, on_epoch, on_built)
+
+
+def _train_and_evaluate(keras, cfg: Mapping[str, Any], dataset: Dataset, on_epoch: EpochHook | None,
+                        on_built: SizeHook | None) -> TrainingResult:
     model = compiled_model(cfg, dataset)
     size = {key: float(value) for key, value in model_size(model).items()}
     if on_built is not None:
@@ -69,21 +81,15 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
     batches = InMemoryBatches(dataset, cfg["seed"], shift=cfg["data"]["augment"],
                               one_hot=len(dataset.class_names) if cfg["label_smoothing"] else None)
     started = time.perf_counter()
-    try:
-        history = model.fit(
-            batches.train(cfg["batch_size"]),
-            epochs=cfg["epochs"],
-            validation_data=batches.val(cfg["batch_size"]),
-            shuffle=False,  # the pipeline shuffles, reseeded each epoch
-            callbacks=callbacks,
-            # A progress bar in a terminal; one line per epoch in logs and CI.
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
-    except MemoryError:
-        raise ExperimentError(
-            f"out of memory training model={cfg['model']['name']} ({_layer_settings(cfg['model'])}) "
-            f"with batch_size={cfg['batch_size']}; use smaller layers or batches"
-        ) from None
+    history = model.fit(
+        batches.train(cfg["batch_size"]),
+        epochs=cfg["epochs"],
+        validation_data=batches.val(cfg["batch_size"]),
+        shuffle=False,  # the pipeline shuffles, reseeded each epoch
+        callbacks=callbacks,
+        # A progress bar in a terminal; one line per epoch in logs and CI.
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
     train_seconds = time.perf_counter() - started
     if watchdog.diverged_at is not None:
         raise TrainingDiverged(
@@ -107,7 +113,8 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
         "train_seconds": train_seconds,
         **size,
     }
-    predictions = _predicted_classes(model, dataset.x_test) if cfg["plots"] else None
+    chunk = prediction_chunk(cfg["model"], dataset.x_test.shape[1], len(dataset.class_names))
+    predictions = _predicted_classes(model, dataset.x_test, chunk) if cfg["plots"] else None
     return TrainingResult(model=model, metrics=metrics, history=dict(history.history), test_predictions=predictions)
 
 
@@ -154,15 +161,22 @@ def compiled_model(cfg: Mapping[str, Any], dataset: Dataset):
 
 def _layer_settings(model_cfg: Mapping[str, Any]) -> str:
     """The keys that size a model's layers, as overrides: model.hidden_units=[512], model.filters=[32,64] ..."""
-    lists = {key: value for key, value in model_cfg.items() if isinstance(value, list)}
+    lists = {key: value for key, value in model_cfg.items()
+             if isinstance(value, Sequence) and not isinstance(value, str)}  # a ListConfig too
     return " ".join(f"model.{key}=[{','.join(map(str, value))}]" for key, value in lists.items())
 
 
-def _predicted_classes(model, images: np.ndarray) -> np.ndarray:
+def prediction_chunk(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> int:
+    """How many images one direct call of the model may take: PREDICTION_CHUNK, fewer for wide models."""
+    per_image = inference_bytes_per_example(model_cfg, input_dim, num_classes)
+    return max(1, min(PREDICTION_CHUNK, PREDICTION_MEMORY // per_image))
+
+
+def _predicted_classes(model, images: np.ndarray, chunk: int) -> np.ndarray:
     """argmax of the model's output per image, by direct calls: predict() would first trace a function."""
     classes = [
-        np.asarray(model(images[start:start + PREDICTION_CHUNK], training=False)).argmax(axis=1)
-        for start in range(0, len(images), PREDICTION_CHUNK)
+        np.asarray(model(images[start:start + chunk], training=False)).argmax(axis=1)
+        for start in range(0, len(images), chunk)
     ]
     return np.concatenate(classes).astype(np.uint8)
 

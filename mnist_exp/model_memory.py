@@ -1,0 +1,333 @@
+"""The memory a model will need, reckoned from its config before TensorFlow loads, against what this process may use.
+
+Plain arithmetic over the layers conf/model/<name>.yaml describes (mnist_exp.model builds the same layers):
+the weights, one gradient per trainable weight, the optimizer's slots, the activations of a training batch
+(kept for the backward pass, and their gradients), of the largest evaluation or prediction batch, and the
+data. It is a floor, not a forecast: TensorFlow's own buffers come on top. A config whose floor does not fit
+is refused in one line before anything is built; one that passes and still runs out is caught while it
+trains (mnist_exp.errors.out_of_memory_is_a_failure).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mnist_exp.errors import ExperimentError
+
+BYTES_PER_VALUE = 4  # float32 weights, gradients, slots and activations
+GIB = 2**30
+MIB = 2**20
+# Keras 3's slot variables per trainable weight, by optimizer (mnist_exp.model.OPTIMIZERS); a setting can add
+# one (see _slots). Adafactor keeps factored row and column statistics: next to nothing for a matrix.
+OPTIMIZER_SLOTS = {
+    "sgd": 0, "rmsprop": 1, "adam": 2, "adamw": 2, "adagrad": 1, "adadelta": 2, "adamax": 2, "nadam": 2,
+    "lion": 1, "ftrl": 2, "adafactor": 0, "lamb": 2,
+}
+# What a training process holds before its model and data: TensorFlow, Keras and MLflow imported and a tiny
+# model trained; measured with real runs (BENCHMARKS.md, "Memory a model needs"). A limit below it cannot run.
+FRAMEWORK_ADDRESS_SPACE = 3.0 * GIB  # what `ulimit -v` (RLIMIT_AS) must leave room for
+FRAMEWORK_DATA = 0.8 * GIB  # what `ulimit -d` (RLIMIT_DATA) must leave room for
+FRAMEWORK_RESIDENT = 0.85 * GIB  # resident memory (physical, a cgroup's)
+UNLIMITED = 2**62  # a cgroup limit at or above this is no limit (v1 writes 9223372036854771712)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer as the estimate sees it: the config key that sizes it, its weights, its outputs per example."""
+
+    key: str
+    parameters: int = 0
+    trainable: int = 0
+    outputs: int = 0  # values per example it hands on (and keeps for the backward pass)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes a training run of one model needs beyond the framework, in parts."""
+
+    weights: int
+    gradients: int
+    slots: int
+    training_batch: int
+    inference_batch: int
+    data: int
+    largest_key: str  # the model key whose layers take the most of it
+
+    @property
+    def total(self) -> int:
+        # Training and inference batches do not coexist: the larger of them.
+        return (self.weights + self.gradients + self.slots + max(self.training_batch, self.inference_batch)
+                + self.data)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What this process may hold in all (`limit`, named by `source`), and what the framework takes of it."""
+
+    limit: float
+    source: str
+    framework: float
+
+    @property
+    def for_the_work(self) -> float:
+        return self.limit - self.framework
+
+
+def model_layers(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> list[Layer]:
+    """The layers mnist_exp.model.build_model makes for `model_cfg`, as parameter and output counts."""
+    name = model_cfg["name"]
+    if name == "mlp":
+        return [Layer("input", outputs=input_dim)] + _dense(model_cfg["hidden_units"], "hidden_units", input_dim,
+                                                            model_cfg["dropout"], num_classes)
+    if name == "cnn":
+        return _cnn(model_cfg, input_dim, num_classes)
+    raise ExperimentError(f"model.name={name!r} is invalid: expected one of mlp, cnn")
+
+
+def _dense(widths: Sequence[int], key: str, inputs: int, dropout: float, num_classes: int,
+           output_key: str | None = None) -> list[Layer]:
+    layers = []
+    for width in widths:
+        weights = inputs * width + width
+        # Dense keeps its product before the activation and the activation's output.
+        layers.append(Layer(key, weights, weights, 2 * width))
+        if dropout > 0:
+            layers.append(Layer(key, outputs=width))
+        inputs = width
+    weights = inputs * num_classes + num_classes
+    layers.append(Layer(output_key or key, weights, weights, 2 * num_classes))
+    return layers
+
+
+def _cnn(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> list[Layer]:
+    side = math.isqrt(input_dim)
+    kernel, batch_norm = model_cfg["kernel_size"], model_cfg["batch_norm"]
+    pooled, dropout = model_cfg["pooling"] != "none", model_cfg["dropout"]
+    layers, channels = [Layer("input", outputs=input_dim)], 1
+    for count in model_cfg["filters"]:
+        weights = kernel * kernel * channels * count + (0 if batch_norm else count)
+        layers.append(Layer("filters", weights, weights, side * side * count))
+        if batch_norm:  # gamma and beta are trained; the moving mean and variance are not
+            layers.append(Layer("filters", 4 * count, 2 * count, side * side * count))
+        layers.append(Layer("filters", outputs=side * side * count))  # the activation
+        if pooled and side >= 2:
+            side //= 2
+            layers.append(Layer("filters", outputs=side * side * count))
+        if dropout > 0:
+            layers.append(Layer("filters", outputs=side * side * count))
+        channels = count
+    dense_units = model_cfg["dense_units"]
+    # The first dense layer (or the output) is as wide as the last feature map is large: its weights grow with the
+    # filters as much as with its own width.
+    return layers + _dense(dense_units, "dense_units", side * side * channels, dropout, num_classes,
+                           output_key="dense_units" if dense_units else "filters")
+
+
+def _forward_peak(layers: Sequence[Layer]) -> int:
+    """Bytes per example at the peak of a forward pass alone: a layer's input and output are alive together."""
+    pairs = [a.outputs + b.outputs for a, b in zip(layers, layers[1:])] or [layers[0].outputs]
+    return max(pairs) * BYTES_PER_VALUE
+
+
+def inference_bytes_per_example(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> int:
+    """The activations one example holds at the peak of a forward pass (evaluation, prediction)."""
+    return _forward_peak(model_layers(model_cfg, input_dim, num_classes))
+
+
+def parameter_count(model_cfg: Mapping[str, Any], input_dim: int = 784, num_classes: int = 10) -> int:
+    """Every weight of the model (Keras' count_params(): trainable or not)."""
+    return sum(layer.parameters for layer in model_layers(model_cfg, input_dim, num_classes))
+
+
+def optimizer_slots(optimizer_cfg: Mapping[str, Any]) -> int:
+    """Slot variables the optimizer keeps per trainable weight (Adam: two moments; SGD: momentum, if any)."""
+    name = optimizer_cfg["name"]
+    slots = OPTIMIZER_SLOTS.get(name, 2)
+    if name in ("sgd", "rmsprop") and optimizer_cfg.get("momentum", 0):
+        slots += 1
+    if optimizer_cfg.get("centered") or optimizer_cfg.get("amsgrad"):
+        slots += 1
+    if optimizer_cfg.get("use_ema"):
+        slots += 1
+    return slots
+
+
+def estimate(cfg: Mapping[str, Any], *, input_dim: int, num_classes: int, inference_examples: int,
+             data_bytes: int) -> Estimate:
+    """What training `cfg`'s model needs: `inference_examples` is the most examples one evaluation or prediction
+    call takes (mnist_exp.train: EVALUATION_BATCH, PREDICTION_CHUNK, or a smaller split)."""
+    layers = model_layers(cfg["model"], input_dim, num_classes)
+    parameters = sum(layer.parameters for layer in layers)
+    trainable = sum(layer.trainable for layer in layers)
+    slots = optimizer_slots(cfg["optimizer"])
+    batch = cfg["batch_size"]
+    # Forward values kept for the backward pass, and as many gradients flowing back through them.
+    training = 2 * batch * sum(layer.outputs for layer in layers) * BYTES_PER_VALUE
+    inference = inference_examples * _forward_peak(layers)
+    share: dict[str, float] = {}
+    for layer in layers:
+        bytes_ = (layer.parameters + layer.trainable * (1 + slots) + 2 * batch * layer.outputs) * BYTES_PER_VALUE
+        share[layer.key] = share.get(layer.key, 0) + bytes_
+    return Estimate(
+        weights=parameters * BYTES_PER_VALUE,
+        gradients=trainable * BYTES_PER_VALUE,
+        slots=slots * trainable * BYTES_PER_VALUE,
+        training_batch=training,
+        inference_batch=inference,
+        data=data_bytes,
+        largest_key=max(share, key=share.get),
+    )
+
+
+def distinct_bytes(arrays: Iterable[np.ndarray]) -> int:
+    """Bytes the arrays hold, each buffer once (the validation split is a view of the training array)."""
+    roots = {}
+    for array in arrays:
+        while isinstance(array.base, np.ndarray):
+            array = array.base
+        roots[id(array)] = array.nbytes
+    return sum(roots.values())
+
+
+def process_budget(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup")) -> Budget | None:
+    """The tightest of what this process may hold: `ulimit -v`, `ulimit -d`, its cgroup's memory limit, and the
+    machine's available memory; None where none can be read."""
+    status = _status(proc / "self" / "status")
+    budgets = []
+    for kind, source, framework in ((resource.RLIMIT_AS, "ulimit -v", FRAMEWORK_ADDRESS_SPACE),
+                                    (resource.RLIMIT_DATA, "ulimit -d", FRAMEWORK_DATA)):
+        soft, _ = resource.getrlimit(kind)
+        if soft != resource.RLIM_INFINITY:
+            budgets.append(Budget(soft, source, framework))
+    resident = status.get("VmRSS", 0)
+    cgroup = _cgroup_room(proc, cgroups)
+    if cgroup is not None:
+        room, source = cgroup
+        # What the cgroup still takes, plus what this process already holds of it.
+        budgets.append(Budget(room + resident, source, FRAMEWORK_RESIDENT))
+    available = _meminfo(proc / "meminfo").get("MemAvailable")
+    if available is not None:
+        budgets.append(Budget(available + resident, "available memory", FRAMEWORK_RESIDENT))
+    return min(budgets, key=lambda budget: budget.for_the_work, default=None)
+
+
+def _cgroup_room(proc: Path, cgroups: Path) -> tuple[float, str] | None:
+    """(bytes the cgroup can still take, which limit) for the nearest memory limit of this process's cgroup:
+    v2's memory.max or v1's memory.limit_in_bytes, less what the cgroup holds apart from reclaimable file cache."""
+    try:
+        lines = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    paths = {}  # "" for v2, else the v1 controller list
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        paths[controllers] = path.strip("/")
+    candidates = []
+    if "" in paths:
+        candidates.append((cgroups, paths[""], "memory.max", "memory.current", "inactive_file"))
+    v1 = next((path for controllers, path in paths.items() if "memory" in controllers.split(",")), None)
+    if v1 is not None:
+        candidates.append((cgroups / "memory", v1, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                           "total_inactive_file"))
+    for root, path, limit_file, usage_file, cache_key in candidates:
+        # Inside a container the process's own cgroup is the root of what is mounted: try it, then its parents.
+        parts = path.split("/") if path else []
+        for depth in range(len(parts), -1, -1):
+            folder = root.joinpath(*parts[:depth])
+            limit = _number(folder / limit_file)
+            if limit is None or limit >= UNLIMITED:
+                continue
+            usage = _number(folder / usage_file) or 0
+            cache = _keyed(folder / "memory.stat").get(cache_key, 0)
+            return max(0.0, limit - (usage - cache)), f"cgroup {limit_file}"
+    return None
+
+
+def _number(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # v2 writes "max" for no limit
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    values = {}
+    for line in lines:
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            values[key] = int(value)
+    return values
+
+
+def _meminfo(path: Path) -> dict[str, int]:
+    """/proc/meminfo in bytes ("MemAvailable:  22375536 kB")."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    return {key: int(value.split()[0]) * 1024 for key, _, value in (line.partition(":") for line in lines)
+            if value.split() and value.split()[0].isdigit()}
+
+
+def _status(path: Path) -> dict[str, int]:
+    return {key: value for key, value in _meminfo(path).items() if key.startswith("Vm")}
+
+
+def check_fits(cfg: Mapping[str, Any], dataset, budget: Budget | None = None) -> Estimate:
+    """Refuse, in one line naming the model key that makes it big, a config whose model cannot fit in what this
+    process may use; returns the estimate."""
+    from mnist_exp.train import EVALUATION_BATCH, prediction_chunk  # imports no TensorFlow
+
+    sizes, input_dim, num_classes = dataset.sizes, dataset.x_test.shape[1], len(dataset.class_names)
+    inference = min(EVALUATION_BATCH, max(sizes["val"], sizes["test"]))
+    if cfg["plots"]:
+        inference = max(inference, min(prediction_chunk(cfg["model"], input_dim, num_classes), sizes["test"]))
+    need = estimate(
+        cfg, input_dim=input_dim, num_classes=num_classes, inference_examples=inference,
+        data_bytes=distinct_bytes([dataset.images, dataset.labels, dataset.x_test, dataset.y_test]),
+    )
+    budget = budget or process_budget()
+    if budget is None:
+        return need
+    if budget.for_the_work <= 0:
+        raise ExperimentError(
+            f"this process may use {_size(budget.limit)} ({budget.source}), and TensorFlow alone takes about "
+            f"{_size(budget.framework)}: raise the limit"
+        )
+    if need.total > budget.for_the_work:
+        raise ExperimentError(
+            f"{_key_setting(cfg, need.largest_key)} needs about {_size(need.total)} for weights, optimizer state "
+            f"and a batch of {cfg['batch_size']}, besides the {_size(budget.framework)} TensorFlow takes; this "
+            f"process may use {_size(budget.limit)} ({budget.source})"
+        )
+    return need
+
+
+def _key_setting(cfg: Mapping[str, Any], key: str) -> str:
+    model = cfg["model"]
+    if key == "input":  # only a tiny model's activations: the batch makes it big
+        return f"batch_size={cfg['batch_size']}"
+    setting = f"model.{key}={list(model[key])}"
+    if key == "filters":
+        setting += f" with model.kernel_size={model['kernel_size']}"
+    return setting
+
+
+def _size(count: float) -> str:
+    if count >= 10 * GIB:
+        return f"{count / GIB:.0f} GiB"
+    if count >= GIB:
+        return f"{count / GIB:.1f} GiB"
+    return f"{max(0.0, count) / MIB:.0f} MiB"
