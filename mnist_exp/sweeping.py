@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import DictConfig
@@ -51,6 +52,7 @@ def parent_run(config: DictConfig, sweep_overrides: Sequence[str], sweep_key: st
     try:
         settings.validate(config)
         check_ray_cluster(config)
+        keep_ray_token_off_disk(config)
         if search is not None:
             parent = MultirunParent.open_for_study(config, sweep_overrides, search.open_study(), search.storage)
         else:
@@ -78,6 +80,37 @@ def check_ray_cluster(config: DictConfig) -> None:
         raise ExperimentError(
             f"cannot reach the Ray cluster at {address} (RAY_ADDRESS or hydra.launcher.ray.init.address)"
         )
+
+
+def keep_ray_token_off_disk(config: DictConfig) -> None:
+    """Give a local Ray that this sweep starts a token in this process's environment (inherited by Ray's
+    processes, written nowhere, gone with the sweep), unless the user configured one.
+
+    Ray turns token authentication on for a local cluster `ray.init` starts and, when no token is
+    configured, writes a new one to ~/.ray/auth_token with the umask's mode (0644: readable by every user of
+    the machine) and leaves it there, where later `ray start --head` and clients find it
+    (ray/_private/authentication/authentication_token_setup.py as of ray 2.60). A token of the user's
+    (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names, ~/.ray/auth_token) is used as it is, never read or
+    replaced here; a token file other users may read is warned about. RAY_AUTH_MODE=disabled, and joining a
+    cluster (an address), are left to Ray. https://docs.ray.io/en/latest/ray-security/token-auth.html"""
+    if launcher_kind(config) != RAY or os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return
+    address = str(((config.hydra.launcher.get("ray") or {}).get("init") or {}).get("address") or "")
+    if address != "local" and (address or os.environ.get("RAY_ADDRESS")):
+        return  # an existing cluster: Ray writes no token, and its token is the user's to give
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    named = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    path = Path(named).expanduser() if named else Path.home() / ".ray" / "auth_token"
+    with contextlib.suppress(OSError):
+        if path.is_file() and path.stat().st_size:
+            if path.stat().st_mode & 0o077:
+                log.warning("%s, Ray's authentication token, is readable by other users: chmod 600 %s", path, path)
+            return
+    # None, or RAY_AUTH_TOKEN_PATH names no token: Ray would write a new one over ~/.ray/auth_token.
+    import secrets
+
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # as long as the ones Ray makes
 
 
 def start_ray_once(launcher: Any) -> None:

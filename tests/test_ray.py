@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import secrets
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
+
+from mnist_exp import sweeping
 
 from tests.conftest import (
     finish,
@@ -25,8 +31,8 @@ from tests.conftest import (
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray"
-# Ray's token authentication, with the token in the environment of the cluster and its clients: without it
-# `ray start` writes a token, readable by everyone, to ~/.ray/auth_token and leaves it there.
+# Ray's token authentication, with the token in the environment of the cluster and its clients, as a user would
+# give it (a local Ray that a sweep starts gets one of its own: mnist_exp.sweeping.keep_ray_token_off_disk).
 RAY_TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
 
 
@@ -114,3 +120,79 @@ def test_an_unreachable_cluster_is_one_line_before_anything_starts(tmp_path):
         f"error: cannot reach the Ray cluster at {address} (RAY_ADDRESS or hydra.launcher.ray.init.address)"
     )
     assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+def ray_launcher(address=None):
+    return OmegaConf.create({"hydra": {"launcher": {
+        "_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher", "ray": {"init": {"address": address}},
+    }}})
+
+
+@pytest.fixture
+def no_ray_token(tmp_path, monkeypatch):
+    """A home without ~/.ray, and no Ray variable in the environment; the home."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def test_a_local_ray_gets_a_token_that_is_written_nowhere(no_ray_token):
+    """Ray itself writes a new token to ~/.ray/auth_token, readable by every user, and leaves it there."""
+    sweeping.keep_ray_token_off_disk(ray_launcher())
+    assert re.fullmatch("[0-9a-f]{64}", os.environ["RAY_AUTH_TOKEN"])
+    assert not (no_ray_token / ".ray").exists()
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644])
+def test_a_token_of_the_user_s_is_used_as_it_is(no_ray_token, caplog, mode):
+    token = no_ray_token / ".ray" / "auth_token"
+    token.parent.mkdir()
+    token.write_text("the-user-s-token")
+    token.chmod(mode)
+    with caplog.at_level(logging.WARNING):
+        sweeping.keep_ray_token_off_disk(ray_launcher())
+    assert "RAY_AUTH_TOKEN" not in os.environ and token.read_text() == "the-user-s-token"
+    warned = [record.getMessage() for record in caplog.records]
+    assert warned == ([] if mode == 0o600 else [
+        f"{token}, Ray's authentication token, is readable by other users: chmod 600 {token}"])
+
+
+def test_a_token_path_naming_no_token_gets_one_in_memory(no_ray_token, monkeypatch):
+    """Ray would write a new token over ~/.ray/auth_token, whatever that holds."""
+    theirs = no_ray_token / ".ray" / "auth_token"
+    theirs.parent.mkdir()
+    theirs.write_text("the-user-s-token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(no_ray_token / "missing"))
+    sweeping.keep_ray_token_off_disk(ray_launcher())
+    assert re.fullmatch("[0-9a-f]{64}", os.environ["RAY_AUTH_TOKEN"]) and theirs.read_text() == "the-user-s-token"
+
+
+@pytest.mark.parametrize("setting", [{"RAY_AUTH_MODE": "disabled"}, {"RAY_AUTH_TOKEN": "mine"},
+                                     {"RAY_ADDRESS": "head:6379"}, {"address": "head:6379"}, {"launcher": "joblib"}])
+def test_what_the_user_chose_is_left_to_ray(no_ray_token, monkeypatch, setting):
+    config = ray_launcher(setting.get("address"))
+    if "launcher" in setting:
+        config.hydra.launcher._target_ = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    for name, value in setting.items():
+        if name.startswith("RAY_"):
+            monkeypatch.setenv(name, value)
+    sweeping.keep_ray_token_off_disk(config)
+    assert os.environ.get("RAY_AUTH_TOKEN") == setting.get("RAY_AUTH_TOKEN")
+    assert not (no_ray_token / ".ray").exists()
+
+
+def test_a_sweep_on_a_local_ray_writes_no_token_and_authenticates(tmp_path, no_ray_token):
+    """A grid sweep that starts Ray on this machine: token authentication on, ~/.ray/auth_token never written."""
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs pip install -e '.[ray]'")
+    # Ray's own folder, short (its socket paths must fit 107 bytes) and its own (no other local Ray is joined).
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as ray_dir:
+        result = run_cli("-m", "hydra/launcher=ray_cluster", "optimizer=sgd,adam", "data=mnist_sample", "epochs=1",
+                         "plots=false", runs_dir=tmp_path / "runs", env={"RAY_TMPDIR": ray_dir}, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Token authentication is enabled for this Ray cluster" in result.stderr + result.stdout
+    assert not (no_ray_token / ".ray").exists()
+    parent, children = single_sweep(store_client(tmp_path / "runs"))
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 2
