@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import subprocess
 import sys
@@ -13,9 +14,9 @@ import numpy as np
 import pytest
 
 from mnist_exp import experiment, run_tags
-from mnist_exp.errors import ExperimentError, TrainingDiverged
+from mnist_exp.errors import ExperimentError, OutOfMemory, TrainingDiverged
 from mnist_exp.logged_models import load_logged_model
-from mnist_exp.run_record import RunRecorder
+from mnist_exp.run_record import RunContext, RunRecorder
 from mnist_exp.store import connect, tracking_uri
 from tests.conftest import all_runs, artifact_paths, compose_cfg, metric_steps, store_client, write_npz
 
@@ -35,7 +36,8 @@ def tiny_npz(tmp_path_factory):
 @pytest.fixture
 def experiment_cfg(shared_runs_dir, request):
     """compose(overrides) recording into the shared store, in this test's own experiment."""
-    return lambda *overrides: compose_cfg(shared_runs_dir, f"mlflow.experiment={request.node.name}", *overrides)
+    name = re.sub(r"\W", "_", request.node.name)  # a parametrized test's [id] would read as a list
+    return lambda *overrides: compose_cfg(shared_runs_dir, f"mlflow.experiment={name}", *overrides)
 
 
 @pytest.fixture
@@ -186,6 +188,36 @@ def test_divergence_fails_the_run_with_the_reason(tiny):
     assert run.data.tags[run_tags.FAILURE_TAG].startswith("TrainingDiverged: loss became ")
     assert run.data.metrics["parameters"] == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10, \
         "no epoch was recorded: the run's end records the model's size"
+
+
+def _tensorflow_out_of_memory():
+    import tensorflow as tf
+
+    return tf.errors.ResourceExhaustedError(None, None, (
+        "{{function_node __wrapped__MatMul_device_/job:localhost/replica:0/task:0/device:CPU:0}} OOM when allocating "
+        "tensor with shape[32,65536] and type float on /job:localhost/replica:0/task:0/device:CPU:0 by allocator "
+        "mklcpu [Op:MatMul] name: "))
+
+
+@pytest.mark.parametrize("exhausted, reason", [
+    (_tensorflow_out_of_memory, "OOM when allocating tensor with shape[32,65536] and type float"),
+    (MemoryError, "MemoryError"),  # Python's, and C++'s std::bad_alloc as it reaches Python
+], ids=["tensorflow", "python"])
+def test_running_out_of_memory_while_training_fails_the_run_in_one_line(tiny, exhausted, reason):
+    """Raised from inside fit() (the epoch hook is a Keras callback): once a traceback and exit 1."""
+    def out_of_memory(epoch, metrics):
+        raise exhausted()
+
+    cfg = tiny("epochs=3")
+    with pytest.raises(OutOfMemory) as failed:
+        experiment.run(cfg, context=RunContext(on_epoch=out_of_memory))
+    message = str(failed.value)
+    assert isinstance(failed.value, ExperimentError) and "\n" not in message  # one line, exit 2
+    assert message == (f"out of memory training model=mlp (model.hidden_units=[32]) with batch_size=32: {reason}; "
+                       "use smaller layers or batches")
+    (run,) = runs_of(cfg)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[run_tags.FAILURE_TAG] == f"OutOfMemory: {message}"
 
 
 def test_interrupt_marks_the_run_killed_with_the_epochs_so_far(tiny, monkeypatch):
