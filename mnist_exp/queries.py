@@ -8,7 +8,7 @@ from typing import Any
 from mnist_exp import run_tags
 from mnist_exp.errors import ExperimentError
 from mnist_exp.model import SIZE_METRICS
-from mnist_exp.store import open_store
+from mnist_exp.store import open_store, store_writes
 
 PAGE_SIZE = 1000
 MAX_CHILDREN = 50_000
@@ -49,19 +49,20 @@ def recent_runs(uri: str, limit: int, experiment: str | None = None) -> list[dic
     """The newest training runs (not sweep parents), newest first, as rows with experiment, name, seconds, and
     every metric (its last value) and tag under `metrics` and `tags`."""
     client = open_store(uri)
-    experiments = [e for e in client.search_experiments() if experiment is None or e.name == experiment]
-    if experiment is not None and not experiments:
-        raise ExperimentError(f"no experiment named {experiment} in {uri}")
-    names = {e.experiment_id: e.name for e in experiments}
-    runs, page_token = [], None
-    while names and len(runs) < limit:
-        page = client.search_runs(
-            list(names), order_by=["attributes.start_time DESC"], max_results=PAGE_SIZE, page_token=page_token
-        )
-        runs += [run for run in page if run.data.tags.get(run_tags.SWEEP_TAG) != "true"]
-        page_token = page.token
-        if not page_token:
-            break
+    with store_writes(uri, "reading its runs"):  # a server that stops answering, or answers garbage, mid-way
+        experiments = [e for e in client.search_experiments() if experiment is None or e.name == experiment]
+        if experiment is not None and not experiments:
+            raise ExperimentError(f"no experiment named {experiment} in {uri}")
+        names = {e.experiment_id: e.name for e in experiments}
+        runs, page_token = [], None
+        while names and len(runs) < limit:
+            page = client.search_runs(
+                list(names), order_by=["attributes.start_time DESC"], max_results=PAGE_SIZE, page_token=page_token
+            )
+            runs += [run for run in page if run.data.tags.get(run_tags.SWEEP_TAG) != "true"]
+            page_token = page.token
+            if not page_token:
+                break
     rows = []
     for run in runs[:limit]:
         row = run_row(run)

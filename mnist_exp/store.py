@@ -31,6 +31,11 @@ HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQU
 # them (mlflow/server/js/build); 3.17's UI still opens the workflow the browser last chose (README: the MLflow UI).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
+# How long a reading command (runs, predict, rerun's look-up of a run) waits for each answer of a tracking
+# server, unless the user set it: MLflow's default (120 s an attempt) is sized for uploading large models.
+# Writers keep MLflow's default (see reads_time_out_soon).
+HTTP_TIMEOUT_VARIABLE = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+READ_TIMEOUT_S = 10
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ def connect(cfg: Mapping[str, Any]) -> Store:
 
 def _connect(cfg: Mapping[str, Any]) -> Store:
     _quiet_mlflow_logging()
+    reads_time_out_soon(False)  # a run uploads its model and artifacts: MLflow's timeout, or the user's
     uri = tracking_uri(cfg)
     check_store_uri(uri, writing=True)
 
@@ -134,6 +140,7 @@ def open_store(uri: str):
     if problem is not None:
         raise ExperimentError(f"--tracking-uri {uri} is invalid: expected {problem}")
     _quiet_mlflow_logging()
+    reads_time_out_soon(True)
     if urlparse(uri).scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ExperimentError(f"no MLflow store at {uri}; train a model first, or pass --tracking-uri")
     check_store_uri(uri, writing=False)
@@ -162,6 +169,21 @@ def _check_server_lets_us_read(client, uri: str) -> None:
         refusal = server_refusal(uri, error.get_http_status_code(), "read its runs")
         if refusal is not None:
             raise refusal from None
+
+
+_short_timeout_set = False  # by reads_time_out_soon, in this process's environment, where MLflow reads it
+
+
+def reads_time_out_soon(reading: bool) -> None:
+    """MLflow's HTTP timeout for a process that only reads (READ_TIMEOUT_S), or back to MLflow's own before
+    it writes; a timeout the user set is left alone. MLflow reads it from the environment at every request."""
+    global _short_timeout_set
+    if reading and HTTP_TIMEOUT_VARIABLE not in os.environ:
+        os.environ[HTTP_TIMEOUT_VARIABLE] = str(READ_TIMEOUT_S)
+        _short_timeout_set = True
+    elif not reading and _short_timeout_set:
+        os.environ.pop(HTTP_TIMEOUT_VARIABLE, None)
+        _short_timeout_set = False
 
 
 @contextlib.contextmanager

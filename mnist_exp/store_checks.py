@@ -4,16 +4,21 @@ not answer. MLflow itself would find these out slowly (retrying for minutes) or 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 from pathlib import Path
 from urllib.parse import urlparse
 
 from mnist_exp.errors import ExperimentError
-from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect
+from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect, http_get
 
 # The port a database URI without one means, per MLflow's database schemes (optionally `+driver`).
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+# What the reachability check asks a tracking server: a read its REST API answers to GET as to POST, under
+# the URI's own path (MLflow's client puts its requests there too).
+SERVER_PROBE = "/api/2.0/mlflow/experiments/search"
 
 
 def check_store_uri(uri: str, writing: bool) -> None:
@@ -73,6 +78,54 @@ def _check_server_reachable(uri: str) -> None:
         raise ExperimentError(
             f"cannot reach the MLflow tracking server at {uri} (no answer within {CONNECT_TIMEOUT_S:.0f} s)"
         )
+    _check_server_is_mlflow(uri)
+
+
+def _check_server_is_mlflow(uri: str) -> None:
+    """One GET that any MLflow tracking server answers with JSON. Something else at the address (a web
+    server, a proxy's 404) made MLflow fail with a traceback of its HTML; one that accepts connections and
+    never replies made it wait 120 s per attempt. Left to MLflow: a 401 or 403 (authentication, said by
+    server_refusal) and a TLS handshake this process cannot complete (MLflow has its own TLS settings)."""
+    parsed = urlparse(uri)
+    base = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl().rstrip("/")
+    answer = http_get(f"{base}{SERVER_PROBE}?max_results=1", _credential_headers())
+    probe = f"GET {parsed.path.rstrip('/')}{SERVER_PROBE}"
+    if answer.status is None:
+        if answer.tls_failed:
+            return
+        if answer.timed_out:
+            raise ExperimentError(f"the server at {uri} accepts connections but did not answer {probe} within "
+                                  f"{CONNECT_TIMEOUT_S:.0f} s; it is no working MLflow tracking server")
+        raise ExperimentError(f"the server at {uri} accepts connections but does not answer HTTP ({probe}: "
+                              f"{answer.reason})")
+    if answer.status in (401, 403):
+        return
+    returned = f"{probe} returned {answer.status} {answer.reason}".rstrip()
+    if answer.status >= 500:
+        raise ExperimentError(f"the server at {uri} answers HTTP with an error ({returned}); is the MLflow "
+                              "tracking server behind it running?")
+    if answer.status != 200:
+        raise ExperimentError(f"the server at {uri} answers HTTP but is not an MLflow tracking server ({returned})")
+    if not _is_json_object(answer.body):
+        raise ExperimentError(f"the server at {uri} answers HTTP but is not an MLflow tracking server ({returned}, "
+                              f"{answer.content_type or 'a body'} that is no JSON object)")
+
+
+def _credential_headers() -> dict[str, str]:
+    """The credentials MLflow sends (basic auth, or a bearer token), from the variables it reads them from."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    return {}
+
+
+def _is_json_object(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body), dict)
+    except ValueError:  # a web page, a truncated answer, bytes that are no UTF-8
+        return False
 
 
 def server_refusal(uri: str, status: int, doing: str) -> ExperimentError | None:

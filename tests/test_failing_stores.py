@@ -7,18 +7,22 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from mnist_exp import experiment, run_tags
 from mnist_exp.errors import ExperimentError, StoreFailed
+from mnist_exp.net import CONNECT_TIMEOUT_S
 from mnist_exp.run_record import RunContext
 from mnist_exp.store import HTTP_RETRY_DEFAULTS, check_store, connect, open_store, tracking_uri
 from mnist_exp.store_checks import check_store_uri
@@ -163,6 +167,178 @@ def test_mlflow_http_retries_are_bounded_unless_the_user_set_them(tiny, monkeypa
     connect(tiny())
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_RETRY_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
     assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] == "5"
+
+
+class SilentServer:
+    """A server on 127.0.0.1 that accepts connections and never replies; with `answers_probe`, it answers
+    the reachability check (GET .../experiments/search) as MLflow would and then nothing else. Held
+    connections stay open until the `with` block ends, which stops its thread before it returns."""
+
+    def __init__(self, answers_probe: bool = False) -> None:
+        self.answers_probe = answers_probe
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.held: list[socket.socket] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> SilentServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopping.set()
+        socket.create_connection(self.listener.getsockname()).close()  # wakes accept()
+        for connection in list(self.held):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)  # wakes a recv()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+        for connection in self.held:
+            connection.close()
+        self.listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            connection, _ = self.listener.accept()
+            self.held.append(connection)
+            if self.stopping.is_set():
+                return
+            if self.answers_probe and connection.recv(65536).startswith(b"GET /api/2.0/mlflow/experiments/search"):
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                                   b"Connection: close\r\n\r\n{}")
+                connection.close()
+                self.held.remove(connection)
+
+
+@contextlib.contextmanager
+def web_server(status: int, content_type: str = "text/html", body: bytes = b"<html>hello</html>"):
+    """An HTTP server on 127.0.0.1 that is not MLflow: it answers every request with `status` and `body`."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def own_http_timeout(monkeypatch):
+    """MLFLOW_HTTP_REQUEST_TIMEOUT as the user left it (unset), whatever the reading commands set, restored after."""
+    from mnist_exp import store
+
+    monkeypatch.setenv(store.HTTP_TIMEOUT_VARIABLE, "0")
+    monkeypatch.delenv(store.HTTP_TIMEOUT_VARIABLE)
+    monkeypatch.setattr(store, "_short_timeout_set", False)
+
+
+def every_command_says(url: str, tmp_path: Path, capsys) -> list[tuple[str, str, float]]:
+    """(command, its one error line, seconds) for runs, runs show, rerun, predict and a training run on `url`."""
+    from mnist_exp import predict, rerun, runs
+
+    picture = tmp_path / "digit.png"
+    Image.new("L", (28, 28)).save(picture)
+    commands = {
+        "runs": lambda: runs.main(["--tracking-uri", url]),
+        "runs show": lambda: runs.main(["show", "0" * 32, "--tracking-uri", url]),
+        "rerun": lambda: rerun.main(["0" * 32, "--tracking-uri", url]),
+        "predict": lambda: predict.main([str(picture), "--run", "0" * 32, "--tracking-uri", url]),
+    }
+    said = []
+    for name, command in commands.items():
+        started = time.monotonic()
+        assert command() == 2, name
+        said.append((name, one_error_line(capsys.readouterr().err), time.monotonic() - started))
+    cfg = compose_cfg(tmp_path / "runs", f"mlflow.tracking_uri={url}", "data=mnist_sample")
+    started = time.monotonic()
+    with pytest.raises(ExperimentError) as training:
+        experiment.run(cfg)
+    said.append(("training", f"error: {training.value}", time.monotonic() - started))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.db")), "nothing written"
+    return said
+
+
+@pytest.mark.parametrize(("status", "content_type", "body", "returned"), [
+    (404, "text/html", b"<html>File not found</html>", "returned 404 Not Found)"),  # python3 -m http.server
+    (200, "text/html", b"<html>a login page</html>", "returned 200 OK, text/html that is no JSON object)"),
+    (502, "text/html", b"<html>Bad Gateway</html>", "answers HTTP with an error (GET /api/2.0/mlflow/experiments/"
+                                                     "search returned 502 Bad Gateway); is the MLflow"),
+])
+def test_an_http_server_that_is_not_mlflow_is_one_line_for_every_command(tmp_path, capsys, own_http_timeout,
+                                                                          status, content_type, body, returned):
+    """Once a 46-line traceback quoting the server's HTML (runs against `python3 -m http.server`)."""
+    with web_server(status, content_type, body) as url:
+        said = every_command_says(url, tmp_path, capsys)
+    for command, line, _ in said:
+        assert line.startswith(f"error: the server at {url} answers HTTP"), (command, line)
+        assert line.endswith(returned) or returned in line, (command, line)
+    if status == 404:
+        assert said[0][1] == (f"error: the server at {url} answers HTTP but is not an MLflow tracking server "
+                              "(GET /api/2.0/mlflow/experiments/search returned 404 Not Found)")
+
+
+def test_a_server_that_never_replies_is_one_line_within_seconds(tmp_path, capsys, own_http_timeout):
+    """Once 120 s per attempt (MLflow's request timeout), three attempts, for every command."""
+    with SilentServer() as server:
+        said = every_command_says(server.url, tmp_path, capsys)
+    for command, line, seconds in said:
+        print(f"{command}: {seconds:.1f} s")
+        assert line == (f"error: the server at {server.url} accepts connections but did not answer GET "
+                        f"/api/2.0/mlflow/experiments/search within {CONNECT_TIMEOUT_S:.0f} s; it is no working "
+                        "MLflow tracking server"), command
+        assert seconds < 3 * CONNECT_TIMEOUT_S, command
+
+
+def test_reads_that_stall_after_the_check_time_out_soon_and_say_so_in_one_line(tmp_path, capsys, own_http_timeout,
+                                                                               monkeypatch):
+    """A server that answers the reachability check, then stalls: the reading commands' short timeout."""
+    from mnist_exp import runs, store
+
+    monkeypatch.setattr(store, "READ_TIMEOUT_S", 2)  # the mechanism, quickly; its default is tested below
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with SilentServer(answers_probe=True) as server:
+        started = time.monotonic()
+        assert runs.main(["--tracking-uri", server.url]) == 2
+        seconds = time.monotonic() - started
+    line = one_error_line(capsys.readouterr().err)
+    print(f"{seconds:.1f} s: {line}")
+    assert line.startswith(f"error: the MLflow store {server.url} failed while reading its runs: ")
+    assert "timed out" in line.lower()
+    assert seconds < 30  # MLflow's own timeout: 120 s
+
+
+def test_readers_time_out_soon_and_writers_keep_mlflows_timeout_for_uploads(tiny, own_http_timeout, monkeypatch):
+    from mnist_exp import store
+
+    cfg = tiny()
+    connect(cfg)  # the store exists
+    open_store(tracking_uri(cfg))
+    assert os.environ[store.HTTP_TIMEOUT_VARIABLE] == str(store.READ_TIMEOUT_S) and store.READ_TIMEOUT_S <= 10
+    connect(cfg)  # this process writes now (a rerun after reading its run): uploads get MLflow's own timeout
+    assert store.HTTP_TIMEOUT_VARIABLE not in os.environ
+    monkeypatch.setenv(store.HTTP_TIMEOUT_VARIABLE, "600")  # the user's, for readers and writers alike
+    open_store(tracking_uri(cfg))
+    assert os.environ[store.HTTP_TIMEOUT_VARIABLE] == "600"
+    connect(cfg)
+    assert os.environ[store.HTTP_TIMEOUT_VARIABLE] == "600"
 
 
 # --- the CLI ------------------------------------------------------------------------------------------------
