@@ -10,6 +10,7 @@ trains (mnist_exp.errors.out_of_memory_is_a_failure).
 
 from __future__ import annotations
 
+import itertools
 import math
 import resource
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,7 +26,7 @@ BYTES_PER_VALUE = 4  # float32 weights, gradients, slots and activations
 GIB = 2**30
 MIB = 2**20
 # Keras 3's slot variables per trainable weight, by optimizer (mnist_exp.model.OPTIMIZERS); a setting can add
-# one (see _slots). Adafactor keeps factored row and column statistics: next to nothing for a matrix.
+# one (optimizer_slots). Adafactor keeps factored row and column statistics: next to nothing for a matrix.
 OPTIMIZER_SLOTS = {
     "sgd": 0, "rmsprop": 1, "adam": 2, "adamw": 2, "adagrad": 1, "adadelta": 2, "adamax": 2, "nadam": 2,
     "lion": 1, "ftrl": 2, "adafactor": 0, "lamb": 2,
@@ -69,7 +70,8 @@ class Estimate:
 
 @dataclass(frozen=True)
 class Budget:
-    """What this process may hold in all (`limit`, named by `source`), and what the framework takes of it."""
+    """What this process may hold in all (`limit`, named by `source`), and what the framework takes of it: the
+    measured figure, whatever the process holds already (what a search's earlier trials freed, the allocator reuses)."""
 
     limit: float
     source: str
@@ -82,13 +84,12 @@ class Budget:
 
 def model_layers(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> list[Layer]:
     """The layers mnist_exp.model.build_model makes for `model_cfg`, as parameter and output counts."""
-    name = model_cfg["name"]
-    if name == "mlp":
-        return [Layer("input", outputs=input_dim)] + _dense(model_cfg["hidden_units"], "hidden_units", input_dim,
-                                                            model_cfg["dropout"], num_classes)
-    if name == "cnn":
-        return _cnn(model_cfg, input_dim, num_classes)
-    raise ExperimentError(f"model.name={name!r} is invalid: expected one of mlp, cnn")
+    return LAYERS[model_cfg["name"]](model_cfg, input_dim, num_classes)
+
+
+def _mlp(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> list[Layer]:
+    return [Layer("input", outputs=input_dim)] + _dense(model_cfg["hidden_units"], "hidden_units", input_dim,
+                                                        model_cfg["dropout"], num_classes)
 
 
 def _dense(widths: Sequence[int], key: str, inputs: int, dropout: float, num_classes: int,
@@ -132,13 +133,17 @@ def _cnn(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> list
 
 def _forward_peak(layers: Sequence[Layer]) -> int:
     """Bytes per example at the peak of a forward pass alone: a layer's input and output are alive together."""
-    pairs = [a.outputs + b.outputs for a, b in zip(layers, layers[1:])] or [layers[0].outputs]
+    pairs = [a.outputs + b.outputs for a, b in itertools.pairwise(layers)] or [layers[0].outputs]
     return max(pairs) * BYTES_PER_VALUE
 
 
 def inference_bytes_per_example(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> int:
     """The activations one example holds at the peak of a forward pass (evaluation, prediction)."""
     return _forward_peak(model_layers(model_cfg, input_dim, num_classes))
+
+
+# Per model of mnist_exp.model.MODELS, its layers; a model missing here is not checked before training.
+LAYERS = {"mlp": _mlp, "cnn": _cnn}
 
 
 def parameter_count(model_cfg: Mapping[str, Any], input_dim: int = 784, num_classes: int = 10) -> int:
@@ -285,11 +290,13 @@ def _status(path: Path) -> dict[str, int]:
     return {key: value for key, value in _meminfo(path).items() if key.startswith("Vm")}
 
 
-def check_fits(cfg: Mapping[str, Any], dataset, budget: Budget | None = None) -> Estimate:
+def check_fits(cfg: Mapping[str, Any], dataset, budget: Budget | None = None) -> Estimate | None:
     """Refuse, in one line naming the model key that makes it big, a config whose model cannot fit in what this
-    process may use; returns the estimate."""
+    process may use; returns the estimate (None for a model LAYERS does not know)."""
     from mnist_exp.train import EVALUATION_BATCH, prediction_chunk  # imports no TensorFlow
 
+    if cfg["model"]["name"] not in LAYERS:
+        return None
     sizes, input_dim, num_classes = dataset.sizes, dataset.x_test.shape[1], len(dataset.class_names)
     inference = min(EVALUATION_BATCH, max(sizes["val"], sizes["test"]))
     if cfg["plots"]:

@@ -16,7 +16,7 @@ from mnist_exp.data import Dataset
 from mnist_exp.errors import ModelCannotLearn, TrainingDiverged, out_of_memory_is_a_failure
 from mnist_exp.keras_backend import import_keras, select_backend
 from mnist_exp.model import build_model, build_optimizer, learning_rate_schedule, model_size
-from mnist_exp.model_memory import inference_bytes_per_example
+from mnist_exp.model_memory import LAYERS, inference_bytes_per_example
 from mnist_exp.pipeline import InMemoryBatches
 
 EVALUATION_BATCH = 1024
@@ -168,6 +168,8 @@ def _layer_settings(model_cfg: Mapping[str, Any]) -> str:
 
 def prediction_chunk(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> int:
     """How many images one direct call of the model may take: PREDICTION_CHUNK, fewer for wide models."""
+    if model_cfg["name"] not in LAYERS:
+        return PREDICTION_CHUNK
     per_image = inference_bytes_per_example(model_cfg, input_dim, num_classes)
     return max(1, min(PREDICTION_CHUNK, PREDICTION_MEMORY // per_image))
 

@@ -62,6 +62,13 @@ def test_the_parameter_count_is_keras_own(tmp_path, model):
     assert sum(layer.trainable for layer in layers) == sum(int(np.prod(w.shape)) for w in built.trainable_weights)
 
 
+def test_every_model_has_its_arithmetic():
+    """A model added to mnist_exp.model.MODELS without its layers here would go unchecked before training."""
+    from mnist_exp.model import MODELS
+
+    assert set(model_memory.LAYERS) == set(MODELS)
+
+
 @pytest.mark.parametrize("optimizer", [
     ["optimizer=sgd"], ["optimizer=sgd", "optimizer.momentum=0.9"], ["optimizer=rmsprop"],
     ["optimizer=rmsprop", "optimizer.momentum=0.5"], ["optimizer=adam"], ["optimizer=adam", "optimizer.amsgrad=true"],
@@ -88,7 +95,7 @@ def _largest_points(search_space: dict):
     choices = {key: spec["choices"] for key, spec in search_space.items()
                if spec["type"] == "categorical" and key in sizing}
     for combination in itertools.product(*choices.values()):
-        chosen = dict(zip(choices, combination))
+        chosen = dict(zip(choices, combination, strict=True))
         point = {}
         for key, spec in search_space.items():
             if any(chosen.get(k, v) != v for k, v in (spec.get("when") or {}).items()):
