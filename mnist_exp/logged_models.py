@@ -11,6 +11,7 @@ from importlib.metadata import version
 from typing import Any
 
 from mnist_exp.errors import ExperimentError, first_line
+from mnist_exp.run_tags import FAILURE_TAG, SWEEP_TAG
 from mnist_exp.store import connect, open_store, sqlite_store_lock, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None
             run = client.get_run(run_id)
             models = logged_models(client, run.info.experiment_id, run_id)
             if not models:
-                raise ExperimentError(f"run {run_id} has no logged model (was it run with mlflow.log_model=false?)")
+                raise ExperimentError(_why_no_model(run))
             model_uri = models[0].model_uri
         else:
             run = client.get_run(_model_run_id(client, model_uri))
@@ -110,6 +111,23 @@ def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None
     if not (isinstance(inputs, tuple) and inputs[-1:] == (PIXELS,)):
         raise ExperimentError(f"{what} takes input of shape {inputs}, not {PIXELS} pixels (28x28, flattened)")
     return model, dict(run.data.params)
+
+
+def _why_no_model(run) -> str:
+    """Why a run logged no model, from what the run says of itself."""
+    run_id, status, tags = run.info.run_id, run.info.status, run.data.tags
+    if tags.get(SWEEP_TAG) == "true":
+        best = tags.get("best_child_run_id")
+        return (f"run {run_id} is a sweep's parent run, which logs no model; predict with one of its runs"
+                + (f", e.g. its best: --run {best}" if best else ""))
+    if run.data.params.get("mlflow.log_model") == "false":
+        return f"run {run_id} has no logged model: it was run with mlflow.log_model=false"
+    if status in ("KILLED", "FAILED"):
+        why = tags.get(FAILURE_TAG)
+        return f"run {run_id} was {status} before its model was saved" + (f" ({first_line(why)})" if why else "")
+    if status in ("RUNNING", "SCHEDULED"):
+        return f"run {run_id} is {status}: its model is saved when it finishes"
+    return f"run {run_id} has no logged model (was it run with mlflow.log_model=false?)"
 
 
 def _model_run_id(client, model_uri: str) -> str:

@@ -275,3 +275,72 @@ def test_a_stored_model_that_would_run_code_is_refused_in_one_line(real_digits, 
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
     assert not marker.exists(), "the layer's code never ran"
+
+
+def test_a_fifo_is_one_line_and_never_opened(tmp_path, capsys):
+    """`mkfifo f.png; predict f.png` once waited for ever for a writer."""
+    fifo = tmp_path / "f.png"
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_exp.predict", str(fifo), "--run", "0" * 32,
+         "--tracking-uri", f"sqlite:///{tmp_path}/none.db"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1],
+    )
+    assert (result.returncode, result.stderr) == (
+        2, f"error: {fifo}: a FIFO, not a regular file; only picture files are read\n"), result.stderr
+
+
+def test_16_bit_and_float_pictures_are_predicted_like_8_bit_ones(trained, real_digits, tmp_path, capsys):
+    """A 16-bit PNG was clipped to white (a digit fell to 0.285 confidence), a float TIFF in [0, 1] was "blank"."""
+    cfg, outcome = trained
+    paths, truth = photographed_digits(real_digits, tmp_path, count=4)
+    deep = []
+    for path in paths:
+        levels = np.asarray(Image.open(path).convert("L"))
+        Image.fromarray(levels.astype(np.uint16) * 257).save(path.with_suffix(".16.png"))
+        Image.fromarray((levels / 255).astype(np.float32)).save(path.with_suffix(".tiff"))
+        deep += [path.with_suffix(".16.png"), path.with_suffix(".tiff")]
+    args = ["--run", outcome["run_id"], "--tracking-uri", tracking_uri(cfg)]
+    assert predict.main([*map(str, paths), *args]) == 0
+    eight_bit = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert predict.main([*map(str, deep), *args]) == 0
+    captured = capsys.readouterr()
+    assert "no ink" not in captured.err
+    assert [line.split(": ", 1)[1] for line in captured.out.splitlines()] == [p for p in eight_bit for _ in (0, 1)]
+
+
+def test_predict_says_why_a_run_has_no_model(tmp_path, capsys):
+    """Not always mlflow.log_model=false: a sweep's parent logs none, a KILLED or FAILED run may have ended first."""
+    from mnist_exp import run_tags
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.create_experiment("runs", artifact_location=(tmp_path / "artifacts").as_uri())
+
+    def run(status: str, tags=None, params=None) -> str:
+        run_id = client.create_run(experiment_id, tags=tags or {}).info.run_id
+        for key, value in (params or {}).items():
+            client.log_param(run_id, key, value)
+        if status != "RUNNING":
+            client.set_terminated(run_id, status)
+        return run_id
+
+    best = run("FINISHED", params={"mlflow.log_model": "true"})
+    cases = {
+        run("FINISHED", {run_tags.SWEEP_TAG: "true", "best_child_run_id": best}):
+            "is a sweep's parent run, which logs no model; predict with one of its runs, e.g. its best: "
+            f"--run {best}",
+        run("FINISHED", {run_tags.SWEEP_TAG: "true"}): "is a sweep's parent run, which logs no model; predict with "
+                                                      "one of its runs",
+        run("KILLED", {run_tags.FAILURE_TAG: "interrupted"}, {"mlflow.log_model": "true"}):
+            "was KILLED before its model was saved (interrupted)",
+        run("FAILED", params={"mlflow.log_model": "true"}): "was FAILED before its model was saved",
+        run("RUNNING", params={"mlflow.log_model": "true"}): "is RUNNING: its model is saved when it finishes",
+        run("KILLED", params={"mlflow.log_model": "false"}): "has no logged model: it was run with "
+                                                             "mlflow.log_model=false",
+    }
+    picture = tmp_path / "digit.png"
+    Image.new("L", (28, 28)).save(picture)
+    for run_id, why in cases.items():
+        assert predict.main([str(picture), "--run", run_id, "--tracking-uri", uri]) == 2
+        assert capsys.readouterr().err == f"error: run {run_id} {why}\n"
