@@ -20,7 +20,7 @@ from mnist_exp.credentials import mask
 from mnist_exp.processes import owner
 from mnist_exp.run_reaper import kill_abandoned_runs
 from mnist_exp.run_record import log_config
-from mnist_exp.store import Store, connect, sqlite_store_lock
+from mnist_exp.store import Store, connect, sqlite_store_lock, store_writes
 from mnist_exp.workarounds import replace_table
 
 # The study's user attribute naming its parent run: {"run_id": ..., "store": the MLflow store's URI, masked}.
@@ -255,7 +255,8 @@ def _create(store: Store, sweep_overrides: Sequence[str], tags: Mapping[str, str
     tags = {run_tags.SWEEP_TAG: "true", run_tags.OVERRIDES_TAG: mask(" ".join(sweep_overrides)),
             run_tags.OWNER_TAG: owner(), **run_tags.source_tags(), **tags}
     name = f"sweep {run_tags.run_name(sweep_overrides)}"[:run_tags.MAX_RUN_NAME_LENGTH]
-    return store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
+    with store_writes(store.uri, "starting the sweep's parent run"):  # a server's refusal (403) is one line
+        return store.client.create_run(store.experiment_id, run_name=name, tags=tags).info.run_id
 
 
 def _existing_run(store: Store, run_id: str | None):

@@ -124,7 +124,7 @@ def _connect(cfg: Mapping[str, Any]) -> Store:
                 if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before we set it, or by someone else
                     _mark_model_development(client, experiment_id)
     except MlflowException as error:
-        refusal = server_refusal(uri, error.get_http_status_code(), f"use mlflow.experiment={name}")
+        refusal = _tracking_server_refusal(error, uri, f"to use mlflow.experiment={name}")
         raise refusal or ExperimentError(f"cannot use the MLflow store {uri}: {first_line(error.message)}") from None
     except ExperimentError:
         raise
@@ -166,7 +166,7 @@ def _check_server_lets_us_read(client, uri: str) -> None:
     try:
         client.search_experiments(max_results=1)
     except MlflowException as error:
-        refusal = server_refusal(uri, error.get_http_status_code(), "read its runs")
+        refusal = _tracking_server_refusal(error, uri, "to read its runs")
         if refusal is not None:
             raise refusal from None
 
@@ -212,10 +212,26 @@ def store_writes(uri: str, doing: str) -> Iterator[None]:
     except ExperimentError:
         raise
     except Exception as error:
+        refusal = _tracking_server_refusal(error, uri, f"while {doing}")
+        if refusal is not None:
+            raise StoreFailed(str(refusal)) from None
         gone = urlparse(uri).scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).exists()
         raise StoreFailed(
             f"the MLflow store {uri} failed while {doing}: {root_cause(error)}{' (its file is gone)' if gone else ''}"
         ) from None
+
+
+def _tracking_server_refusal(error: Exception, uri: str, doing: str) -> ExperimentError | None:
+    """server_refusal for a 401 or 403 that the tracking server's REST API answered (not one of an artifact
+    store the client writes to directly, such as S3's), else None."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    if urlparse(uri).scheme not in ("http", "https") or not isinstance(error, MlflowException):
+        return None
+    # MLflow's words for an answer of its REST API that is no JSON (mlflow/utils/rest_utils.py, verify_rest_response).
+    if not (isinstance(error, RestException) or str(error.message).startswith("API request to endpoint")):
+        return None
+    return server_refusal(uri, error.get_http_status_code(), doing)
 
 
 def _create_experiment(client, name: str, artifact_location: str | None) -> str:

@@ -130,14 +130,15 @@ def _is_json_object(body: bytes) -> bool:
 
 def server_refusal(uri: str, status: int, doing: str) -> ExperimentError | None:
     """What a tracking server's 401 or 403 answer (MLflow's basic-auth app) means for the user, as one line
-    naming the variables to set; None for any other status. Only the user name is shown, never a password."""
+    naming the variables to set; None for any other status. `doing` follows "permission" (`to read its runs`,
+    `while starting the run`). Only the user name is shown, never a password."""
     if status not in (401, 403):
         return None
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     if status == 403:
         who = f"user {user}" if user else "these credentials"
-        return ExperimentError(f"the MLflow tracking server at {uri} does not allow {who} to {doing} "
-                               "(permission denied); its admin can grant EDIT permission")
+        return ExperimentError(f"the MLflow tracking server at {uri} denied {who} permission {doing}; "
+                               "its admin can grant EDIT on the experiment")
     if user:
         return ExperimentError(f"the MLflow tracking server at {uri} refused user {user}: wrong user name or password "
                                "in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")

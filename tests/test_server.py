@@ -258,10 +258,11 @@ CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", 
 
 
 def test_the_basic_auth_recipe_refuses_strangers_and_serves_its_users(tmp_path, monkeypatch):
-    """README's authenticated server: no default admin password; without credentials or with a wrong password a
-    run and `runs` are one line, exit 2, and no run is created; with them, one user's run and Optuna search and
-    another user's grid sweep land in one shared experiment; no password anywhere (output, Hydra's folders, the
-    server's databases, log and artifacts, params, tags)."""
+    """README's authenticated server: no default admin password; a run, a search and `runs` without credentials,
+    and `runs` with a wrong password, are one line, exit 2, and no run is created; with them, one user's
+    run and Optuna search and another user's grid sweep land in one shared experiment, and a user denied it is
+    refused in one line; no password anywhere (output, Hydra's folders, the server's databases, log and
+    artifacts, params, tags)."""
     pytest.importorskip("flask_wtf", reason="needs mlflow[auth] (pip install -e '.[test]')")
     for variable in CREDENTIAL_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
@@ -277,7 +278,10 @@ def test_the_basic_auth_recipe_refuses_strangers_and_serves_its_users(tmp_path, 
             users.create_user("alice", ALICE_SECRET)
             users.create_user("bob", BOB_SECRET)
         alice, bob = credentials("alice", ALICE_SECRET), credentials("bob", BOB_SECRET)
-        tiny = ("data=mnist_sample", "epochs=1", "plots=false", "mlflow=server", f"mlflow.tracking_uri={url}")
+        # Models are left out: the other tests of this module send them through the server; here config.yaml
+        # travels through its artifact proxy, authenticated like every other request.
+        tiny = ("data=mnist_sample", "epochs=1", "plots=false", "mlflow.log_model=false", "mlflow=server",
+                f"mlflow.tracking_uri={url}")
 
         printed = []
         server = f"error: the MLflow tracking server at {url}"
@@ -285,22 +289,23 @@ def test_the_basic_auth_recipe_refuses_strangers_and_serves_its_users(tmp_path, 
         refusals = [(None, f"{server} needs authentication: set {variables}\n"),
                     (credentials("alice", WRONG_SECRET),
                      f"{server} refused user alice: wrong user name or password in {variables}\n")]
-        for env, line in refusals:
-            for refused in (run_cli(*tiny, runs_dir=runs_dir, env=env, timeout=300), runs_command(url, env)):
-                assert (refused.returncode, refused.stderr) == (2, line), refused.stderr[-3000:]
-                printed.append(refused.stdout + refused.stderr)
+        search = ("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none", *tiny)
+        refused = [(run_cli(*tiny, runs_dir=runs_dir, timeout=300), refusals[0][1]),
+                   (run_cli(*search, runs_dir=runs_dir, timeout=300), refusals[0][1]),
+                   *((runs_command(url, env), line) for env, line in refusals)]
+        for result, line in refused:
+            assert (result.returncode, result.stderr) == (2, line), result.stderr[-3000:]
+            printed.append(result.stdout + result.stderr)
         with signed_in("admin", ADMIN_SECRET):
             client = store_client(url)
             assert [e.name for e in client.search_experiments()] == ["Default"] and all_runs(client) == []
 
-        run = run_cli(*tiny, "mlflow.log_model=false", runs_dir=runs_dir, env=alice)
-        # Bob's sweep in the experiment Alice's run created (README's default_permission = EDIT); its models
-        # travel through the server's artifact proxy, authenticated too.
+        run = run_cli(*tiny, runs_dir=runs_dir, env=alice)
+        # Bob's sweep in the experiment Alice's run created: README's default_permission = EDIT.
         sweep = run_cli("-m", "optimizer=sgd,adam", *tiny, runs_dir=runs_dir, env=bob)
-        search = run_cli("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none",
-                         *tiny, runs_dir=runs_dir, env=alice)
+        searched = run_cli(*search, runs_dir=runs_dir, env=alice)
         listed = runs_command(url, alice)
-        for result in (run, sweep, search, listed):
+        for result in (run, sweep, searched, listed):
             assert result.returncode == 0, result.stderr[-3000:]
             printed.append(result.stdout + result.stderr)
 
@@ -317,9 +322,20 @@ def test_the_basic_auth_recipe_refuses_strangers_and_serves_its_users(tmp_path, 
             assert {c.data.params["optimizer.name"] for c in swept} == {"sgd", "adam"}
             for child in swept:
                 assert child.info.artifact_uri.startswith("mlflow-artifacts:")
-                assert client.search_logged_models([child.info.experiment_id],
-                                                   filter_string=f"source_run_id = '{child.info.run_id}'")
-        assert any((server_dir / "artifacts").rglob("MLmodel")), "the models went through the server"
+                assert "config.yaml" in artifact_paths(client, child.info.run_id)
+        assert len(list((server_dir / "artifacts").rglob("config.yaml"))) == len(runs), "each run's, via the server"
+
+        # Bob denied this experiment (default_permission is a floor for lesser grants; DENY is a veto): one line.
+        with signed_in("admin", ADMIN_SECRET):
+            experiment_id = client.get_experiment_by_name("mnist-exp").experiment_id
+            users.grant_user_permission("bob", "experiment", experiment_id, "DENY")
+        denied = run_cli(*tiny, runs_dir=runs_dir, env=bob)
+        assert (denied.returncode, denied.stderr) == (
+            2, f"{server} denied user bob permission to use mlflow.experiment=mnist-exp; its admin can grant EDIT on "
+               "the experiment\n"), denied.stderr[-3000:]
+        printed.append(denied.stdout + denied.stderr)
+        with signed_in("admin", ADMIN_SECRET):
+            assert len(all_runs(client)) == len(runs)
 
     assert not where_secrets_appear([ADMIN_SECRET, ALICE_SECRET, BOB_SECRET, WRONG_SECRET], "".join(printed), runs,
                                     [runs_dir, server_dir])
