@@ -10,6 +10,9 @@ from typing import TypeVar
 
 # How long a store, a tracking server, a Ray head or a download host gets to answer before we say it does not.
 CONNECT_TIMEOUT_S = 5.0
+# How long a server that took the connection gets to answer one small request. Longer than connecting: a busy
+# server answers late (a basic-auth server hashes the password of every request; a sweep's workers start at once).
+ANSWER_TIMEOUT_S = 10.0
 # The most of an answer a probe reads: enough to tell JSON from a web page.
 PROBE_BODY_BYTES = 64 * 1024
 T = TypeVar("T")
@@ -39,7 +42,7 @@ class HttpAnswer:
     tls_failed: bool = False  # the TLS handshake failed (a certificate this process does not trust)
 
 
-def http_get(url: str, headers: Mapping[str, str], timeout: float = CONNECT_TIMEOUT_S) -> HttpAnswer:
+def http_get(url: str, headers: Mapping[str, str], timeout: float = ANSWER_TIMEOUT_S) -> HttpAnswer:
     """GET `url`: its answer within `timeout` seconds, name lookup included (a server that accepts the
     connection and never replies, or replies a byte a minute, is no answer). Redirects are followed and
     proxies of the environment used, as MLflow's HTTP client does."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from mnist_exp.errors import ExperimentError
-from mnist_exp.net import CONNECT_TIMEOUT_S, can_connect, http_get
+from mnist_exp.net import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, can_connect, http_get
 
 # The port a database URI without one means, per MLflow's database schemes (optionally `+driver`).
 DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
@@ -95,7 +95,7 @@ def _check_server_is_mlflow(uri: str) -> None:
             return
         if answer.timed_out:
             raise ExperimentError(f"the server at {uri} accepts connections but did not answer {probe} within "
-                                  f"{CONNECT_TIMEOUT_S:.0f} s; it is no working MLflow tracking server")
+                                  f"{ANSWER_TIMEOUT_S:.0f} s; it is no working MLflow tracking server")
         raise ExperimentError(f"the server at {uri} accepts connections but does not answer HTTP ({probe}: "
                               f"{answer.reason})")
     if answer.status in (401, 403):

@@ -22,7 +22,7 @@ from PIL import Image
 
 from mnist_exp import experiment, run_tags
 from mnist_exp.errors import ExperimentError, StoreFailed
-from mnist_exp.net import CONNECT_TIMEOUT_S
+from mnist_exp.net import ANSWER_TIMEOUT_S
 from mnist_exp.run_record import RunContext
 from mnist_exp.store import HTTP_RETRY_DEFAULTS, check_store, connect, open_store, tracking_uri
 from mnist_exp.store_checks import check_store_uri
@@ -302,9 +302,9 @@ def test_a_server_that_never_replies_is_one_line_within_seconds(tmp_path, capsys
     for command, line, seconds in said:
         print(f"{command}: {seconds:.1f} s")
         assert line == (f"error: the server at {server.url} accepts connections but did not answer GET "
-                        f"/api/2.0/mlflow/experiments/search within {CONNECT_TIMEOUT_S:.0f} s; it is no working "
+                        f"/api/2.0/mlflow/experiments/search within {ANSWER_TIMEOUT_S:.0f} s; it is no working "
                         "MLflow tracking server"), command
-        assert seconds < 3 * CONNECT_TIMEOUT_S, command
+        assert seconds < 2 * ANSWER_TIMEOUT_S + 10, command  # MLflow's own: 120 s an attempt, three attempts
 
 
 def test_reads_that_stall_after_the_check_time_out_soon_and_say_so_in_one_line(tmp_path, capsys, own_http_timeout,
