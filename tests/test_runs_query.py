@@ -35,8 +35,8 @@ class TinyStore:
         client = self.store.client
         experiment_id = self.store.experiment_id
         if experiment is not None:
-            found = client.get_experiment_by_name(experiment)
-            experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+            # Created as a run creates it: its artifacts in the store's folder, never ./mlruns.
+            experiment_id = connect(self.make_cfg(f"mlflow.experiment={experiment}")).experiment_id
         tags = {run_tags.STATE_TAG: state, run_tags.OVERRIDES_TAG: " ".join(overrides)}
         if state == "FAIL":
             tags[run_tags.FAILURE_TAG] = "TrainingDiverged: loss became nan at epoch 1"
