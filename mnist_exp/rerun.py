@@ -167,10 +167,16 @@ def _group_option(group: str, option: object) -> DictConfig:
 def _recorded_run(client, run_id: str, store_uri: str):
     from mlflow.exceptions import MlflowException
 
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise ExperimentError(f"no run {run_id} in {mask(store_uri)} (--tracking-uri picks another store)") from None
+    from mnist_exp.store import names_no_run, store_writes
+
+    with store_writes(store_uri, "reading the run"):  # a store failing is one line too, never "no run"
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as error:
+            if not names_no_run(error):
+                raise
+            raise ExperimentError(
+                f"no run {run_id} in {mask(store_uri)} (--tracking-uri picks another store)") from None
     if run.info.lifecycle_stage == "deleted":
         restore = f"MLFLOW_TRACKING_URI={shlex.quote(mask(store_uri))} mlflow runs restore --run-id {run_id}"
         raise ExperimentError(f"run {run_id} is deleted; to rerun it, restore it first: {restore}")

@@ -49,27 +49,30 @@ class RunDetails:
 
 def read_runs(uri: str, run_ids: Sequence[str]) -> list[RunDetails]:
     """The runs `run_ids` of the store at `uri`; one ExperimentError for the first that is not there."""
-    from mnist_exp.queries import final_metrics
-    from mnist_exp.store import open_store
+    from mnist_exp.store import open_store, store_writes
 
     client = open_store(uri)
-    details = []
-    for run_id in run_ids:
-        run = _get_run(client, uri, run_id)
-        experiment = client.get_experiment(run.info.experiment_id)
-        ended = run.info.end_time
-        deleted = run.info.lifecycle_stage == "deleted"
-        details.append(RunDetails(
-            run_id=run.info.run_id, name=run.info.run_name or "", experiment=experiment.name,
-            status=run.info.status, state=tables.row_state({"state": run.data.tags.get(run_tags.STATE_TAG, ""),
-                                                           "status": run.info.status}),
-            started=run.info.start_time, seconds=None if not ended else (ended - run.info.start_time) / 1000,
-            params=dict(sorted(run.data.params.items())), metrics=final_metrics(run),
-            failure=run.data.tags.get(run_tags.FAILURE_TAG, ""),
-            model_uris=_model_uris(client, run),
-            deleted=deleted, store_uri=uri, cannot_rerun=_why_no_rerun(client, run, deleted),
-        ))
-    return details
+    with store_writes(uri, "reading its runs"):  # a server that stops answering mid-way: one line
+        return [_details(client, uri, run_id) for run_id in run_ids]
+
+
+def _details(client, uri: str, run_id: str) -> RunDetails:
+    from mnist_exp.queries import final_metrics
+
+    run = _get_run(client, uri, run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    ended = run.info.end_time
+    deleted = run.info.lifecycle_stage == "deleted"
+    return RunDetails(
+        run_id=run.info.run_id, name=run.info.run_name or "", experiment=experiment.name,
+        status=run.info.status, state=tables.row_state({"state": run.data.tags.get(run_tags.STATE_TAG, ""),
+                                                       "status": run.info.status}),
+        started=run.info.start_time, seconds=None if not ended else (ended - run.info.start_time) / 1000,
+        params=dict(sorted(run.data.params.items())), metrics=final_metrics(run),
+        failure=run.data.tags.get(run_tags.FAILURE_TAG, ""),
+        model_uris=_model_uris(client, run),
+        deleted=deleted, store_uri=uri, cannot_rerun=_why_no_rerun(client, run, deleted),
+    )
 
 
 def _why_no_rerun(client, run, deleted: bool) -> str | None:
@@ -89,9 +92,13 @@ def _why_no_rerun(client, run, deleted: bool) -> str | None:
 def _get_run(client, uri: str, run_id: str):
     from mlflow.exceptions import MlflowException
 
+    from mnist_exp.store import names_no_run
+
     try:
         return client.get_run(run_id)
-    except MlflowException:
+    except MlflowException as error:
+        if not names_no_run(error):
+            raise  # the store failing, not the run missing
         raise ExperimentError(f"no run {run_id} in {uri}; `python -m mnist_exp.runs` lists them") from None
 
 

@@ -158,9 +158,18 @@ def open_store(uri: str):
     return client
 
 
+def check_store_access(cfg: Mapping[str, Any]) -> None:
+    """Before a search creates its study: a tracking server that refuses us (no or wrong credentials) is one
+    line now, not after the study exists. Other stores are checked when the parent run connects."""
+    uri = tracking_uri(cfg)
+    if urlparse(uri).scheme in ("http", "https"):
+        open_store(uri)
+
+
 def _check_server_lets_us_read(client, uri: str) -> None:
     """A server with authentication refuses a reader without (valid) credentials: one line, asked once here,
-    instead of a traceback from whichever call a command makes first."""
+    instead of a traceback from whichever call a command makes first. Any other failure of this first read
+    (a timeout) is one line too: the command's own reads would wait as long again."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -169,6 +178,7 @@ def _check_server_lets_us_read(client, uri: str) -> None:
         refusal = _tracking_server_refusal(error, uri, "to read its runs")
         if refusal is not None:
             raise refusal from None
+        raise StoreFailed(f"the MLflow store {mask(uri)} failed while reading its runs: {root_cause(error)}") from None
 
 
 _short_timeout_set = False  # by reads_time_out_soon, in this process's environment, where MLflow reads it
@@ -201,6 +211,12 @@ def sqlite_store_lock(uri: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def names_no_run(error: Exception) -> bool:
+    """Whether an MLflow error of get_run says the id names no run (a malformed id is an invalid value),
+    not that the store failed."""
+    return getattr(error, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 @contextlib.contextmanager

@@ -323,6 +323,11 @@ def test_reads_that_stall_after_the_check_time_out_soon_and_say_so_in_one_line(t
     assert line.startswith(f"error: the MLflow store {server.url} failed while reading its runs: ")
     assert "timed out" in line.lower()
     assert seconds < 30  # MLflow's own timeout: 120 s
+    for command in (["show", "0" * 32], ["diff", "0" * 32, "1" * 32]):  # never "no run": the store failed
+        with SilentServer(answers_probe=True) as server:
+            assert runs.main([*command, "--tracking-uri", server.url]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"error: the MLflow store {server.url} failed while reading its runs: "), line
 
 
 def test_readers_time_out_soon_and_writers_keep_mlflows_timeout_for_uploads(tiny, own_http_timeout, monkeypatch):

@@ -16,7 +16,6 @@ import pytest
 from omegaconf import OmegaConf
 
 from mnist_exp import sweeping
-
 from tests.conftest import (
     finish,
     free_port,

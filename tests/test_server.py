@@ -308,6 +308,7 @@ def test_the_basic_auth_recipe_refuses_strangers_and_serves_its_users(tmp_path, 
         for result in (run, sweep, searched, listed):
             assert result.returncode == 0, result.stderr[-3000:]
             printed.append(result.stdout + result.stderr)
+        assert searched.stdout.startswith("New study"), "the refused search left no empty study behind"
 
         with signed_in("admin", ADMIN_SECRET):
             client = store_client(url)

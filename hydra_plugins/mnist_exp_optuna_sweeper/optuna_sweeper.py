@@ -39,10 +39,12 @@ class OptunaSweeper(Sweeper):
         from mnist_exp.job_context import JobContext, StudyLink, thread_overrides
         from mnist_exp.plots import search_plots
         from mnist_exp.search import TrialJob
+        from mnist_exp.store import check_store_access
 
         assert self.config is not None and self.launcher is not None
         try:
             search = self._search(arguments)
+            check_store_access(self.config)  # a server refusing us leaves no empty study behind
             search.open_study()
         except ExperimentError as error:
             exit_with(str(error))
