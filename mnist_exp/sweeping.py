@@ -72,7 +72,12 @@ def check_ray_cluster(config: DictConfig) -> None:
     if launcher_kind(config) != RAY:
         return
     launcher = config.hydra.launcher
-    address = str(((launcher.get("ray") or {}).get("init") or {}).get("address") or "")
+    configured = ((launcher.get("ray") or {}).get("init") or {}).get("address")
+    if configured is not None and not str(configured).strip():
+        # Ray takes an empty address for neither a local cluster nor a running one: a ValueError traceback.
+        raise ExperimentError("the Ray cluster address is empty (RAY_ADDRESS or hydra.launcher.ray.init.address): "
+                              "unset it for a local Ray, or give host:port or auto")
+    address = str(configured or "")
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         return  # none (a local Ray) or "auto": Ray finds it on this machine

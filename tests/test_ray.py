@@ -16,6 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from mnist_exp import sweeping
+from mnist_exp.errors import ExperimentError
 from tests.conftest import (
     finish,
     free_port,
@@ -119,6 +120,14 @@ def test_an_unreachable_cluster_is_one_line_before_anything_starts(tmp_path):
         f"error: cannot reach the Ray cluster at {address} (RAY_ADDRESS or hydra.launcher.ray.init.address)"
     )
     assert not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("address", ["", "  "])
+def test_an_empty_cluster_address_is_one_line(address):
+    """RAY_ADDRESS= (set, empty) once reached ray.init(address="") and its ValueError traceback."""
+    with pytest.raises(ExperimentError, match=r"^the Ray cluster address is empty \(RAY_ADDRESS or "):
+        sweeping.check_ray_cluster(ray_launcher(address))
+    sweeping.check_ray_cluster(ray_launcher(None))  # unset: a local Ray
 
 
 def ray_launcher(address=None):
