@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from mnist_exp import config, experiment, rerun, store, sweeping, tables
+from mnist_exp import config, experiment, store, sweeping, tables
 from mnist_exp.multirun import SweepSummary
 from mnist_exp.search import SearchResult, TrialOutcome
 from tests.conftest import PROJECT_ROOT, run_cli
@@ -174,7 +174,7 @@ def test_the_search_summary_is_what_an_optuna_search_prints(activated_environmen
     # The best trial's run (its id is in no other line), in the store of the transcript's checkout's default config.
     retrain_line = next(line for line in output if line.startswith("retrain: "))
     result.best.run_id = retrain_line.split()[4]
-    monkeypatch.setattr(rerun, "default_uri", lambda: parent.store.uri)
+    monkeypatch.setattr(store, "default_uri", lambda: parent.store.uri)
     retrain = result.retrain_command(parent.store.uri)
 
     n_trials = int(dict(a.split("=", 1) for a in arguments if "=" in a)["hydra.sweeper.n_trials"])
