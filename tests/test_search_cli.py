@@ -251,12 +251,17 @@ hydra:
 """
 
 
-def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
+def search_of_preset(tmp_path, name: str, preset: str):
+    """(the CLI's result, runs_dir) of a search with `preset` as conf/hparams_search/<name>.yaml of its own."""
     extra = tmp_path / "conf"
     (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / "inverted.yaml").write_text(INVERTED_BOUNDS)
+    (extra / "hparams_search" / f"{name}.yaml").write_text(preset)
     runs_dir = tmp_path / "runs"
-    result = search("hparams_search=inverted", runs_dir=runs_dir, extra_conf=extra)
+    return search(f"hparams_search={name}", runs_dir=runs_dir, extra_conf=extra), runs_dir
+
+
+def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
+    result, runs_dir = search_of_preset(tmp_path, "inverted", INVERTED_BOUNDS)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
         "error: hydra.sweeper.search_space.model.dropout has inverted bounds: low=0.9 > high=0.5"
@@ -279,11 +284,7 @@ hydra:
 
 def test_a_condition_that_can_never_hold_is_one_line_and_leaves_nothing(tmp_path):
     """Once accepted silently, the parameter never drawn; each reason: test_search.py (conditions)."""
-    extra = tmp_path / "conf"
-    (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / "never.yaml").write_text(NEVER_DRAWN)
-    runs_dir = tmp_path / "runs"
-    result = search("hparams_search=never", runs_dir=runs_dir, extra_conf=extra)
+    result, runs_dir = search_of_preset(tmp_path, "never", NEVER_DRAWN)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
         "error: hydra.sweeper.search_space.model.dropout.when.model=rnn can never hold: rnn is not among the choices "
