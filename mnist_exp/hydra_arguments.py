@@ -134,6 +134,17 @@ def _grid_jobs(sweeper, task, composed) -> list[tuple[list[str], object]]:
 def _document(heading: str, cfg, options: dict, number: int | None = None) -> str:
     """One job's config as Hydra's --cfg shows it (hydra/_internal/hydra.py show_cfg), under a comment."""
     from hydra.core.hydra_config import HydraConfig
+
+    # ${hydra:...} resolves through Hydra's process-wide config: set for this job, then put back as it was.
+    previous = HydraConfig.instance().cfg
+    try:
+        return _shown(heading, cfg, options, number)
+    finally:
+        HydraConfig.instance().cfg = previous
+
+
+def _shown(heading: str, cfg, options: dict, number: int | None) -> str:
+    from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from omegaconf import Container, OmegaConf, open_dict, read_write
 

@@ -351,6 +351,21 @@ def signals_handled():
         signal.signal(number, handler)
 
 
+@pytest.fixture(autouse=True)
+def reading_timeout_forgotten():
+    """A reading command run in this process shortens MLflow's HTTP timeout in os.environ
+    (store.reads_time_out_soon): it must not reach later tests, nor the CLI subprocesses they start."""
+    from mnist_exp import store
+
+    before = os.environ.get(store.HTTP_TIMEOUT_VARIABLE)
+    yield
+    store.reads_time_out_soon(False)
+    if before is None:
+        os.environ.pop(store.HTTP_TIMEOUT_VARIABLE, None)
+    else:
+        os.environ[store.HTTP_TIMEOUT_VARIABLE] = before
+
+
 @pytest.fixture(scope="session", autouse=True)
 def nothing_written_outside_the_run_folders():
     """No test may leave MLflow's default ./mlruns in the project (or wherever pytest runs), nor a Ray token in

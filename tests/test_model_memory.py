@@ -234,7 +234,9 @@ def test_the_command_refuses_a_model_too_large_for_its_limit_in_one_line_and_cre
         )
         assert done.returncode == 2, done.stderr
         (line,) = done.stderr.splitlines()  # TensorFlow, had it loaded, would have logged lines of its own
-        assert line.startswith(f"error: {message}") and line.endswith("this process may use 7.6 GiB (ulimit -v)")
+        # The tightest limit names itself: ulimit -v, unless this machine has less memory available just now.
+        assert line.startswith(f"error: {message}") and (
+            line.endswith("this process may use 7.6 GiB (ulimit -v)") or line.endswith("(available memory)")), line
     assert not (runs / "mlflow.db").exists() or all_runs(store_client(runs)) == []
 
 
@@ -243,7 +245,7 @@ def test_tensorflow_trains_within_the_address_space_the_check_leaves_it(tmp_path
     """The measured framework figure still holds: the default model trains under `ulimit -v` set to what the check
     counts TensorFlow's (plus a little for this model and data), so the check never refuses what would run."""
     data = write_npz(tmp_path / "mnist.npz")
-    limit = int(model_memory.FRAMEWORK_ADDRESS_SPACE + 0.25 * GIB)
+    limit = int(model_memory.FRAMEWORK_ADDRESS_SPACE + 0.5 * GIB)
 
     def limited():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -143,7 +143,9 @@ def no_ray_token(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "RAY_ADDRESS"):
-        monkeypatch.delenv(name, raising=False)
+        # Set first so that monkeypatch restores the variable's absence too: the code under test sets some.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return home
 
 
