@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 from mnist_exp import repeats, run_diff, run_export, run_filters, sweeping
 from mnist_exp.multirun import SweepSummary
+from mnist_exp.recorded_config import rerun_command
 from tests.test_readme import README, activated_environment, code_blocks, ui_uri  # noqa: F401 - a fixture
 
 
@@ -163,7 +164,7 @@ def test_show_is_what_runs_show_prints():
     )
     assert run_diff.show_text(details).splitlines() == output
     assert fields["run"] == arguments[1]
-    assert fields["reproduce"] == run_diff.RERUN_COMMAND.format(run_id=arguments[1])
+    assert fields["reproduce"] == rerun_command(arguments[1])
 
 
 def test_diff_is_what_runs_diff_prints():
