@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from mnist_exp import config, model_memory, sweep_job
+from mnist_exp import config, memory_limits, model_memory, sweep_job
 from mnist_exp.data import Dataset
 from mnist_exp.errors import ExperimentError
-from mnist_exp.model_memory import GIB, Budget, check_fits, estimate, optimizer_slots, parameter_count
+from mnist_exp.memory_limits import GIB, Budget
+from mnist_exp.model_memory import check_fits, estimate, optimizer_slots, parameter_count
 from tests.conftest import CONF_DIR, PROJECT_ROOT, all_runs, compose_cfg, store_client, write_npz
 
 # The limit of the issue's report (`ulimit -v 8000000`, in KiB).
@@ -122,7 +123,7 @@ def _presets() -> list[list[str]]:
 def test_the_defaults_every_preset_and_the_largest_trial_of_every_search_fit_easily(tmp_path):
     """Under the very `ulimit -v` the report used, on full MNIST with the run's pictures, each needs at most a
     fraction of what is left beside TensorFlow."""
-    budget = Budget(ULIMIT_V, "ulimit -v", model_memory.FRAMEWORK_ADDRESS_SPACE)
+    budget = Budget(ULIMIT_V, "ulimit -v", memory_limits.FRAMEWORK_ADDRESS_SPACE)
     presets = _presets()
     assert any("model=cnn" in preset for preset in presets) and len(presets) > 20
     for overrides in presets:
@@ -135,7 +136,7 @@ def test_the_defaults_every_preset_and_the_largest_trial_of_every_search_fit_eas
 def test_a_model_far_too_large_is_refused_in_one_line_naming_its_key(tmp_path, overrides, message):
     cfg = plain_cfg(tmp_path, *overrides)
     with pytest.raises(ExperimentError) as refused:
-        check_fits(cfg, mnist_sized(), Budget(ULIMIT_V, "ulimit -v", model_memory.FRAMEWORK_ADDRESS_SPACE))
+        check_fits(cfg, mnist_sized(), Budget(ULIMIT_V, "ulimit -v", memory_limits.FRAMEWORK_ADDRESS_SPACE))
     text = str(refused.value)
     assert text.startswith(message) and "\n" not in text
     assert text.endswith("this process may use 7.6 GiB (ulimit -v)") and "a batch of 128" in text
@@ -169,7 +170,7 @@ def _fake_proc(tmp_path, cgroup_line: str, available_kib: int = 16 * 2**20, rss_
 
 @pytest.fixture
 def no_rlimits(monkeypatch):
-    monkeypatch.setattr(model_memory.resource, "getrlimit", lambda kind: (resource.RLIM_INFINITY,) * 2)
+    monkeypatch.setattr(memory_limits.resource, "getrlimit", lambda kind: (resource.RLIM_INFINITY,) * 2)
 
 
 def test_the_budget_is_the_tightest_of_the_limits(tmp_path, monkeypatch, no_rlimits):
@@ -182,16 +183,16 @@ def test_the_budget_is_the_tightest_of_the_limits(tmp_path, monkeypatch, no_rlim
     (cgroups / "jobs" / "memory.current").write_text(f"{GIB}\n")
     (cgroups / "jobs" / "memory.stat").write_text(f"anon 1\ninactive_file {GIB // 4}\n")
     proc = _fake_proc(tmp_path, "0::/jobs/this", rss_kib=2**20 // 2)
-    budget = model_memory.process_budget(proc, cgroups)
+    budget = memory_limits.process_budget(proc, cgroups)
     assert budget.source == "cgroup memory.max"
     assert budget.limit == 4 * GIB - 0.75 * GIB + GIB / 2  # room left, plus what this process holds of it
     # With no cgroup limit, the machine's available memory; under `ulimit -v`, that.
     (cgroups / "jobs" / "memory.max").write_text("max\n")
-    assert model_memory.process_budget(proc, cgroups).source == "available memory"
-    monkeypatch.setattr(model_memory.resource, "getrlimit", lambda kind: (
+    assert memory_limits.process_budget(proc, cgroups).source == "available memory"
+    monkeypatch.setattr(memory_limits.resource, "getrlimit", lambda kind: (
         (ULIMIT_V, ULIMIT_V) if kind == resource.RLIMIT_AS else (resource.RLIM_INFINITY,) * 2))
-    assert model_memory.process_budget(proc, cgroups) == Budget(ULIMIT_V, "ulimit -v",
-                                                                 model_memory.FRAMEWORK_ADDRESS_SPACE)
+    assert memory_limits.process_budget(proc, cgroups) == Budget(ULIMIT_V, "ulimit -v",
+                                                                 memory_limits.FRAMEWORK_ADDRESS_SPACE)
 
 
 def test_a_cgroup_v1_limit_is_read_too(tmp_path, no_rlimits):
@@ -200,17 +201,17 @@ def test_a_cgroup_v1_limit_is_read_too(tmp_path, no_rlimits):
     (cgroups / "memory" / "job" / "memory.limit_in_bytes").write_text(f"{2 * GIB}\n")
     (cgroups / "memory" / "job" / "memory.usage_in_bytes").write_text("0\n")
     proc = _fake_proc(tmp_path, "4:memory:/job\n0::/", rss_kib=0)
-    assert model_memory.process_budget(proc, cgroups) == Budget(2 * GIB, "cgroup memory.limit_in_bytes",
-                                                                model_memory.FRAMEWORK_RESIDENT)
+    assert memory_limits.process_budget(proc, cgroups) == Budget(2 * GIB, "cgroup memory.limit_in_bytes",
+                                                                memory_limits.FRAMEWORK_RESIDENT)
     # v1 writes a huge number for no limit.
     (cgroups / "memory" / "job" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
-    assert model_memory.process_budget(proc, cgroups).source == "available memory"
+    assert memory_limits.process_budget(proc, cgroups).source == "available memory"
 
 
 def test_a_trial_too_large_fails_with_the_reason_and_the_sweep_goes_on(tmp_path, monkeypatch):
     """What a search's or grid sweep's job does with it: the job FAILs with the reason, returned, not raised."""
-    monkeypatch.setattr(model_memory, "process_budget",
-                        lambda: Budget(ULIMIT_V, "ulimit -v", model_memory.FRAMEWORK_ADDRESS_SPACE))
+    monkeypatch.setattr(memory_limits, "process_budget",
+                        lambda: Budget(ULIMIT_V, "ulimit -v", memory_limits.FRAMEWORK_ADDRESS_SPACE))
     data = write_npz(tmp_path / "mnist.npz")
     cfg = compose_cfg(tmp_path / "runs", f"data.path={data}", "model.hidden_units=[65536,65536]")
     outcome = sweep_job._outcome(cfg, ["model.hidden_units=[65536,65536]"], None, "job 0", None)
@@ -245,7 +246,7 @@ def test_tensorflow_trains_within_the_address_space_the_check_leaves_it(tmp_path
     """The measured framework figure still holds: the default model trains under `ulimit -v` set to what the check
     counts TensorFlow's (plus a little for this model and data), so the check never refuses what would run."""
     data = write_npz(tmp_path / "mnist.npz")
-    limit = int(model_memory.FRAMEWORK_ADDRESS_SPACE + 0.5 * GIB)
+    limit = int(memory_limits.FRAMEWORK_ADDRESS_SPACE + 0.5 * GIB)
 
     def limited():
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
