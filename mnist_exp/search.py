@@ -23,10 +23,9 @@ from mnist_exp.errors import ExperimentError, first_line
 from mnist_exp.job_context import INTERRUPTED_REASON, JobOutcome
 from mnist_exp.processes import owner
 from mnist_exp.search_baseline import enqueue_baseline
+from mnist_exp.search_checks import check_space, check_study_space
 from mnist_exp.search_result import MODEL_ATTR, SearchResult, TrialOutcome
 from mnist_exp.search_space import (
-    check_space,
-    check_study_space,
     make_pruner,
     make_sampler,
     make_storage,

@@ -18,7 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mnist_exp import config, interrupts, processes, search, store, sweeping, trial_reaper
 from mnist_exp.errors import ExperimentError, RunPruned
 from mnist_exp.job_context import JobOutcome, StudyLink
-from mnist_exp.search_space import check_settings, check_space, make_sampler, make_storage, suggest_overrides
+from mnist_exp.search_checks import check_settings, check_space
+from mnist_exp.search_space import make_sampler, make_storage, suggest_overrides
 from mnist_exp.trial_reporter import TrialReporter
 from tests.conftest import compose_cfg
 

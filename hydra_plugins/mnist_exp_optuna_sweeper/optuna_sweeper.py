@@ -81,7 +81,8 @@ class OptunaSweeper(Sweeper):
         from mnist_exp.errors import ExperimentError
         from mnist_exp.search import Search
         from mnist_exp.search_baseline import baseline_params
-        from mnist_exp.search_space import check_settings, storage_url
+        from mnist_exp.search_checks import check_settings
+        from mnist_exp.search_space import storage_url
 
         parsed = OverridesParser.create().parse_overrides(arguments)
         for override in parsed:
