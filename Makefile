@@ -2,17 +2,18 @@
 #   make run [ARGS="optimizer=sgd epochs=10"]    train (defaults: the classic Keras MNIST MLP); installs what running needs
 #   make test [PYTEST_ARGS=...]                  the whole test suite (what CI runs); adds the test extras
 #   make quick                                   the fast tests only (no subprocesses, servers, Ray or browser)
+#   make lint                                    ruff, and the import layers pyproject.toml states (lint-imports)
 #   make ui                                       the MLflow UI on the project's store (runs/mlflow.db)
 #   make dashboard [PORT=8080] [STORAGE=URL]      optuna-dashboard on the searches' studies (runs/optuna.db)
 #   make serve [MODEL=models:/mnist-mlp@champion] a REST endpoint for a model (POST /invocations)
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: run test quick ui serve dashboard system-packages
+.PHONY: run test quick lint ui serve dashboard system-packages
 ui serve: PORT ?= 5000
 MODEL ?= models:/mnist-mlp@champion
-# The store runs write to by default, as the code computes it (mnist_exp.store.reading_uri).
-STORE = $(shell $(VENV)/bin/python -c "from mnist_exp.store import reading_uri; print(reading_uri())")
+# The store runs write to by default, as the code computes it (mnist_exp.tracking.store.reading_uri).
+STORE = $(shell $(VENV)/bin/python -c "from mnist_exp.tracking.store import reading_uri; print(reading_uri())")
 QUICK := -m "not slow and not e2e" --durations=15
 
 $(VENV)/bin/python:
@@ -40,6 +41,10 @@ test: $(VENV)/.installed-test
 quick: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest $(QUICK) $(PYTEST_ARGS)
 
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check mnist_exp tests hydra_plugins benchmarks
+	$(VENV)/bin/lint-imports
+
 ui: $(VENV)/.installed-run
 	$(VENV)/bin/mlflow ui --backend-store-uri $(STORE) --host 127.0.0.1 --port $(PORT)
 
@@ -49,7 +54,7 @@ serve: $(VENV)/.installed-run
 		$(VENV)/bin/mlflow models serve -m $(MODEL) --env-manager local --host 127.0.0.1 --port $(PORT)
 
 # The storage a search writes to unless STORAGE names another, as the code computes it
-# (mnist_exp.search_space.default_storage_url); the port is the dashboard's own default unless PORT is set.
+# (mnist_exp.multirun.search.search_space.default_storage_url); the port is the dashboard's own default unless PORT is set.
 dashboard: $(VENV)/.installed-dashboard
 	$(VENV)/bin/python -m mnist_exp.dashboard $(if $(PORT),--port $(PORT)) $(if $(STORAGE),--storage '$(STORAGE)')
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runs the CLI with the MLflow run opened before training when asked: the thread that opens it runs at once.
 OPENING_DRIVER = """
 import runpy, sys, threading
-import mnist_exp.run_record as run_record
+import mnist_exp.tracking.run_record as run_record
 before = sys.argv.pop(1) == "before"
 class Thread(threading.Thread):
     def start(self):

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mnist_exp.data import load_dataset  # noqa: E402
-from mnist_exp.train import train_and_evaluate  # noqa: E402
+from mnist_exp.training.train import train_and_evaluate  # noqa: E402
 
 HIDDEN = 512
 CLASSES = 10
@@ -50,12 +50,12 @@ def training_flops(examples: int) -> float:
 
 def product_model(overrides: list[str]):
     """(config, dataset, compiled model, batches) for the full Fashion-MNIST as a run sets them up
-    (mnist_exp.train's backend preparation and model), for benchmarks that drive fit() themselves."""
+    (mnist_exp.training.train's backend preparation and model), for benchmarks that drive fit() themselves."""
     from hydra import compose, initialize_config_dir
 
     from mnist_exp.config import runs_dir
-    from mnist_exp.pipeline import InMemoryBatches
-    from mnist_exp.train import compiled_model, prepared_backend
+    from mnist_exp.training.pipeline import InMemoryBatches
+    from mnist_exp.training.train import compiled_model, prepared_backend
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["data=fashion_mnist", *overrides])

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/profile_tf_epoch.py [--epochs 2] [overrides ...]
 
 Trains the default model on the full Fashion-MNIST as a run does (benchmarks/bench_training.py:product_model:
-mnist_exp.train's backend preparation and model, the product's pipeline), profiles the last epoch with
+mnist_exp.training.train's backend preparation and model, the product's pipeline), profiles the last epoch with
 TensorFlow's profiler, and prints the CPU time of each kind of op (self time, summed over both cores' threads)
 as a share of all op time, with the epoch's wall time and the floor this machine's float32 GEMM rate allows
 (benchmarks/bench_training.py). Ops of the same kind are

@@ -221,8 +221,8 @@ def mlflow_epoch_cost(epochs: int = 200) -> list[str]:
     """What recording one epoch's six metrics costs, in the local SQLite store."""
     from mlflow import MlflowClient
 
-    from mnist_exp.run_record import RunRecorder
-    from mnist_exp.store import Store
+    from mnist_exp.tracking.run_record import RunRecorder
+    from mnist_exp.tracking.store import Store
 
     with tempfile.TemporaryDirectory() as folder:
         uri = f"sqlite:///{folder}/mlflow.db"

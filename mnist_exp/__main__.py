@@ -1,6 +1,6 @@
 """`python -m mnist_exp [overrides]`: the Hydra entry point and nothing else.
 
-All logic lives in mnist_exp.experiment.run(cfg) (and, in a multirun, mnist_exp.sweep_job); this file
+All logic lives in mnist_exp.experiment.run(cfg) (and, in a multirun, mnist_exp.multirun.sweep_job); this file
 turns errors into one line on stderr and an exit code.
 """
 
@@ -15,8 +15,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mnist_exp import credentials, hydra_arguments, interrupts
-from mnist_exp.errors import BAD_INPUT, INTERRUPTED, ExperimentError, exit_with
+from mnist_exp.commands import hydra_arguments
+from mnist_exp.system import credentials, interrupts
+from mnist_exp.system.errors import BAD_INPUT, INTERRUPTED, ExperimentError, exit_with
 
 # The beginnings of the errors Hydra's _run_hydra raises as ValueError about its flags (hydra-core 1.3).
 HYDRA_FLAG_ERRORS = ("Only one of --run, --multirun", "The --resolve flag can only be used")
@@ -27,14 +28,14 @@ def main(cfg: DictConfig):
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
     if hydra_cfg.mode == RunMode.MULTIRUN:
-        from mnist_exp.sweep_job import run_job
+        from mnist_exp.multirun.sweep_job import run_job
 
         return run_job(cfg, overrides, hydra_cfg.job.num)
     from mnist_exp import config, experiment
 
     try:
         config.validate(cfg)
-        if cfg.repeats > 1:  # the grid sweeper runs the repeats (mnist_exp.grid_jobs)
+        if cfg.repeats > 1:  # the grid sweeper runs the repeats (mnist_exp.multirun.grid_jobs)
             raise ExperimentError(f"repeats={cfg.repeats} runs {cfg.repeats} jobs, one per seed: add -m")
         outcome = experiment.run(cfg, overrides)
     except ExperimentError as error:

@@ -11,12 +11,13 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from mnist_exp import config, interrupts
+from mnist_exp import config
 from mnist_exp.data import Dataset, load_dataset, with_training_subset
-from mnist_exp.errors import ExperimentError, out_of_memory_is_a_failure
-from mnist_exp.model_memory import check_fits
-from mnist_exp.run_record import RunContext, RunRecorder
-from mnist_exp.store import check_store
+from mnist_exp.system import interrupts
+from mnist_exp.system.errors import ExperimentError, out_of_memory_is_a_failure
+from mnist_exp.tracking.run_record import RunContext, RunRecorder
+from mnist_exp.tracking.store import check_store
+from mnist_exp.training.model_memory import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = ST
     """
     with interrupts.scope():
         dataset = _validated_data(cfg, overrides, context)
-        from mnist_exp.run_record import record_run
-        from mnist_exp.train import train_and_evaluate
+        from mnist_exp.tracking.run_record import record_run
+        from mnist_exp.training.train import train_and_evaluate
 
         with record_run(cfg, dataset, overrides, context) as recorder:
             result = train_and_evaluate(
@@ -64,8 +65,8 @@ def _validated_data(cfg: DictConfig, overrides: Sequence[str], context: RunConte
         # Before TensorFlow loads: a model far too large for this process fails here in one line, not mid-build.
         check_fits(config.plain(cfg), dataset)
         # Imported here, after the checks that need neither: together they cost seconds.
-        from mnist_exp.keras_backend import import_keras, select_backend
-        from mnist_exp.model import build_optimizer
+        from mnist_exp.system.keras_backend import import_keras, select_backend
+        from mnist_exp.training.model import build_optimizer
 
         select_backend(cfg.backend)
         import_keras()
@@ -74,7 +75,7 @@ def _validated_data(cfg: DictConfig, overrides: Sequence[str], context: RunConte
     except ExperimentError as error:
         if context.parent_run_id is not None:
             # Every job of a sweep gets a child run, so the parent's table shows this one failed.
-            from mnist_exp.run_record import record_failed_job
+            from mnist_exp.tracking.run_record import record_failed_job
 
             record_failed_job(cfg, overrides, context, error)
         raise
@@ -97,11 +98,11 @@ def _preload_publishing(cfg: DictConfig) -> None:
     """Start the process that draws the run's pictures, and import what model logging imports."""
     try:
         if cfg.plots:
-            from mnist_exp import picture_worker
+            from mnist_exp.reports import picture_worker
 
             picture_worker.start()
         if cfg.mlflow.log_model:
-            from mnist_exp.logged_models import preload as preload_model_logging
+            from mnist_exp.tracking.logged_models import preload as preload_model_logging
 
             preload_model_logging()
     except Exception as error:  # only time is lost: publishing imports and draws what is missing itself
@@ -113,7 +114,7 @@ def _publish(cfg: DictConfig, recorder: RunRecorder, result, dataset: Dataset) -
     recorder.log_final(result.metrics)
     drawing, plot_errors = None, []
     if result.test_predictions is not None:
-        # Drawn while the model is saved, by another process (mnist_exp.picture_worker); this thread waits.
+        # Drawn while the model is saved, by another process (mnist_exp.reports.picture_worker); this thread waits.
         drawing = threading.Thread(
             target=_log_run_plots, args=(recorder, result, dataset, plot_errors), name="plots"
         )
@@ -130,7 +131,7 @@ def _publish(cfg: DictConfig, recorder: RunRecorder, result, dataset: Dataset) -
 
 def _log_run_plots(recorder: RunRecorder, result, dataset: Dataset, errors: list[Exception]) -> None:
     """The run's pictures as artifacts under plots/; a failure is kept in `errors` and costs the run nothing."""
-    from mnist_exp.picture_worker import draw_run_plots
+    from mnist_exp.reports.picture_worker import draw_run_plots
 
     try:
         with tempfile.TemporaryDirectory(prefix="mnist-exp-plots-") as folder:
@@ -145,7 +146,7 @@ def _log_run_plots(recorder: RunRecorder, result, dataset: Dataset, errors: list
 
 def summary(outcome: dict[str, Any]) -> str:
     """The lines printed at the end of a run: scores, run id, how to look at it."""
-    from mnist_exp.store import ui_command
+    from mnist_exp.tracking.store import ui_command
 
     epochs = int(outcome["epochs_completed"])
     return (

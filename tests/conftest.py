@@ -342,7 +342,7 @@ def interrupt_two_training_jobs(process: subprocess.Popen, runs_dir: Path, send:
 @pytest.fixture
 def signals_handled():
     """The CLI's Ctrl-C and SIGTERM handling installed in this process, pytest's own restored afterwards."""
-    from mnist_exp import interrupts
+    from mnist_exp.system import interrupts
 
     previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     interrupts.install()
@@ -355,7 +355,7 @@ def signals_handled():
 def reading_timeout_forgotten():
     """A reading command run in this process shortens MLflow's HTTP timeout in os.environ
     (store.reads_time_out_soon): it must not reach later tests, nor the CLI subprocesses they start."""
-    from mnist_exp import store
+    from mnist_exp.tracking import store
 
     before = os.environ.get(store.HTTP_TIMEOUT_VARIABLE)
     yield

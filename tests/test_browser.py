@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mnist_exp import experiment
-from mnist_exp.store import connect, tracking_uri
+from mnist_exp.tracking.store import connect, tracking_uri
 from tests.conftest import (
     CHROMIUM,
     SCREENSHOTS,

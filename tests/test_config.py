@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from mnist_exp import config
-from mnist_exp.errors import ExperimentError
+from mnist_exp.system.errors import ExperimentError
 from tests.conftest import CONF_DIR, PROJECT_ROOT
 
 SHIPPED_OPTIMIZERS = sorted(path.stem for path in (CONF_DIR / "optimizer").glob("*.yaml"))
@@ -225,7 +225,7 @@ def test_jax_backend_without_jax_installed(make_cfg, monkeypatch):
 
 
 def test_hydra_flags_after_the_overrides_are_put_before_them():
-    from mnist_exp.hydra_arguments import flags_first
+    from mnist_exp.commands.hydra_arguments import flags_first
 
     # Hydra's argparse took `-m` or `--cfg job` after an override as unrecognized arguments (a usage block).
     assert flags_first(["optimizer=sgd,adam", "-m", "epochs=1", "--cfg", "job", "-p", "optimizer", "--info",
@@ -238,7 +238,7 @@ def test_hydra_flags_after_the_overrides_are_put_before_them():
 def test_a_sweep_asked_for_its_config_shows_each_jobs_config(tmp_path):
     import yaml
 
-    from mnist_exp.hydra_arguments import sweep_configs
+    from mnist_exp.commands.hydra_arguments import sweep_configs
 
     # Hydra itself refuses -m with --cfg (a 12-line traceback): each job, repeats included, one YAML document.
     text = sweep_configs(["-m", "--cfg", "job"], ["optimizer=sgd,adam", "repeats=2", f"runs_dir={tmp_path}"])
@@ -264,7 +264,7 @@ def test_a_sweep_asked_for_its_config_shows_each_jobs_config(tmp_path):
     (["-m", "--cfg", "job"], ["hydra.job.chdir=true,false"], "hydra.job.chdir=true,false: a sweep cannot vary"),
 ])
 def test_what_a_sweep_cannot_show_is_one_line(flags, overrides, message):
-    from mnist_exp.hydra_arguments import sweep_configs
+    from mnist_exp.commands.hydra_arguments import sweep_configs
 
     with pytest.raises(ExperimentError, match="^" + message.replace(".", r"\.")):
         sweep_configs(flags, overrides)
@@ -275,7 +275,7 @@ def test_what_a_sweep_cannot_show_is_one_line(flags, overrides, message):
                                       "experiment=classic_mnist,[classic_mnist,fashion_mnist_best]",
                                       "hparams_search=[optuna,fashion_mlp]"])
 def test_a_list_of_presets_is_refused_before_hydra_merges_them(override):
-    from mnist_exp.hydra_arguments import check_one_option
+    from mnist_exp.commands.hydra_arguments import check_one_option
 
     with pytest.raises(ExperimentError, match=r"(experiment takes one preset|hparams_search takes one search) "
                                               r"\(a list would merge .*fashion"):

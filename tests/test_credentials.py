@@ -6,11 +6,11 @@ import logging
 
 import pytest
 
-from mnist_exp import credentials
-from mnist_exp.errors import ExperimentError, report
-from mnist_exp.run_record import log_config, log_params
-from mnist_exp.run_tags import run_name
-from mnist_exp.store import connect, tracking_uri, ui_command
+from mnist_exp.system import credentials, redaction
+from mnist_exp.system.errors import ExperimentError, report
+from mnist_exp.tracking.run_record import log_config, log_params
+from mnist_exp.tracking.run_tags import run_name
+from mnist_exp.tracking.store import connect, tracking_uri, ui_command
 
 SECRET = "S3cret-pw"
 
@@ -33,7 +33,7 @@ def clean_environment(monkeypatch):
     ("http://host:5000/a@b http://alice@host sqlite:////a.db", "http://host:5000/a@b http://alice@host sqlite:////a.db"),
 ])
 def test_mask_hides_every_password_and_nothing_else(text, masked):
-    assert credentials.mask(text) == masked
+    assert redaction.mask(text) == masked
 
 
 def test_passwords_on_the_command_line_move_to_the_variables_their_libraries_read(clean_environment):

@@ -13,8 +13,8 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mnist_exp import dashboard
-from mnist_exp.search_space import default_storage_url, storage_url
+from mnist_exp.commands import dashboard
+from mnist_exp.multirun.search.search_space import default_storage_url, storage_url
 from tests.conftest import (
     CHROMIUM,
     CONF_DIR,

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from mnist_exp import config, data
 from mnist_exp.data import formats, loading, memory, sources
-from mnist_exp.errors import ExperimentError
+from mnist_exp.system.errors import ExperimentError
 from tests.conftest import CONF_DIR, learnable_digits, write_idx
 
 

@@ -13,11 +13,12 @@ import mlflow
 import numpy as np
 import pytest
 
-from mnist_exp import experiment, run_tags
-from mnist_exp.errors import ExperimentError, OutOfMemory, TrainingDiverged
-from mnist_exp.logged_models import load_logged_model
-from mnist_exp.run_record import RunContext, RunRecorder
-from mnist_exp.store import connect, tracking_uri
+from mnist_exp import experiment
+from mnist_exp.system.errors import ExperimentError, OutOfMemory, TrainingDiverged
+from mnist_exp.tracking import run_tags
+from mnist_exp.tracking.logged_models import load_logged_model
+from mnist_exp.tracking.run_record import RunContext, RunRecorder
+from mnist_exp.tracking.store import connect, tracking_uri
 from tests.conftest import all_runs, artifact_paths, compose_cfg, metric_steps, store_client, write_npz
 
 
@@ -118,8 +119,8 @@ def test_a_run_optimising_the_model_size_returns_it_and_watches_a_validation_met
 
 
 def test_the_pictures_are_drawn_by_the_worker_process(tiny, monkeypatch, caplog):
-    """Drawn in this process they would hold the GIL beside the model's logging (mnist_exp.picture_worker)."""
-    from mnist_exp import plots
+    """Drawn in this process they would hold the GIL beside the model's logging (mnist_exp.reports.picture_worker)."""
+    from mnist_exp.reports import plots
 
     def not_here(*args, **kwargs):
         raise AssertionError("drawn in the training process")
@@ -138,7 +139,7 @@ def test_plots_false_draws_nothing(tiny):
 
 
 def test_a_plot_that_fails_leaves_a_finished_run_and_a_warning(tiny, monkeypatch, caplog):
-    from mnist_exp import picture_worker
+    from mnist_exp.reports import picture_worker
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -327,7 +328,7 @@ def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny):
     store = connect(cfg)
     client = store.client
     # The full stamp (host, PID, PID namespace, start time) of a process that has ended.
-    dead = subprocess.run([sys.executable, "-c", "from mnist_exp.processes import owner; print(owner())"],
+    dead = subprocess.run([sys.executable, "-c", "from mnist_exp.system.processes import owner; print(owner())"],
                           capture_output=True, text=True, check=True)
     stamp = dead.stdout.strip()
     orphan = client.create_run(store.experiment_id, tags={run_tags.OWNER_TAG: stamp})
@@ -355,7 +356,7 @@ def test_a_run_interrupted_while_saving_its_model_leaves_it_failed_not_pending(t
     an Exception, so the model stayed PENDING beside the KILLED run."""
     import mlflow.keras
 
-    from mnist_exp.logged_models import logged_models
+    from mnist_exp.tracking.logged_models import logged_models
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -396,7 +397,7 @@ def test_the_models_of_earlier_trials_are_collected_not_frozen(tiny, tmp_path):
     import weakref
 
     from mnist_exp.data import load_dataset
-    from mnist_exp.train import train_and_evaluate
+    from mnist_exp.training.train import train_and_evaluate
 
     cfg = tiny("epochs=1")
     dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=tmp_path / "cache")

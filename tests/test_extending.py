@@ -7,10 +7,11 @@ import sys
 
 import pytest
 
-from mnist_exp import config, predict
+from mnist_exp import config
+from mnist_exp.commands import predict
 from mnist_exp.data import load_dataset
-from mnist_exp.errors import ExperimentError
-from mnist_exp.train import train_and_evaluate
+from mnist_exp.system.errors import ExperimentError
+from mnist_exp.training.train import train_and_evaluate
 
 STRIPE_NAMES = [f"stripe {row}" for row in range(10)]
 

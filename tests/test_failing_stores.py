@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mnist_exp import experiment, run_tags
-from mnist_exp.errors import ExperimentError, StoreFailed
-from mnist_exp.net import ANSWER_TIMEOUT_S
-from mnist_exp.run_record import RunContext
-from mnist_exp.store import HTTP_RETRY_DEFAULTS, check_store, connect, open_store, tracking_uri
-from mnist_exp.store_checks import check_store_uri
+from mnist_exp import experiment
+from mnist_exp.system.errors import ExperimentError, StoreFailed
+from mnist_exp.system.net import ANSWER_TIMEOUT_S
+from mnist_exp.tracking import run_tags
+from mnist_exp.tracking.run_record import RunContext
+from mnist_exp.tracking.store import HTTP_RETRY_DEFAULTS, check_store, connect, open_store, tracking_uri
+from mnist_exp.tracking.store_checks import check_store_uri
 from tests.conftest import (
     all_runs,
     compose_cfg,
@@ -243,7 +244,7 @@ def web_server(status: int, content_type: str = "text/html", body: bytes = b"<ht
 @pytest.fixture
 def own_http_timeout(monkeypatch):
     """MLFLOW_HTTP_REQUEST_TIMEOUT as the user left it (unset), whatever the reading commands set, restored after."""
-    from mnist_exp import store
+    from mnist_exp.tracking import store
 
     monkeypatch.setenv(store.HTTP_TIMEOUT_VARIABLE, "0")
     monkeypatch.delenv(store.HTTP_TIMEOUT_VARIABLE)
@@ -252,7 +253,7 @@ def own_http_timeout(monkeypatch):
 
 def every_command_says(url: str, tmp_path: Path, capsys) -> list[tuple[str, str, float]]:
     """(command, its one error line, seconds) for runs, runs show, rerun, predict and a training run on `url`."""
-    from mnist_exp import predict, rerun, runs
+    from mnist_exp.commands import predict, rerun, runs
 
     picture = tmp_path / "digit.png"
     Image.new("L", (28, 28)).save(picture)
@@ -310,7 +311,8 @@ def test_a_server_that_never_replies_is_one_line_within_seconds(tmp_path, capsys
 def test_reads_that_stall_after_the_check_time_out_soon_and_say_so_in_one_line(tmp_path, capsys, own_http_timeout,
                                                                                monkeypatch):
     """A server that answers the reachability check, then stalls: the reading commands' short timeout."""
-    from mnist_exp import runs, store
+    from mnist_exp.commands import runs
+    from mnist_exp.tracking import store
 
     monkeypatch.setattr(store, "READ_TIMEOUT_S", 2)  # the mechanism, quickly; its default is tested below
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -331,7 +333,7 @@ def test_reads_that_stall_after_the_check_time_out_soon_and_say_so_in_one_line(t
 
 
 def test_readers_time_out_soon_and_writers_keep_mlflows_timeout_for_uploads(tiny, own_http_timeout, monkeypatch):
-    from mnist_exp import store
+    from mnist_exp.tracking import store
 
     cfg = tiny()
     connect(cfg)  # the store exists

@@ -6,9 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnist_exp import grid_jobs, run_tags
-from mnist_exp.errors import ExperimentError
-from mnist_exp.multirun import MultirunParent
+from mnist_exp.multirun import grid_jobs
+from mnist_exp.multirun.parent_run import MultirunParent
+from mnist_exp.system.errors import ExperimentError
+from mnist_exp.tracking import run_tags
 from tests.conftest import compose_cfg
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mnist_exp.errors import ExperimentError
-from mnist_exp.images import DIGIT_BOX, read_image, to_model_input
+from mnist_exp.data.images import DIGIT_BOX, read_image, to_model_input
+from mnist_exp.system.errors import ExperimentError
 
 
 def drawn_seven(path, size=(300, 200), ink=(20, 20, 120), paper=(250, 248, 240), mode="RGB"):

@@ -9,9 +9,11 @@ import threading
 import pytest
 from mlflow import MlflowClient
 
-from mnist_exp import experiment, interrupts, run_tags
-from mnist_exp.run_record import RunContext
-from mnist_exp.store import tracking_uri
+from mnist_exp import experiment
+from mnist_exp.system import interrupts
+from mnist_exp.tracking import run_tags
+from mnist_exp.tracking.run_record import RunContext
+from mnist_exp.tracking.store import tracking_uri
 
 
 def test_a_deferred_block_completes_and_the_interrupt_follows(signals_handled):
@@ -66,7 +68,7 @@ def test_a_second_signal_while_the_work_stops_is_absorbed(signals_handled):
 
 def test_a_job_in_a_worker_stops_when_the_sweep_ends_its_trial(signals_handled):
     """What a joblib worker does when the sweeping process told its trial FAIL: the job is interrupted."""
-    from mnist_exp import sweep_worker
+    from mnist_exp.multirun import sweep_worker
 
     trial_ended = threading.Event()
     with pytest.raises(KeyboardInterrupt), sweep_worker.watched_job(os.getppid(), trial_ended.is_set):

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_exp import experiment, predict, runs
+from mnist_exp import experiment
+from mnist_exp.commands import predict, runs
 from mnist_exp.data import load_dataset
-from mnist_exp.logged_models import register_champion
-from mnist_exp.store import tracking_uri
+from mnist_exp.tracking.logged_models import register_champion
+from mnist_exp.tracking.store import tracking_uri
 from tests.conftest import compose_cfg, free_port, wait_for_http
 
 SAMPLES = 12
@@ -311,7 +312,7 @@ def test_16_bit_and_float_pictures_are_predicted_like_8_bit_ones(trained, real_d
 
 def test_predict_says_why_a_run_has_no_model(tmp_path, capsys):
     """Not always mlflow.log_model=false: a sweep's parent logs none, a KILLED or FAILED run may have ended first."""
-    from mnist_exp import run_tags
+    from mnist_exp.tracking import run_tags
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.MlflowClient(uri)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_exp.errors import ExperimentError
-from mnist_exp.keras_backend import import_keras
-from mnist_exp.model import (
-    OPTIMIZERS,
+from mnist_exp.config import OPTIMIZERS
+from mnist_exp.system.errors import ExperimentError
+from mnist_exp.system.keras_backend import import_keras
+from mnist_exp.training.model import (
     build_cnn,
     build_mlp,
     build_model,
@@ -198,3 +198,10 @@ def test_learning_rate_schedules_over_the_whole_training():
     assert [round(float(cycle(step)), 6) for step in (0, 30, 65, 100)] == [0.0004, 0.01, 0.005, 0.0]
     optimizer = build_optimizer({"name": "adam", "lr": 0.01}, cycle)
     assert float(optimizer.learning_rate) == pytest.approx(0.0004)
+
+
+def test_every_model_the_config_accepts_is_built_and_every_built_model_is_accepted():
+    from mnist_exp.config.model_keys import MODEL_KEYS, MODEL_NAMES
+    from mnist_exp.training.model import MODELS
+
+    assert set(MODELS) == set(MODEL_NAMES) == set(MODEL_KEYS)

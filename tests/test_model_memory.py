@@ -10,11 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from mnist_exp import config, memory_limits, model_memory, sweep_job
+from mnist_exp import config
 from mnist_exp.data import Dataset
-from mnist_exp.errors import ExperimentError
-from mnist_exp.memory_limits import GIB, Budget
-from mnist_exp.model_memory import check_fits, estimate, optimizer_slots, parameter_count
+from mnist_exp.multirun import sweep_job
+from mnist_exp.system import memory_limits
+from mnist_exp.system.errors import ExperimentError
+from mnist_exp.system.memory_limits import GIB, Budget
+from mnist_exp.training import model_memory
+from mnist_exp.training.model_memory import check_fits, estimate, optimizer_slots, parameter_count
 from tests.conftest import CONF_DIR, PROJECT_ROOT, all_runs, compose_cfg, store_client, write_npz
 
 # The limit of the issue's report (`ulimit -v 8000000`, in KiB).
@@ -50,9 +53,9 @@ def mnist_sized(train: int = 60_000, test: int = 10_000) -> Dataset:
     ["model=cnn", "model.filters=[2,2,2,2,2,2]"],  # pooled down to one pixel, then no further
 ])
 def test_the_parameter_count_is_keras_own(tmp_path, model):
-    """The arithmetic follows mnist_exp.model's layers: a change there that the estimate misses fails here."""
-    from mnist_exp.keras_backend import import_keras, select_backend
-    from mnist_exp.model import build_model
+    """The arithmetic follows mnist_exp.training.model's layers: a change there that the estimate misses fails here."""
+    from mnist_exp.system.keras_backend import import_keras, select_backend
+    from mnist_exp.training.model import build_model
 
     select_backend("tensorflow")
     import_keras()
@@ -64,8 +67,8 @@ def test_the_parameter_count_is_keras_own(tmp_path, model):
 
 
 def test_every_model_has_its_arithmetic():
-    """A model added to mnist_exp.model.MODELS without its layers here would go unchecked before training."""
-    from mnist_exp.model import MODELS
+    """A model added to mnist_exp.training.model.MODELS without its layers here would go unchecked before training."""
+    from mnist_exp.training.model import MODELS
 
     assert set(model_memory.LAYERS) == set(MODELS)
 
@@ -76,8 +79,8 @@ def test_every_model_has_its_arithmetic():
     ["optimizer=adamw"],
 ])
 def test_the_optimizer_slots_are_keras_own(tmp_path, optimizer):
-    from mnist_exp.keras_backend import import_keras, select_backend
-    from mnist_exp.model import build_model, build_optimizer
+    from mnist_exp.system.keras_backend import import_keras, select_backend
+    from mnist_exp.training.model import build_model, build_optimizer
 
     select_backend("tensorflow")
     import_keras()

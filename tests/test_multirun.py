@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_exp import run_tags
-from mnist_exp.multirun import MultirunParent
-from mnist_exp.run_record import log_params
-from mnist_exp.store import connect
+from mnist_exp.multirun.parent_run import MultirunParent
+from mnist_exp.tracking import run_tags
+from mnist_exp.tracking.run_record import log_params
+from mnist_exp.tracking.store import connect
 from tests.conftest import artifact_paths
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from mnist_exp import picture_worker
+from mnist_exp.reports import picture_worker
 from tests.conftest import living, wait_until
 
 PICTURES = {"learning_curves.png", "confusion_matrix.png", "misclassified.png"}
@@ -67,7 +67,7 @@ def test_a_drawing_error_is_one_line_and_the_worker_serves_on(tmp_path, fresh_wo
 def test_the_worker_ends_when_the_process_that_started_it_is_killed():
     started = subprocess.run(
         [sys.executable, "-c", "import os, signal\n"
-         "from mnist_exp import picture_worker\n"
+         "from mnist_exp.reports import picture_worker\n"
          "picture_worker.start()\n"
          "print(picture_worker.pid(), flush=True)\n"
          "os.kill(os.getpid(), signal.SIGKILL)"],

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mnist_exp import data
-from mnist_exp.keras_backend import import_keras
-from mnist_exp.pipeline import InMemoryBatches
+from mnist_exp.system.keras_backend import import_keras
+from mnist_exp.training.pipeline import InMemoryBatches
 from tests.test_data import data_cfg
 
 import_keras()
@@ -80,7 +80,7 @@ def test_augment_moves_each_training_image_by_at_most_shift_pixels_anew_each_epo
 
 
 def test_augment_needs_square_images(dataset):
-    from mnist_exp.errors import ExperimentError
+    from mnist_exp.system.errors import ExperimentError
 
     dataset = dataclasses.replace(dataset, images=np.ascontiguousarray(dataset.images[:, :780]))
     with pytest.raises(ExperimentError, match="data.augment=1 shifts square images; these have 780 pixels"):

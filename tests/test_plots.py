@@ -6,7 +6,7 @@ import numpy as np
 from omegaconf import OmegaConf
 from PIL import Image
 
-from mnist_exp import plots
+from mnist_exp.reports import plots
 from tests.conftest import CONF_DIR
 
 # Class names as the datasets' configs give them: long ones (Fashion-MNIST) must fit the pictures too.

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from mnist_exp import processes
+from mnist_exp.system import processes
 
 
 def exited_pid() -> int:

@@ -15,8 +15,8 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from mnist_exp import sweeping
-from mnist_exp.errors import ExperimentError
+from mnist_exp.multirun import sweeping
+from mnist_exp.system.errors import ExperimentError
 from tests.conftest import (
     finish,
     free_port,
@@ -32,7 +32,7 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray"
 # Ray's token authentication, with the token in the environment of the cluster and its clients, as a user would
-# give it (a local Ray that a sweep starts gets one of its own: mnist_exp.sweeping.keep_ray_token_off_disk).
+# give it (a local Ray that a sweep starts gets one of its own: mnist_exp.multirun.sweeping.keep_ray_token_off_disk).
 RAY_TOKEN = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
 
 

@@ -20,16 +20,19 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from mnist_exp import config, experiment, store, sweeping, tables
-from mnist_exp.multirun import SweepSummary
-from mnist_exp.search import SearchResult, TrialOutcome
+from mnist_exp import config, experiment
+from mnist_exp.multirun import sweeping
+from mnist_exp.multirun.parent_run import SweepSummary
+from mnist_exp.multirun.search.search import SearchResult, TrialOutcome
+from mnist_exp.reports import tables
+from mnist_exp.tracking import store
 from tests.conftest import PROJECT_ROOT, run_cli
 
 README = PROJECT_ROOT / "README.md"
 USER_DOCS = (README, PROJECT_ROOT / "BENCHMARKS.md")
 # Where the README's transcripts say the checkout is: a neutral path, not the machine they ran on.
 CHECKOUT = Path("/home/you/mnist-exp")
-# MLflow's status for each state a table shows (mnist_exp.run_record).
+# MLflow's status for each state a table shows (mnist_exp.tracking.run_record).
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
 
 
@@ -79,7 +82,7 @@ def number(cell: str) -> float | None:
 def ui_uri(line: str) -> str:
     """The store of a `UI: mlflow ui --backend-store-uri URI` line."""
     match = re.fullmatch(r"UI: \S+ ui --backend-store-uri (\S+)", line)
-    assert match, f"not a UI line as mnist_exp.store.ui_command prints it: {line!r}"
+    assert match, f"not a UI line as mnist_exp.tracking.store.ui_command prints it: {line!r}"
     return shlex.split(match[1])[0]
 
 

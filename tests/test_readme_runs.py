@@ -15,9 +15,11 @@ import shlex
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
-from mnist_exp import repeats, run_diff, run_export, run_filters, sweeping
-from mnist_exp.multirun import SweepSummary
-from mnist_exp.recorded_config import rerun_command
+from mnist_exp.commands import run_diff, run_export, run_filters
+from mnist_exp.multirun import sweeping
+from mnist_exp.multirun.parent_run import SweepSummary
+from mnist_exp.reports import repeats
+from mnist_exp.tracking.recorded_config import rerun_command
 from tests.test_readme import README, activated_environment, code_blocks, ui_uri  # noqa: F401 - a fixture
 
 

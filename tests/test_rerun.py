@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_exp import rerun, run_tags
-from mnist_exp.errors import ExperimentError
-from mnist_exp.run_record import log_config
-from mnist_exp.store import connect
+from mnist_exp.commands import rerun
+from mnist_exp.system.errors import ExperimentError
+from mnist_exp.tracking import run_tags
+from mnist_exp.tracking.run_record import log_config
+from mnist_exp.tracking.store import connect
 from tests.conftest import compose_cfg, store_client, store_uri
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -114,7 +115,7 @@ def test_a_rerun_goes_to_the_store_it_was_read_from(make_cfg, tmp_path):
     run_id = recorded_run(cfg)
     (tmp_path / "copy").mkdir()
     shutil.copy(tmp_path / "runs" / "mlflow.db", tmp_path / "copy" / "mlflow.db")
-    from mnist_exp.store import tracking_uri
+    from mnist_exp.tracking.store import tracking_uri
 
     rerun_cfg, _ = rerun.prepare(run_id, store_uri(tmp_path / "copy"), [])
     assert tracking_uri(rerun_cfg) == store_uri(tmp_path / "copy")
@@ -254,7 +255,7 @@ def test_a_recorded_config_that_a_run_cannot_have_written_is_one_line(make_cfg, 
 
 
 def test_a_deleted_run_is_not_rerun_and_show_offers_no_rerun_where_it_cannot_work(make_cfg, tmp_path, capsys):
-    from mnist_exp import runs
+    from mnist_exp.commands import runs
 
     cfg = make_cfg("data=mnist_sample")
     uri = store_uri(tmp_path / "runs")

@@ -11,9 +11,11 @@ import sys
 
 import pytest
 
-from mnist_exp import config, run_tags, runs
-from mnist_exp.run_record import log_config, log_params
-from mnist_exp.store import connect
+from mnist_exp import config
+from mnist_exp.commands import runs
+from mnist_exp.tracking import run_tags
+from mnist_exp.tracking.run_record import log_config, log_params
+from mnist_exp.tracking.store import connect
 from tests.conftest import PROJECT_ROOT, compose_cfg
 from tests.test_failing_stores import tracking_server  # noqa: F401 - a fixture
 

@@ -15,12 +15,16 @@ import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from mnist_exp import config, interrupts, processes, search, store, sweeping, trial_reaper
-from mnist_exp.errors import ExperimentError, RunPruned
-from mnist_exp.job_context import JobOutcome, StudyLink
-from mnist_exp.search_checks import check_settings, check_space
-from mnist_exp.search_space import make_sampler, make_storage, suggest_overrides
-from mnist_exp.trial_reporter import TrialReporter
+from mnist_exp import config
+from mnist_exp.multirun import sweeping
+from mnist_exp.multirun.job_context import JobOutcome, StudyLink
+from mnist_exp.multirun.search import search, trial_reaper
+from mnist_exp.multirun.search.search_checks import check_settings, check_space
+from mnist_exp.multirun.search.search_space import make_sampler, make_storage, suggest_overrides
+from mnist_exp.multirun.search.trial_reporter import TrialReporter
+from mnist_exp.system import interrupts, processes
+from mnist_exp.system.errors import ExperimentError, RunPruned
+from mnist_exp.tracking import store
 from tests.conftest import compose_cfg
 
 SPACE = {
@@ -406,7 +410,7 @@ def test_an_interrupt_at_any_moment_leaves_no_running_trial_and_a_rerun_complete
 def test_each_launcher_config_is_recognised(launcher, kind):
     from hydra import compose, initialize_config_dir
 
-    from mnist_exp import sweeping
+    from mnist_exp.multirun import sweeping
     from tests.conftest import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from mnist_exp.job_context import INTERRUPTED_REASON, JobOutcome
-from mnist_exp.search_baseline import BASELINE_ATTR, baseline_params
-from mnist_exp.search_result import SearchResult, TrialOutcome
+from mnist_exp.multirun.job_context import INTERRUPTED_REASON, JobOutcome
+from mnist_exp.multirun.search.search_baseline import BASELINE_ATTR, baseline_params
+from mnist_exp.multirun.search.search_result import SearchResult, TrialOutcome
 from tests.conftest import compose_cfg
 from tests.test_search import completing, load_trials, make_search
 
@@ -51,7 +51,7 @@ def test_a_baseline_has_only_the_parameters_of_the_model_it_chose(tmp_path):
 
 
 def test_the_models_preset_searches_either_model_from_either_baseline(tmp_path):
-    from mnist_exp.search_checks import check_settings
+    from mnist_exp.multirun.search.search_checks import check_settings
 
     for model, own in (("mlp", "model.hidden_units.width_1"), ("cnn", "model.filters.width_2")):
         cfg = compose_cfg(tmp_path / "runs", "hparams_search=models", f"model={model}", with_hydra=True)

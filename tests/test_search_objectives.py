@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_exp import config, tables
-from mnist_exp.errors import ExperimentError
-from mnist_exp.job_context import JobOutcome
+from mnist_exp import config
+from mnist_exp.multirun.job_context import JobOutcome
+from mnist_exp.reports import tables
+from mnist_exp.system.errors import ExperimentError
 from tests.test_search import make_search
 
 OBJECTIVES = {"val_accuracy": "maximize", "parameters": "minimize"}

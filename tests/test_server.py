@@ -21,7 +21,7 @@ from unittest import mock
 
 import pytest
 
-from mnist_exp.logged_models import register_champion
+from mnist_exp.tracking.logged_models import register_champion
 from tests.conftest import (
     PROJECT_ROOT,
     all_runs,

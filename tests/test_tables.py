@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from mnist_exp import run_filters, tables
-from mnist_exp.multirun import SweepSummary
+from mnist_exp.commands import run_filters
+from mnist_exp.multirun.parent_run import SweepSummary
+from mnist_exp.reports import tables
 
 
 def row(run_id, state, val_accuracy=None, val_loss=None, status="FINISHED", **extra):
@@ -44,7 +45,7 @@ def test_columns_line_up_and_scores_have_four_decimals():
 
 
 def test_sweep_search_and_runs_tables_say_which_model_each_row_is():
-    from mnist_exp.search_result import TrialOutcome
+    from mnist_exp.multirun.search.search_result import TrialOutcome
 
     sweep = tables.sweep_table([row("a" * 32, "COMPLETE", 0.9, **{"params.model.name": "cnn"}),
                                 row("b" * 32, "FAIL")])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mnist_exp import workarounds
-from mnist_exp.errors import ExperimentError
+from mnist_exp.system import workarounds
+from mnist_exp.system.errors import ExperimentError
 
 
 def test_the_keras_input_example_folder_is_created_first(tmp_path, monkeypatch):
@@ -141,8 +141,8 @@ def log_tiny_model(tmp_path):
 
     import mlflow
 
-    from mnist_exp.logged_models import log_keras_model
-    from mnist_exp.model import build_mlp
+    from mnist_exp.tracking.logged_models import log_keras_model
+    from mnist_exp.training.model import build_mlp
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,4 +1,4 @@
-"""Adapts mnist_exp.search.Search to Hydra's Sweeper interface; the search itself lives there."""
+"""Adapts mnist_exp.multirun.search.search.Search to Hydra's Sweeper interface; the search itself lives there."""
 
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ class OptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from mnist_exp import sweeping
-        from mnist_exp.errors import ExperimentError, exit_with
-        from mnist_exp.job_context import JobContext, StudyLink, thread_overrides
-        from mnist_exp.plots import search_plots
-        from mnist_exp.search import TrialJob
-        from mnist_exp.store import check_store_access
+        from mnist_exp.multirun import sweeping
+        from mnist_exp.multirun.job_context import JobContext, StudyLink, thread_overrides
+        from mnist_exp.multirun.search.search import TrialJob
+        from mnist_exp.multirun.search.search_plots import search_plots
+        from mnist_exp.system.errors import ExperimentError, exit_with
+        from mnist_exp.tracking.store import check_store_access
 
         assert self.config is not None and self.launcher is not None
         try:
@@ -77,12 +77,13 @@ class OptunaSweeper(Sweeper):
         return result
 
     def _search(self, arguments: list[str]):
-        from mnist_exp import config, sweeping
-        from mnist_exp.errors import ExperimentError
-        from mnist_exp.search import Search
-        from mnist_exp.search_baseline import baseline_params
-        from mnist_exp.search_checks import check_settings
-        from mnist_exp.search_space import storage_url
+        from mnist_exp import config
+        from mnist_exp.multirun import sweeping
+        from mnist_exp.multirun.search.search import Search
+        from mnist_exp.multirun.search.search_baseline import baseline_params
+        from mnist_exp.multirun.search.search_checks import check_settings
+        from mnist_exp.multirun.search.search_space import storage_url
+        from mnist_exp.system.errors import ExperimentError
 
         parsed = OverridesParser.create().parse_overrides(arguments)
         for override in parsed:
@@ -133,7 +134,7 @@ def _check_keys_of_chosen_groups(overrides, space, choices) -> None:
     model) must exist in every option of that group: Hydra applies it to whichever option a trial draws, and
     fails the trials of an option without it."""
     from mnist_exp.config import PROJECT_ROOT
-    from mnist_exp.errors import ExperimentError
+    from mnist_exp.system.errors import ExperimentError
 
     chosen = {name: spec.get("choices") or [] for name, spec in space.items()
               if spec.get("type") == "categorical" and name in choices}

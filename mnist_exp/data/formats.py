@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_exp.errors import ExperimentError
+from mnist_exp.system.errors import ExperimentError
 
 IMAGE_SHAPE = (28, 28)
 NUM_CLASSES = 10

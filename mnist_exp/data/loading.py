@@ -23,7 +23,7 @@ import numpy as np
 from mnist_exp.data.formats import RawData
 from mnist_exp.data.memory import aligned, flatten
 from mnist_exp.data.sources import Loader, OfflineError, load_mnist_sample
-from mnist_exp.errors import ExperimentError
+from mnist_exp.system.errors import ExperimentError
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from mnist_exp.data.cache import cached
 from mnist_exp.data.formats import IDX_FILES, RawData, check_arrays, decode_idx_folder, decode_npz, decode_sample_csv
-from mnist_exp.errors import ExperimentError
-from mnist_exp.keras_backend import import_keras
-from mnist_exp.net import can_connect
+from mnist_exp.system.errors import ExperimentError
+from mnist_exp.system.keras_backend import import_keras
+from mnist_exp.system.net import can_connect
 
 # (files at data.path or None, folder for decoded copies or None) -> the decoded arrays.
 Loader = Callable[[Path | None, Path | None], RawData]

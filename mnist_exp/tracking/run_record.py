@@ -1,0 +1,297 @@
+"""One training run in MLflow: opened beside training, fed every epoch, closed with a final state.
+
+A run ends FINISHED, FAILED (reason in the mnist_exp.failure tag) or KILLED, never RUNNING; its
+mnist_exp.state tag says COMPLETE, PRUNED, FAIL or KILLED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnist_exp import config
+from mnist_exp.data import Dataset
+from mnist_exp.system import interrupts
+from mnist_exp.system.errors import ExperimentError, RunPruned, StoreFailed
+from mnist_exp.system.processes import owner
+from mnist_exp.system.redaction import mask
+from mnist_exp.tracking import run_tags
+from mnist_exp.tracking.run_reaper import kill_abandoned_runs
+from mnist_exp.tracking.store import Store, connect, sqlite_store_lock, store_writes, tracking_uri
+
+log = logging.getLogger(__name__)
+MAX_PARAM_LENGTH = 6000
+PARAMS_PER_REQUEST = 100
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run is part of: its parent run (a sweep's), extra tags, and who else watches its epochs."""
+
+    parent_run_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # Called after each epoch is recorded, with (epoch from 1, metrics); may raise RunPruned.
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None
+
+
+@dataclass
+class RunRecorder:
+    """Writes one run's epochs and results; handed to training as its per-epoch hook.
+
+    The run is opened in a background thread (MLflow's store is slow to start) while training
+    begins; the first call that needs the run waits for it.
+    """
+
+    uri: str
+    store: Store | None = None
+    run_id: str | None = None
+    epochs_logged: int = 0
+    saving_model: bool = False  # log_model began: a run ending otherwise than FINISHED fails what it left PENDING
+    _opening: threading.Thread | None = None
+    _open_error: BaseException | None = None
+    _unwritten_size: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def client(self):
+        return self.store.client if self.store is not None else None
+
+    def wait_until_open(self) -> None:
+        if self._opening is not None:
+            self._opening.join()
+            self._opening = None
+        if self._open_error is not None:
+            error, self._open_error = self._open_error, None
+            raise error
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.wait_until_open()
+        self._log_metrics(metrics, step=epoch)
+        self.epochs_logged = epoch
+        interrupts.check()
+
+    def log_model_size(self, size: Mapping[str, float]) -> None:
+        """The model's size at step 0, sent with the run's next write (the first epoch's, else the ending's):
+        waiting here for the run to open would hold training back."""
+        self._unwritten_size = dict(size)
+
+    def log_final(self, metrics: Mapping[str, float]) -> None:
+        """Test and final validation scores, at the step of the last epoch."""
+        self.wait_until_open()
+        self._log_metrics({
+            "test_loss": metrics["test_loss"],
+            "test_accuracy": metrics["test_accuracy"],
+            # Scores of the model that was kept (the best epoch when early stopping restored it).
+            "final_val_loss": metrics["val_loss"],
+            "final_val_accuracy": metrics["val_accuracy"],
+            "train_seconds": metrics["train_seconds"],
+            "epochs_completed": metrics["epochs_completed"],
+        }, step=self.epochs_logged)
+
+    def log_model(self, model: Any, dataset: Dataset) -> str:
+        """The Keras model as this run's logged model; returns its URI."""
+        from mnist_exp.tracking.logged_models import log_keras_model
+
+        self.wait_until_open()
+        self.saving_model = True
+        with store_writes(self.uri, f"saving the model of run {self.run_id}"):
+            try:
+                return log_keras_model(self.run_id, model, dataset)
+            except OSError as error:  # a full disk, a read-only or vanished artifact folder
+                location = self.client.get_run(self.run_id).info.artifact_uri
+                raise ExperimentError(
+                    f"cannot save the model of run {self.run_id} in {location}: {error.strerror or error}"
+                ) from None
+
+    def log_artifacts(self, folder: Path, artifact_path: str) -> None:
+        self.wait_until_open()
+        self.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def _log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        points = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        # Whole or not at all: Ctrl-C or SIGTERM inside SQLAlchemy's commit can leave SQLite locked by this very
+        # process, and the write that records the run KILLED then fails on that lock (the run stays RUNNING).
+        with interrupts.deferred(), \
+                store_writes(self.uri, f"recording run {self.run_id} (epochs recorded: {self.epochs_logged})"):
+            self.client.log_batch(self.run_id, metrics=self._size_points() + points)
+            self._unwritten_size = {}  # before a deferred interrupt is raised: end() must not write it again
+
+    def _size_points(self) -> list:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        return [Metric(key, float(value), now, 0) for key, value in self._unwritten_size.items()]
+
+    def end(self, status: str, tags: Mapping[str, str], another_error: bool) -> None:
+        """The run's last tags and its final status. A store failing here while `another_error` is on its way
+        leaves that error to be reported; the run stays RUNNING until the next start marks it KILLED."""
+        from mlflow.entities import RunTag
+
+        if self._opening is not None:
+            self._opening.join()
+        if self.run_id is None:
+            return
+        try:
+            # One request for the tags (and the model's size when no epoch took it along): against a failing
+            # store, every request costs a round of retries.
+            with store_writes(self.uri, f"ending run {self.run_id}"):
+                ending = [RunTag(key, mask(value)[:run_tags.MAX_TAG_LENGTH]) for key, value in tags.items()]
+                self.client.log_batch(self.run_id, metrics=self._size_points(), tags=ending)
+                if self.saving_model and status != "FINISHED":
+                    # MLflow fails the model it was writing on an Exception only: Ctrl-C or SIGTERM left it PENDING.
+                    from mnist_exp.tracking.logged_models import fail_unfinished_models
+
+                    fail_unfinished_models(self.client, self.store.experiment_id, self.run_id)
+                self.client.set_terminated(self.run_id, status)
+        except StoreFailed:
+            if not another_error:
+                raise
+
+
+@contextlib.contextmanager
+def record_run(
+    cfg: DictConfig, dataset: Dataset, overrides: Sequence[str] = (), context: RunContext | None = None
+) -> Iterator[RunRecorder]:
+    """One MLflow run around a training job, never left RUNNING."""
+    tags = _job_tags(overrides, context or RunContext())
+    if dataset.fallback_reason:
+        tags[run_tags.FALLBACK_TAG] = dataset.fallback_reason
+    recorder = RunRecorder(uri=tracking_uri(cfg))
+
+    def open_run() -> None:
+        try:
+            store = connect(cfg)
+            with store_writes(store.uri, "starting the run"):
+                kill_abandoned_runs(store)
+                run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
+                recorder.store, recorder.run_id = store, run.info.run_id
+                _log_inputs(store, run.info.run_id, cfg, dataset, overrides)
+        except BaseException as error:  # handed to the main thread by wait_until_open
+            recorder._open_error = error
+
+    recorder._opening = threading.Thread(target=open_run, name="open-mlflow-run", daemon=True)
+    recorder._opening.start()
+    status, state, ending_tags = "KILLED", "KILLED", {}
+    try:
+        yield recorder
+        recorder.wait_until_open()
+        status, state = "FINISHED", "COMPLETE"
+    except RunPruned as pruned:
+        status, state = "FINISHED", "PRUNED"
+        ending_tags[run_tags.PRUNED_TAG] = str(pruned)
+        raise
+    except Exception as error:
+        status, state = "FAILED", "FAIL"
+        ending_tags[run_tags.FAILURE_TAG] = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        # KeyboardInterrupt and SystemExit land here as KILLED. The closing writes are not interrupted.
+        with interrupts.deferred():
+            another_error = sys.exc_info()[1] is not None
+            recorder.end(status, {**ending_tags, run_tags.STATE_TAG: state}, another_error)
+
+
+def record_failed_job(cfg: DictConfig, overrides: Sequence[str], context: RunContext, error: Exception) -> None:
+    """A FAILED child for a sweep job that stopped before training (bad value, bad data file)."""
+    try:
+        store = connect(cfg)
+    except ExperimentError:
+        return  # the store itself is the problem; the job's error line says so
+    tags = {
+        **_job_tags(overrides, context),
+        run_tags.FAILURE_TAG: f"{type(error).__name__}: {error}"[:run_tags.MAX_TAG_LENGTH],
+        run_tags.STATE_TAG: "FAIL",
+    }
+    run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
+    log_params(store.client, run.info.run_id, config.flatten(cfg))
+    store.client.set_terminated(run.info.run_id, "FAILED")
+
+
+def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    """Params as MLflow stores them: strings of limited length, a limited number per request."""
+    from mlflow.entities import Param
+
+    items = [Param(key, mask(_param_value(value))[:MAX_PARAM_LENGTH]) for key, value in params.items()]
+    for start in range(0, len(items), PARAMS_PER_REQUEST):
+        client.log_batch(run_id, params=items[start:start + PARAMS_PER_REQUEST])
+
+
+def log_config(client, run_id: str, cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """config.yaml (the composed config) and overrides.txt, as artifacts of the run."""
+    client.log_text(run_id, mask(OmegaConf.to_yaml(OmegaConf.create(config.plain(cfg)))), "config.yaml")
+    client.log_text(run_id, mask("\n".join(overrides) + "\n"), "overrides.txt")
+
+
+def _log_inputs(store: Store, run_id: str, cfg: DictConfig, dataset: Dataset, overrides: Sequence[str]) -> None:
+    params: dict[str, Any] = config.flatten(cfg)
+    params.update({
+        "dataset.name": dataset.name,
+        "dataset.source": dataset.source,
+        "dataset.digest": dataset.digest,
+        "dataset.train_examples": str(dataset.sizes["train"]),
+        "dataset.val_examples": str(dataset.sizes["val"]),
+        "dataset.test_examples": str(dataset.sizes["test"]),
+        "dataset.fallback": "true" if dataset.fallback_reason else "false",
+    })
+    log_params(store.client, run_id, params)
+    log_config(store.client, run_id, cfg, overrides)
+    with sqlite_store_lock(store.uri):
+        _log_dataset(store.client, run_id, dataset)
+
+
+def _log_dataset(client, run_id: str, dataset: Dataset) -> None:
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from mnist_exp.system.workarounds import dataset_input_entity
+
+    inputs = []
+    for context, images, labels in (
+        ("train", dataset.x_train, dataset.y_train),
+        ("validation", dataset.x_val, dataset.y_val),
+        ("test", dataset.x_test, dataset.y_test),
+    ):
+        with warnings.catch_warnings():
+            # MLflow registers the local-file source under two schemes and warns that both match.
+            warnings.simplefilter("ignore", UserWarning)
+            entity = dataset_input_entity(mlflow.data.from_numpy(
+                images, targets=labels, source=dataset.source, name=dataset.name,
+                digest=dataset.split_digests[context],
+            ))
+        if entity is None:
+            return
+        inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def _job_tags(overrides: Sequence[str], context: RunContext) -> dict[str, str]:
+    """The tags every job's run starts with: overrides, owner, source, git, parent."""
+    tags = {
+        run_tags.OVERRIDES_TAG: mask(" ".join(overrides)),
+        run_tags.OWNER_TAG: owner(),
+        "mlflow.source.name": "python -m mnist_exp",
+        "mlflow.source.type": "LOCAL",
+        **run_tags.source_tags(),
+        **context.tags,
+    }
+    if context.parent_run_id:
+        tags["mlflow.parentRunId"] = context.parent_run_id
+    return tags
+
+
+def _param_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (bool, list, type(None))) else str(value)
