@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from mnist_exp.data import load_dataset
+from mnist_exp.training.train import train_and_evaluate
 
-from mnist_exp.data import load_dataset  # noqa: E402
-from mnist_exp.training.train import train_and_evaluate  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 HIDDEN = 512
 CLASSES = 10
@@ -53,7 +51,7 @@ def product_model(overrides: list[str]):
     (mnist_exp.training.train's backend preparation and model), for benchmarks that drive fit() themselves."""
     from hydra import compose, initialize_config_dir
 
-    from mnist_exp.config import runs_dir
+    from mnist_exp.config.paths import runs_dir
     from mnist_exp.training.pipeline import InMemoryBatches
     from mnist_exp.training.train import compiled_model, prepared_backend
 

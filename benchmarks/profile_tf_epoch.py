@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# A sibling script: `python benchmarks/profile_tf_epoch.py` puts this folder first on sys.path.
+from bench_training import gemm_rate, product_model, training_flops
 
-from benchmarks.bench_training import gemm_rate, product_model, training_flops  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 GROUPS = (  # (substring of the op type, group), first match wins; anything else is "other"
     ("MatMul", "matrix multiply"), ("SoftmaxCrossEntropy", "loss"), ("LogSoftmax", "loss"),

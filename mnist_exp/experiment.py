@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mnist_exp import config
+from mnist_exp.config import paths
 from mnist_exp.data import Dataset, load_dataset, with_training_subset
 from mnist_exp.system import interrupts
 from mnist_exp.system.errors import ExperimentError, out_of_memory_is_a_failure
@@ -59,7 +60,7 @@ def _validated_data(cfg: DictConfig, overrides: Sequence[str], context: RunConte
     try:
         config.validate(cfg)
         check_store(cfg)
-        dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=config.runs_dir(cfg) / "cache")
+        dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=paths.runs_dir(cfg) / "cache")
         if cfg.train_subset is not None:
             dataset = with_training_subset(dataset, cfg.train_subset, cfg.seed)
         # Before TensorFlow loads: a model far too large for this process fails here in one line, not mid-build.

@@ -8,11 +8,26 @@ import sys
 import pytest
 
 from mnist_exp import config
+from mnist_exp.config import paths
 from mnist_exp.system.errors import ExperimentError
 from tests.conftest import CONF_DIR, PROJECT_ROOT
 
 SHIPPED_OPTIMIZERS = sorted(path.stem for path in (CONF_DIR / "optimizer").glob("*.yaml"))
 SHIPPED_DATASETS = sorted(path.stem for path in (CONF_DIR / "data").glob("*.yaml"))
+
+
+def test_the_defaults_list_names_every_option_of_each_group_it_lists():
+    import re
+
+    named = {}
+    for line in (CONF_DIR / "config.yaml").read_text().splitlines():
+        # - group: default   # [-m] group=a|b|c   (...)
+        found = re.match(r"\s*- (\w+): \w+\s+#.*?\b\1=([\w|]+)", line)
+        if found:
+            named[found[1]] = set(found[2].split("|"))
+    assert set(named) == {"optimizer", "model", "data", "experiment", "hparams_search", "debug"}
+    for group, options in named.items():
+        assert options == {path.stem for path in (CONF_DIR / group).glob("*.yaml")}, group
 
 
 def test_defaults_are_the_classic_keras_mnist_mlp(make_cfg):
@@ -202,8 +217,8 @@ def test_fallback_only_for_mnist(make_cfg):
 
 def test_relative_runs_dir_is_taken_from_the_project_root(make_cfg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert config.runs_dir(make_cfg("runs_dir=runs")) == config.PROJECT_ROOT / "runs"
-    assert config.runs_dir(make_cfg(f"runs_dir={tmp_path}/x")) == tmp_path / "x"
+    assert paths.runs_dir(make_cfg("runs_dir=runs")) == paths.PROJECT_ROOT / "runs"
+    assert paths.runs_dir(make_cfg(f"runs_dir={tmp_path}/x")) == tmp_path / "x"
 
 
 def test_performance_knobs_validate(make_cfg):

@@ -68,16 +68,17 @@ class OptunaSweeper(Sweeper):
                 result = search.run(arguments, launch, concurrent=kind != sweeping.IN_PROCESS)
             except ExperimentError as error:
                 exit_with(str(error))
-            from mnist_exp import config
+            from mnist_exp.config import paths
 
             retrain = result.retrain_command(parent.store.uri, self.config.data.path)
-            plots = search_plots(result, config.runs_dir(self.config) / "optuna" / result.study_name)
+            plots = search_plots(result, paths.runs_dir(self.config) / "optuna" / result.study_name)
             summary = parent.close_search(result, plots, retrain)
         sweeping.report_search(parent, result, summary, retrain)
         return result
 
     def _search(self, arguments: list[str]):
         from mnist_exp import config
+        from mnist_exp.config import paths
         from mnist_exp.multirun import sweeping
         from mnist_exp.multirun.search.search import Search
         from mnist_exp.multirun.search.search_baseline import baseline_params
@@ -114,7 +115,7 @@ class OptunaSweeper(Sweeper):
             )
         storage = storage_url(s.get("storage"), self.config)
         if storage.startswith("sqlite:///"):
-            config.runs_dir(self.config).mkdir(parents=True, exist_ok=True)
+            paths.runs_dir(self.config).mkdir(parents=True, exist_ok=True)
         space = s.get("search_space") or {}
         baseline = None
         if s.get("enqueue_baseline", True):
@@ -133,7 +134,7 @@ def _check_keys_of_chosen_groups(overrides, space, choices) -> None:
     """A key set on the command line under a group the search chooses (model.filters while the space chooses
     model) must exist in every option of that group: Hydra applies it to whichever option a trial draws, and
     fails the trials of an option without it."""
-    from mnist_exp.config import PROJECT_ROOT
+    from mnist_exp.config.paths import PROJECT_ROOT
     from mnist_exp.system.errors import ExperimentError
 
     chosen = {name: spec.get("choices") or [] for name, spec in space.items()

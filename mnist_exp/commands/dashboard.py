@@ -10,18 +10,17 @@ dashboard started shares), or else wsgiref without catching Ctrl-C, which ends i
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import NoReturn
 from urllib.parse import urlparse
 
+from mnist_exp.commands.arguments import OneLineParser
 from mnist_exp.config.config_checks import integer
+from mnist_exp.config.paths import sqlite_file
 from mnist_exp.multirun.search.search_space import default_storage_url
 from mnist_exp.system.credentials import connection_url, take_password
-from mnist_exp.system.errors import ExperimentError, exit_with, report, root_cause
+from mnist_exp.system.errors import ExperimentError, report, root_cause
 from mnist_exp.system.net import CONNECT_TIMEOUT_S
 from mnist_exp.system.redaction import mask
 
@@ -31,15 +30,8 @@ DEFAULT_PORT = 8080  # optuna-dashboard's own default; not the MLflow UI's 5000,
 SEARCH_COMMAND = "python -m mnist_exp -m hparams_search=optuna"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's one-line errors (exit 2), not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        exit_with(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="python -m mnist_exp.dashboard", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser = OneLineParser(prog="python -m mnist_exp.dashboard", description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="(default: %(default)s)")
     parser.add_argument("--storage", metavar="URL",
                         help="an Optuna storage (default: the one searches write to, sqlite:///<runs_dir>/optuna.db)")
@@ -68,7 +60,8 @@ def checked_storage(url: str) -> str:
     if not scheme:
         raise ExperimentError(f"--storage {mask(url)} is invalid: expected a URL, e.g. sqlite:///runs/optuna.db "
                               "or postgresql://user@host/optuna")
-    if scheme == "sqlite" and not Path(url.removeprefix("sqlite:///")).is_file():
+    database = sqlite_file(url)
+    if database is not None and not database.is_file():
         raise ExperimentError(f"no study storage at {mask(url)}; run a search first: {SEARCH_COMMAND}")
     return url
 

@@ -8,18 +8,18 @@ same machine and the same code, it reproduces the run's per-epoch metrics.
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import config
-from mnist_exp.system.errors import BAD_INPUT, INTERRUPTED, ExperimentError, exit_with, first_line, report
+from mnist_exp.commands.arguments import OneLineParser
+from mnist_exp.config import paths
+from mnist_exp.system.errors import BAD_INPUT, INTERRUPTED, ExperimentError, first_line, report
 from mnist_exp.system.redaction import mask
 from mnist_exp.tracking import recorded_config, run_tags
 from mnist_exp.tracking.store import reading_uri
@@ -29,15 +29,9 @@ GROUPS = ("optimizer", "model", "data", "mlflow")  # the config groups whose opt
 KEYS_ADDED_LATER = {"repeats": 1, "lr_schedule": "constant", "label_smoothing": 0.0, "data.augment": 0}
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's one-line errors (exit 2), not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        exit_with(f"{message} (usage: {self.prog} RUN [OVERRIDE ...] [--tracking-uri URI] [--trust-loader M:F])")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="python -m mnist_exp.rerun", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m mnist_exp.rerun", description=__doc__.splitlines()[0],
+                           usage_hint="RUN [OVERRIDE ...] [--tracking-uri URI] [--trust-loader M:F]")
     parser.add_argument("run", metavar="RUN", help="the id of the MLflow run to train again")
     parser.add_argument("overrides", nargs="*", metavar="OVERRIDE", help="changes to its config, e.g. epochs=10")
     parser.add_argument("--tracking-uri", default=reading_uri(), help="the MLflow store (default: %(default)s)")
@@ -159,7 +153,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 
 def _group_option(group: str, option: object) -> DictConfig:
-    folder = config.PROJECT_ROOT / "conf" / group
+    folder = paths.PROJECT_ROOT / "conf" / group
     options = sorted(path.stem for path in folder.glob("*.yaml"))
     if option not in options:
         raise ExperimentError(f"{group}/{option} does not exist; choose {group} from: {', '.join(options)}")

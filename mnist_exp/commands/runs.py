@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
-from mnist_exp.system.errors import ExperimentError, exit_with, report
+from mnist_exp.commands.arguments import OneLineParser
+from mnist_exp.system.errors import ExperimentError, report
 
 DEFAULT_LIMIT = 20
 COMMANDS = ("show", "diff", "list")
@@ -23,13 +23,6 @@ tags. in front picks one. OP: = != < <= > >= ~ (contains). Values are read as JS
 other commands (options may stand before or after the command; `list` is this one):
   python -m mnist_exp.runs show RUN            a run's config, final metrics, state, dataset, model, rerun command
   python -m mnist_exp.runs diff RUN RUN [...]  only the config keys and final metrics that differ"""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's one-line errors (exit 2), not a usage block."""
-
-    def error(self, message: str) -> NoReturn:
-        exit_with(message)
 
 
 def _store_option(parser: argparse.ArgumentParser) -> None:
@@ -64,8 +57,8 @@ def _command(argv: list[str]) -> tuple[str, list[str]]:
 def list_runs(argv: Sequence[str]) -> int:
     from mnist_exp.commands.run_export import FORMATS
 
-    parser = _Parser(prog="python -m mnist_exp.runs", description=LIST_DESCRIPTION, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m mnist_exp.runs", description=LIST_DESCRIPTION, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--where", action="append", default=[], metavar="KEY_OP_VALUE",
                         help="only runs where this holds, e.g. optimizer.name=sgd 'val_accuracy>0.9' (repeatable)")
     parser.add_argument("--sort", metavar="KEYS", help="order by these comma-separated keys; -KEY descending")
@@ -154,8 +147,8 @@ def _print_groups(rows, limit: int | None, output: str) -> int:
 
 
 def show(argv: Sequence[str]) -> int:
-    parser = _Parser(prog="python -m mnist_exp.runs show",
-                     description="A run's config, final metrics, state, dataset, model URI and rerun command.")
+    parser = OneLineParser(prog="python -m mnist_exp.runs show",
+                           description="A run's config, final metrics, state, dataset, model URI and rerun command.")
     parser.add_argument("run", help="the run id")
     _store_option(parser)
     args = parser.parse_args(argv)
@@ -170,8 +163,8 @@ def show(argv: Sequence[str]) -> int:
 
 
 def diff(argv: Sequence[str]) -> int:
-    parser = _Parser(prog="python -m mnist_exp.runs diff",
-                     description="The config keys, dataset digest and final metrics that differ between runs.")
+    parser = OneLineParser(prog="python -m mnist_exp.runs diff",
+                           description="The config keys, dataset digest and final metrics that differ between runs.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="two or more run ids")
     _store_option(parser)
     args = parser.parse_args(argv)

@@ -11,7 +11,6 @@ import importlib.util
 import math
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -21,8 +20,6 @@ from mnist_exp.config.config_checks import Check, boolean, integer, number, one_
 from mnist_exp.config.model_keys import MODEL_KEYS
 from mnist_exp.config.module_lookup import module_found
 from mnist_exp.system.errors import ExperimentError
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # The optimizers a conf/optimizer/*.yaml can name (its `name:`), each with its keras.optimizers class:
 # a new optimizer is a YAML file, plus a line here when Keras has it and it is not listed yet.
@@ -222,12 +219,6 @@ def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
 def flatten(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Every leaf of the config under a dotted key, e.g. {'optimizer.lr': 0.001, 'model.hidden_units': [512]}."""
     return dict(_leaves(plain(cfg)))
-
-
-def runs_dir(cfg: DictConfig | Mapping[str, Any]) -> Path:
-    """The folder every run writes into; a relative `runs_dir` is taken from the project root."""
-    path = Path(cfg["runs_dir"]).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 def direction(metric: str) -> str:

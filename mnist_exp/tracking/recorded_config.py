@@ -18,7 +18,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import config
+from mnist_exp.config import paths
+from mnist_exp.config.paths import default_runs_dir, sqlite_file
 from mnist_exp.system.errors import ExperimentError
 
 # A recorded config is ~2 kB; anything near these limits was not written by a run.
@@ -106,10 +107,9 @@ def take_machine_keys_from(cfg: DictConfig, store_uri: str, chosen: Iterable[str
 
     chosen = set(chosen)
     if "runs_dir" not in chosen:
-        default_runs_dir = OmegaConf.load(config.PROJECT_ROOT / "conf" / "config.yaml").runs_dir
-        local = store_uri.removeprefix("sqlite:///")
-        in_store_folder = store_uri.startswith("sqlite:///") and Path(local).name == STORE_FILE
-        cfg.runs_dir = str(Path(local).parent) if in_store_folder and store_uri != default_uri() else default_runs_dir
+        database = sqlite_file(store_uri)
+        in_store_folder = database is not None and database.name == STORE_FILE
+        cfg.runs_dir = str(database.parent) if in_store_folder and store_uri != default_uri() else default_runs_dir()
     if not chosen & {"mlflow", "mlflow.tracking_uri"} and isinstance(cfg.get("mlflow"), DictConfig):
         cfg.mlflow.tracking_uri = None
         if tracking_uri(cfg) != store_uri:
@@ -129,7 +129,7 @@ def trusted_loaders(extra: Iterable[str] = ()) -> set[str]:
     """The loaders this checkout's conf/data/*.yaml name (the shipped ones and the user's own datasets),
     and `extra` (those the user trusts on the command line)."""
     loaders = set(extra)
-    for path in sorted((config.PROJECT_ROOT / "conf" / "data").glob("*.yaml")):
+    for path in sorted((paths.PROJECT_ROOT / "conf" / "data").glob("*.yaml")):
         loader = OmegaConf.load(path).get("loader")
         if isinstance(loader, str):
             loaders.add(loader)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mnist_exp import config
+from mnist_exp.config import paths
 from mnist_exp.system.redaction import mask
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def source_tags() -> dict[str, str]:
     tell within seconds. Asked once per process: the code a process runs is what it imported at its start."""
     def git(*args: str) -> str:
         return subprocess.run(
-            ["git", "-C", str(config.PROJECT_ROOT), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+            ["git", "-C", str(paths.PROJECT_ROOT), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
             check=True, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},  # never write the index: read-only checkouts
         ).stdout.strip()
 

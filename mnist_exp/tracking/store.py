@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mnist_exp import config
+from mnist_exp.config import paths
+from mnist_exp.config.paths import default_runs_dir, sqlite_file
 from mnist_exp.system.credentials import connection_url, take_password
 from mnist_exp.system.errors import ExperimentError, StoreFailed, first_line, root_cause
 from mnist_exp.system.net import CONNECT_TIMEOUT_S
@@ -52,7 +54,7 @@ def tracking_uri(cfg: Mapping[str, Any]) -> str:
     """The configured URI, or SQLite at <runs_dir>/mlflow.db."""
     uri = cfg["mlflow"]["tracking_uri"]
     if not uri:
-        return f"sqlite:///{config.runs_dir(cfg) / STORE_FILE}"
+        return f"sqlite:///{paths.runs_dir(cfg) / STORE_FILE}"
     # A password written into a config file (one on the command line was taken before Hydra saw it).
     return take_password(uri, "mlflow.tracking_uri")
 
@@ -65,10 +67,7 @@ def reading_uri() -> str:
 
 def default_uri() -> str:
     """The store a run with the default config writes to."""
-    from omegaconf import OmegaConf
-
-    default_runs_dir = OmegaConf.load(config.PROJECT_ROOT / "conf" / "config.yaml").runs_dir
-    return tracking_uri({"runs_dir": default_runs_dir, "mlflow": {"tracking_uri": None}})
+    return tracking_uri({"runs_dir": default_runs_dir(), "mlflow": {"tracking_uri": None}})
 
 
 def ui_command(uri: str) -> str:
@@ -142,7 +141,8 @@ def open_store(uri: str):
         raise ExperimentError(f"--tracking-uri {uri} is invalid: expected {problem}")
     _quiet_mlflow_logging()
     reads_time_out_soon(True)
-    if urlparse(uri).scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).is_file():
+    database = sqlite_file(uri)
+    if database is not None and not database.is_file():
         raise ExperimentError(f"no MLflow store at {uri}; train a model first, or pass --tracking-uri")
     check_store_uri(uri, writing=False)
 
@@ -232,7 +232,8 @@ def store_writes(uri: str, doing: str) -> Iterator[None]:
         refusal = _tracking_server_refusal(error, uri, f"while {doing}")
         if refusal is not None:
             raise StoreFailed(str(refusal)) from None
-        gone = urlparse(uri).scheme == "sqlite" and not Path(uri.removeprefix("sqlite:///")).exists()
+        database = sqlite_file(uri)
+        gone = database is not None and not database.exists()
         raise StoreFailed(
             f"the MLflow store {uri} failed while {doing}: {root_cause(error)}{' (its file is gone)' if gone else ''}"
         ) from None
@@ -278,9 +279,9 @@ def _mark_model_development(client, experiment_id: str) -> None:
 
 def _artifact_location(experiment: str, uri: str) -> str | None:
     """Local stores keep artifacts in an 'artifacts' folder beside the database; servers decide for themselves."""
-    if urlparse(uri).scheme != "sqlite":
+    database = sqlite_file(uri)
+    if database is None:
         return None
-    database = Path(uri.removeprefix("sqlite:///"))
     return (database.parent / "artifacts" / experiment).as_uri()
 
 

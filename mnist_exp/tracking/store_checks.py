@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+from mnist_exp.config.paths import sqlite_file
 from mnist_exp.system.errors import ExperimentError
 from mnist_exp.system.net import ANSWER_TIMEOUT_S, CONNECT_TIMEOUT_S, can_connect, http_get
 
@@ -34,7 +35,7 @@ def check_store_uri(uri: str, writing: bool) -> None:
 
 
 def _check_sqlite_location(uri: str, writing: bool) -> None:
-    database = Path(uri.removeprefix("sqlite:///"))
+    database = sqlite_file(uri)
     try:
         database.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

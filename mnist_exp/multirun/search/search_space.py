@@ -118,7 +118,7 @@ def make_pruner(spec: Mapping[str, Any]):
 def storage_url(configured: str | None, cfg: Mapping[str, Any]) -> str:
     """The study storage of a search: `configured` (hydra.sweeper.storage), else SQLite at <runs_dir>/optuna.db;
     a password in it moved to the variable its driver reads (credentials.take_password)."""
-    from mnist_exp.config import runs_dir
+    from mnist_exp.config.paths import runs_dir
     from mnist_exp.system.credentials import take_password
 
     # A password written into a config file (one on the command line was taken before Hydra saw it).
@@ -129,12 +129,10 @@ def default_storage_url() -> str:
     """The study storage a search with the default config uses: what the dashboard opens unless told otherwise."""
     from omegaconf import OmegaConf
 
-    from mnist_exp.config import PROJECT_ROOT
+    from mnist_exp.config.paths import PROJECT_ROOT, default_runs_dir
 
-    conf = PROJECT_ROOT / "conf"
-    runs_dir = OmegaConf.load(conf / "config.yaml").runs_dir
-    configured = OmegaConf.load(conf / "hydra" / "sweeper" / "mnist_optuna.yaml").storage
-    return storage_url(configured, {"runs_dir": runs_dir})
+    configured = OmegaConf.load(PROJECT_ROOT / "conf" / "hydra" / "sweeper" / "mnist_optuna.yaml").storage
+    return storage_url(configured, {"runs_dir": default_runs_dir()})
 
 
 def make_storage(url: str):
