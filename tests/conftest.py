@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -364,6 +365,40 @@ def reading_timeout_forgotten():
         os.environ.pop(store.HTTP_TIMEOUT_VARIABLE, None)
     else:
         os.environ[store.HTTP_TIMEOUT_VARIABLE] = before
+
+
+# --- one empty MLflow store for the session ---------------------------------------------------------------------
+
+STORE_FILE = "mlflow.db"
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with every table made and nothing in it. A new store runs MLflow's migrations, seconds
+    each time; tests copy this one into their runs folder instead (seeded_store). Made by a process of its own, so
+    that this one imports no MLflow for it."""
+    folder = tmp_path_factory.mktemp("empty-store")
+    subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
+                    "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{folder / STORE_FILE}"],
+                   cwd=folder, check=True, capture_output=True, timeout=300)
+    return folder / STORE_FILE
+
+
+@pytest.fixture(autouse=True)
+def seeded_store(request):
+    """A test given tmp_path finds the empty store at tmp_path/runs/mlflow.db, where make_cfg and the CLI helpers'
+    usual runs_dir write; `@pytest.mark.fresh_store` leaves the folder empty, for a test about making a store or
+    about nothing being written."""
+    if "tmp_path" not in request.fixturenames or request.node.get_closest_marker("fresh_store"):
+        return
+    seed_store(request.getfixturevalue("tmp_path") / "runs", request.getfixturevalue("empty_store"))
+
+
+def seed_store(runs_dir: Path, empty: Path) -> None:
+    """Copy the empty store into `runs_dir`, unless a store is there."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    if not (runs_dir / STORE_FILE).exists():
+        shutil.copyfile(empty, runs_dir / STORE_FILE)
 
 
 @pytest.fixture(scope="session", autouse=True)

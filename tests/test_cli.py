@@ -72,6 +72,7 @@ def test_cfg_job_prints_the_composed_config(tmp_path):
         ("--experimental-rerun=/tmp/config.pickle", "error: --experimental-rerun is disabled"),
     ],
 )
+@pytest.mark.fresh_store
 def test_bad_input_is_one_line_exit_2_and_no_run(tmp_path, override, message):
     result = run_cli(override, runs_dir=tmp_path / "runs")
     assert result.returncode == 2
@@ -80,6 +81,7 @@ def test_bad_input_is_one_line_exit_2_and_no_run(tmp_path, override, message):
     assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 
+@pytest.mark.fresh_store
 def test_corrupt_data_file_is_one_line_and_no_run(tmp_path):
     bad = tmp_path / "mnist.npz"
     bad.write_bytes(b"garbage")
@@ -314,6 +316,7 @@ def test_ctrl_c_pressed_again_and_again_keeps_exit_130_and_the_run_killed(tmp_pa
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.fresh_store
 def test_a_sweep_shows_each_jobs_config_and_flags_may_follow_the_overrides(tmp_path):
     import yaml
 

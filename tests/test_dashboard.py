@@ -36,6 +36,7 @@ def test_by_default_the_dashboard_opens_the_storage_a_search_writes_to():
     assert default_storage_url() == searched == f"sqlite:///{PROJECT_ROOT / 'runs' / 'optuna.db'}"
 
 
+@pytest.mark.fresh_store
 def test_without_a_study_storage_the_dashboard_says_so_in_one_line_and_creates_none(tmp_path, capsys):
     missing = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     assert dashboard.main(["--storage", missing, "--port", str(free_port())]) == 2
@@ -45,6 +46,7 @@ def test_without_a_study_storage_the_dashboard_says_so_in_one_line_and_creates_n
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.fresh_store
 def test_what_cannot_be_served_is_one_line_and_no_server(tmp_path, capsys):
     import optuna
 

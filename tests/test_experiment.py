@@ -384,7 +384,7 @@ def test_git_is_asked_once_per_process_and_never_fails_a_run(tmp_path, monkeypat
         assert run_tags.source_tags() == first and len(calls) == asked
         assert all(env["GIT_OPTIONAL_LOCKS"] == "0" for env in calls), "git status may not write the index"
         run_tags.source_tags.cache_clear()
-        monkeypatch.setattr(run_tags.config, "PROJECT_ROOT", tmp_path)  # not a checkout
+        monkeypatch.setattr(run_tags.paths, "PROJECT_ROOT", tmp_path)  # not a checkout
         assert run_tags.source_tags() == {}
     finally:
         run_tags.source_tags.cache_clear()

@@ -110,6 +110,7 @@ def test_a_grid_sweep_runs_its_jobs_on_ray(ray_cluster, tmp_path):
     assert all(owner_pid(child) != owner_pid(parent) for child in children)
 
 
+@pytest.mark.fresh_store
 def test_an_unreachable_cluster_is_one_line_before_anything_starts(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs pip install -e '.[ray]'")
     address = f"127.0.0.1:{free_port()}"  # nothing listens there

@@ -21,6 +21,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from mnist_exp import config, experiment
+from mnist_exp.config import paths
 from mnist_exp.multirun import sweeping
 from mnist_exp.multirun.parent_run import SweepSummary
 from mnist_exp.multirun.search.search import SearchResult, TrialOutcome
@@ -109,7 +110,7 @@ def test_the_run_summary_is_what_a_run_prints(activated_environment, monkeypatch
     overrides = dict(argument.split("=", 1) for argument in arguments)
     assert (scores[3], int(scores[4])) == (overrides["data"], int(overrides["epochs"])), "the command's own run"
     # The store a checkout at CHECKOUT writes to with the default config.
-    monkeypatch.setattr(config, "PROJECT_ROOT", CHECKOUT)
+    monkeypatch.setattr(paths, "PROJECT_ROOT", CHECKOUT)
     defaults = OmegaConf.load(PROJECT_ROOT / "conf" / "config.yaml")
     assert ui_uri(output[-1]) == store.tracking_uri({"runs_dir": defaults.runs_dir, "mlflow": {"tracking_uri": None}})
 
@@ -239,6 +240,7 @@ def error_examples() -> list[tuple[str, str]]:
     return [(command.removeprefix("$ python -m mnist_exp "), line) for command, line in pairs]
 
 
+@pytest.mark.fresh_store
 @pytest.mark.slow
 @pytest.mark.parametrize(("arguments", "line"), error_examples())
 def test_the_errors_section_shows_what_the_cli_prints(tmp_path, arguments, line):

@@ -260,6 +260,7 @@ def search_of_preset(tmp_path, name: str, preset: str):
     return search(f"hparams_search={name}", runs_dir=runs_dir, extra_conf=extra), runs_dir
 
 
+@pytest.mark.fresh_store
 def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
     result, runs_dir = search_of_preset(tmp_path, "inverted", INVERTED_BOUNDS)
     assert result.returncode == 2, result.stderr
@@ -282,6 +283,7 @@ hydra:
 """
 
 
+@pytest.mark.fresh_store
 def test_a_condition_that_can_never_hold_is_one_line_and_leaves_nothing(tmp_path):
     """Once accepted silently, the parameter never drawn; each reason: test_search.py (conditions)."""
     result, runs_dir = search_of_preset(tmp_path, "never", NEVER_DRAWN)
@@ -293,6 +295,7 @@ def test_a_condition_that_can_never_hold_is_one_line_and_leaves_nothing(tmp_path
     assert not runs_dir.exists()
 
 
+@pytest.mark.fresh_store
 def test_a_search_refuses_repeats_in_one_line(tmp_path):
     runs_dir = tmp_path / "runs"
     result = search("hparams_search=optuna", "repeats=2", runs_dir=runs_dir)
@@ -441,6 +444,7 @@ def test_a_search_of_accuracy_against_size_keeps_its_pareto_front_in_the_parent(
     assert f"best trial {most_accurate} (the front's best val_accuracy, the first objective): " in result.stdout
 
 
+@pytest.mark.fresh_store
 def test_pruning_a_search_of_two_objectives_is_refused_in_one_line(tmp_path):
     runs_dir = tmp_path / "runs"
     result = search("hparams_search=optuna", "optimized_metric=[val_accuracy,parameters]", runs_dir=runs_dir)

@@ -93,6 +93,7 @@ def tracking_server(tmp_path_factory):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.fresh_store
 def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path):
     url, artifacts, _ = tracking_server
     runs_dir = tmp_path / "runs"
@@ -123,6 +124,7 @@ def test_a_multirun_against_the_server_arrives_whole(tracking_server, tmp_path):
     assert client.get_model_version_by_alias("mnist-mlp", "champion").run_id == best
 
 
+@pytest.mark.fresh_store
 def test_a_run_on_the_server_is_rerun_there_with_the_same_epochs(tracking_server, tmp_path):
     url, _, _ = tracking_server
     runs_dir = tmp_path / "runs"
