@@ -55,10 +55,10 @@ def _train_and_evaluate(keras, cfg: Mapping[str, Any], dataset: Dataset, on_epoc
     watchdog = _divergence_watch(keras)
     callbacks = [watchdog]
     # Both watch the metric model selection uses; val_loss often rises while val_accuracy still improves.
-    from mnist_exp.config import monitored_metric
+    from mnist_exp.config import direction, monitored_metric
 
     metric = monitored_metric(cfg)
-    mode = "max" if metric.endswith("accuracy") else "min"
+    mode = {"maximize": "max", "minimize": "min"}[direction(metric)]
     if cfg["reduce_lr_patience"]:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor=metric, mode=mode, factor=0.5, patience=cfg["reduce_lr_patience"], verbose=0,
