@@ -89,7 +89,7 @@ def _check_server_is_mlflow(uri: str) -> None:
     server_refusal) and a TLS handshake this process cannot complete (MLflow has its own TLS settings)."""
     parsed = urlparse(uri)
     base = parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl().rstrip("/")
-    answer = http_get(f"{base}{SERVER_PROBE}?max_results=1", _credential_headers())
+    answer = http_get(f"{base}{SERVER_PROBE}?max_results=1", _credential_headers(), timeout=ANSWER_TIMEOUT_S)
     probe = f"GET {parsed.path.rstrip('/')}{SERVER_PROBE}"
     if answer.status is None:
         if answer.tls_failed:
