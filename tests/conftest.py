@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import gzip
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -13,14 +15,20 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+if TYPE_CHECKING:
+    from mnist_exp.multirun.search.search import Search, TrialJob
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -97,6 +105,141 @@ def write_npz(path: Path) -> Path:
     return path
 
 
+# --- data configs ---------------------------------------------------------------------------------------
+
+def data_cfg(dataset="mnist", path=None, **changes):
+    """The `data` section of conf/data/<dataset>.yaml, with `path` and `changes`."""
+    section = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "data" / f"{dataset}.yaml"))
+    return {**section, "path": None if path is None else str(path), **changes}
+
+
+# --- a search with a fake launcher (test_search*.py) ----------------------------------------------------
+
+SEARCH_SPACE =  {
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+    "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "batch_size": {"type": "int", "low": 32, "high": 256, "step": 32},
+    "model.hidden_units": {"type": "layers", "min_layers": 1, "max_layers": 3, "low": 16, "high": 512, "log": True},
+}
+
+
+def make_search(tmp_path, **changes) -> Search:
+    """A Search of SEARCH_SPACE in tmp_path/optuna.db, random sampler, no pruner, 5 trials, unless `changes` say."""
+    from mnist_exp.multirun.search.search import Search
+
+    settings = {
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "study_name": "test", "metric": "val_accuracy",
+        "direction": "maximize", "space": SEARCH_SPACE, "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "none"}, "n_trials": 5,
+    }
+    return Search(**{**settings, **changes})
+
+
+def value_of(job: TrialJob) -> float:
+    """A made-up objective: larger learning rates score higher."""
+    return 10 * next(float(o.split("=", 1)[1]) for o in job.overrides if o.startswith("optimizer.lr="))
+
+
+def completing(jobs, first_index):
+    """A fake launcher's outcomes: every trial COMPLETE, valued by value_of."""
+    from mnist_exp.multirun.job_context import JobOutcome
+
+    return [JobOutcome("COMPLETE", value=value_of(job), test_accuracy=0.5, run_id=f"run-of-trial-{job.number}")
+            for job in jobs]
+
+
+def load_trials(found: Search):
+    import optuna
+
+    return optuna.load_study(study_name=found.study_name, storage=found.storage).trials
+
+
+# --- the README's examples ------------------------------------------------------------------------------
+
+README = PROJECT_ROOT / "README.md"
+
+
+def code_blocks(text: str) -> list[list[str]]:
+    """The fenced code blocks of a Markdown text, each as its lines."""
+    blocks, current = [], None
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if current is None:
+                current = []
+            else:
+                blocks.append(current)
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def ui_uri(line: str) -> str:
+    """The store of a `UI: mlflow ui --backend-store-uri URI` line."""
+    match = re.fullmatch(r"UI: \S+ ui --backend-store-uri (\S+)", line)
+    assert match, f"not a UI line as mnist_exp.tracking.store.ui_command prints it: {line!r}"
+    return shlex.split(match[1])[0]
+
+
+@pytest.fixture
+def activated_environment(monkeypatch):
+    """PATH as in an activated .venv: the environment's own `mlflow` comes first (the README's transcripts)."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
+# --- an MLflow tracking server ---------------------------------------------------------------------------
+
+@pytest.fixture
+def sqlite_tracking_server():
+    """`mlflow server` on 127.0.0.1 with an SQLite backend in a folder of its own: (URL, process, database)."""
+    root = Path(tempfile.mkdtemp(prefix="mnist-exp-server-"))
+    database, port = root / "server.db", free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{database}",
+         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{url}/health", server)
+        yield url, server, database
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)  # the server and its workers
+        server.wait(timeout=60)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- search spaces ------------------------------------------------------------------------------------------
+
+# A space choosing the model, each model's own keys drawn only when it is chosen: as a space, and as a preset.
+MODEL_CHOICE_SPACE = {
+    "model": {"type": "categorical", "choices": ["mlp", "cnn"]},
+    "model.hidden_units": {"type": "layers", "min_layers": 1, "max_layers": 2, "low": 16, "high": 64,
+                           "when": {"model": "mlp"}},
+    "model.filters": {"type": "layers", "min_layers": 1, "max_layers": 2, "low": 8, "high": 32,
+                      "when": {"model": ["cnn"]}},
+    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+}
+
+MODEL_CHOICE_PRESET = """\
+# @package _global_
+# The model is a choice; each model's own keys are drawn only when it is chosen.
+defaults:
+  - override /hydra/sweeper: mnist_optuna
+hydra:
+  sweeper:
+    study_name: models
+    sampler: {name: random, seed: 0}
+    search_space:
+      model: {type: categorical, choices: [mlp, cnn]}
+      model.hidden_units: {type: layers, min_layers: 1, max_layers: 2, low: 8, high: 512, when: {model: mlp}}
+      model.filters: {type: layers, min_layers: 1, max_layers: 2, low: 4, high: 8, when: {model: cnn}}
+      model.dropout: {type: float, low: 0.0, high: 0.3}
+"""
+
+
 # --- the CLI in a subprocess ------------------------------------------------------------------------------
 
 def cli_command(*args: str, runs_dir: Path | None, python_options: Sequence[str] = ()) -> list[str]:
@@ -140,13 +283,18 @@ def start_cli(*args: str, runs_dir: Path | None, env: Mapping[str, str] | None =
 def cli_in_process(monkeypatch, capsys, signals_handled):
     """`python -m mnist_exp ARGS runs_dir=RUNS_DIR` in this process, as the subprocess would run it (Hydra, our
     checks, one line and an exit code): for input refused before training, each case in a fraction of the
-    subprocess's seconds. Returns (exit code, stdout, stderr). What the command changes for its process (Hydra's
-    logging, gc.freeze, HYDRA_FULL_ERROR, signal handlers) is put back afterwards."""
+    subprocess's seconds. Returns (exit code, stdout, stderr). What the command changes for its process (gc.freeze,
+    HYDRA_FULL_ERROR, signal handlers) is put back afterwards. Hydra's logging setup is left out, as Hydra's own
+    pytest plugin leaves it out: its dictConfig closes the handlers other libraries made in earlier tests (absl's
+    closes the stream it was given: pytest's capture). What the real process logs, the subprocess cases check."""
     import gc
+    import importlib
     import logging
 
     from mnist_exp import __main__ as entry
 
+    for module in ("hydra.core.utils", "hydra._internal.hydra", "hydra._internal.core_plugins.basic_launcher"):
+        monkeypatch.setattr(importlib.import_module(module), "configure_log", lambda *args, **kwargs: None)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
 

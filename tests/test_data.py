@@ -8,18 +8,11 @@ import re
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from mnist_exp import config, data
 from mnist_exp.data import formats, loading, memory, sources
 from mnist_exp.system.errors import ExperimentError
-from tests.conftest import CONF_DIR, learnable_digits, write_idx
-
-
-def data_cfg(dataset="mnist", path=None, **changes):
-    """The `data` section of conf/data/<dataset>.yaml, with `path` and `changes`."""
-    section = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "data" / f"{dataset}.yaml"))
-    return {**section, "path": None if path is None else str(path), **changes}
+from tests.conftest import CONF_DIR, data_cfg, learnable_digits, write_idx
 
 
 def test_idx_folder_loads_scaled_and_split(idx_folder, tmp_path):

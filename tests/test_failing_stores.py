@@ -10,8 +10,6 @@ import signal
 import socket
 import sqlite3
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +35,6 @@ from tests.conftest import (
     run_cli,
     start_cli,
     store_client,
-    wait_for_http,
     wait_until,
     write_npz,
 )
@@ -401,28 +398,6 @@ def test_the_store_folder_deleted_mid_run_is_one_line_within_seconds(tmp_path):
     assert seconds < WITHIN_SECONDS
 
 
-@pytest.fixture
-def tracking_server():
-    """`mlflow server` on 127.0.0.1 with an SQLite backend in a folder of its own: (URL, process, database)."""
-    root = Path(tempfile.mkdtemp(prefix="mnist-exp-server-"))
-    database, port = root / "server.db", free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{database}",
-         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_for_http(f"{url}/health", server)
-        yield url, server, database
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)  # the server and its workers
-        server.wait(timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def server_epochs(database: Path) -> int:
     """val_accuracy points the server has stored, read with plain sqlite3 (read-only)."""
     try:
@@ -434,8 +409,8 @@ def server_epochs(database: Path) -> int:
 
 @pytest.mark.slow
 def test_a_tracking_server_killed_mid_run_is_one_line_within_seconds_and_keeps_what_it_stored(tmp_path,
-                                                                                               tracking_server):
-    url, server, database = tracking_server
+                                                                                               sqlite_tracking_server):
+    url, server, database = sqlite_tracking_server
     process = start_cli("data=mnist_sample", "epochs=30", "plots=false", f"mlflow.tracking_uri={url}",
                         runs_dir=tmp_path / "runs")
     result, seconds = break_mid_run(process, lambda: server_epochs(database) >= 1, "epoch 1 on the server",

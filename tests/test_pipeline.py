@@ -10,7 +10,7 @@ import pytest
 from mnist_exp import data
 from mnist_exp.system.keras_backend import import_keras
 from mnist_exp.training.pipeline import InMemoryBatches
-from tests.test_data import data_cfg
+from tests.conftest import data_cfg
 
 import_keras()
 

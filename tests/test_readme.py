@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import ast
 import itertools
-import os
 import re
 import shlex
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,29 +25,13 @@ from mnist_exp.multirun.parent_run import SweepSummary
 from mnist_exp.multirun.search.search import SearchResult, TrialOutcome
 from mnist_exp.reports import tables
 from mnist_exp.tracking import store
-from tests.conftest import PROJECT_ROOT, run_cli
+from tests.conftest import PROJECT_ROOT, README, code_blocks, run_cli, ui_uri
 
-README = PROJECT_ROOT / "README.md"
 USER_DOCS = (README, PROJECT_ROOT / "BENCHMARKS.md")
 # Where the README's transcripts say the checkout is: a neutral path, not the machine they ran on.
 CHECKOUT = Path("/home/you/mnist-exp")
 # MLflow's status for each state a table shows (mnist_exp.tracking.run_record).
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "KILLED": "KILLED"}
-
-
-def code_blocks(text: str) -> list[list[str]]:
-    """The fenced code blocks of a Markdown text, each as its lines."""
-    blocks, current = [], None
-    for line in text.splitlines():
-        if line.startswith("```"):
-            if current is None:
-                current = []
-            else:
-                blocks.append(current)
-                current = None
-        elif current is not None:
-            current.append(line)
-    return blocks
 
 
 def transcripts(marker: str) -> list[tuple[list[str], list[str], str | None]]:
@@ -78,19 +60,6 @@ def transcript(marker: str) -> tuple[list[str], list[str]]:
 
 def number(cell: str) -> float | None:
     return None if cell == "-" else float(cell)
-
-
-def ui_uri(line: str) -> str:
-    """The store of a `UI: mlflow ui --backend-store-uri URI` line."""
-    match = re.fullmatch(r"UI: \S+ ui --backend-store-uri (\S+)", line)
-    assert match, f"not a UI line as mnist_exp.tracking.store.ui_command prints it: {line!r}"
-    return shlex.split(match[1])[0]
-
-
-@pytest.fixture
-def activated_environment(monkeypatch):
-    """PATH as in an activated .venv: the environment's own `mlflow` comes first (the README's transcripts)."""
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
 def test_the_run_summary_is_what_a_run_prints(activated_environment, monkeypatch):

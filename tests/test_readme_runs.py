@@ -20,7 +20,7 @@ from mnist_exp.multirun import sweeping
 from mnist_exp.multirun.parent_run import SweepSummary
 from mnist_exp.reports import repeats
 from mnist_exp.tracking.recorded_config import rerun_command
-from tests.test_readme import README, activated_environment, code_blocks, ui_uri  # noqa: F401 - a fixture
+from tests.conftest import README, code_blocks, ui_uri
 
 
 def runs_transcripts(subcommand: str | None = None) -> list[tuple[list[str], list[str]]]:

@@ -17,7 +17,6 @@ from mnist_exp.tracking import run_tags
 from mnist_exp.tracking.run_record import log_config, log_params
 from mnist_exp.tracking.store import connect
 from tests.conftest import PROJECT_ROOT, compose_cfg
-from tests.test_failing_stores import tracking_server  # noqa: F401 - a fixture
 
 DIGEST = "0123456789abcdef"
 
@@ -282,9 +281,9 @@ def test_the_commands_start_without_mlflow_and_fail_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tracking_server_is_queried_like_a_local_store(tracking_server, make_cfg, capsys,  # noqa: F811
+def test_a_tracking_server_is_queried_like_a_local_store(sqlite_tracking_server, make_cfg, capsys,  # noqa: F811
                                                           monkeypatch):
-    url, _, _ = tracking_server
+    url, _, _ = sqlite_tracking_server
     store = TinyStore(make_cfg, f"mlflow.tracking_uri={url}")
     sgd = store.add("optimizer=sgd", val_accuracy=0.45, test_accuracy=0.44)
     adam = store.add("optimizer=adam", val_accuracy=0.91, test_accuracy=0.9)

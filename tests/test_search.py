@@ -25,42 +25,12 @@ from mnist_exp.multirun.search.trial_reporter import TrialReporter
 from mnist_exp.system import interrupts, processes
 from mnist_exp.system.errors import ExperimentError, RunPruned
 from mnist_exp.tracking import store
-from tests.conftest import compose_cfg
-
-SPACE = {
-    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
-    "optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-    "batch_size": {"type": "int", "low": 32, "high": 256, "step": 32},
-    "model.hidden_units": {"type": "layers", "min_layers": 1, "max_layers": 3, "low": 16, "high": 512, "log": True},
-}
-
-
-def make_search(tmp_path, **changes) -> search.Search:
-    settings = {
-        "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "study_name": "test", "metric": "val_accuracy",
-        "direction": "maximize", "space": SPACE, "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"}, "n_trials": 5,
-    }
-    return search.Search(**{**settings, **changes})
-
-
-def value_of(job: search.TrialJob) -> float:
-    """A made-up objective: larger learning rates score higher."""
-    return 10 * next(float(o.split("=", 1)[1]) for o in job.overrides if o.startswith("optimizer.lr="))
-
-
-def completing(jobs, first_index):
-    return [JobOutcome("COMPLETE", value=value_of(job), test_accuracy=0.5, run_id=f"run-of-trial-{job.number}")
-            for job in jobs]
-
-
-def load_trials(found: search.Search):
-    return optuna.load_study(study_name=found.study_name, storage=found.storage).trials
+from tests.conftest import MODEL_CHOICE_SPACE, SEARCH_SPACE, completing, compose_cfg, load_trials, make_search, value_of
 
 
 def test_overrides_are_valid_hydra_syntax_for_every_parameter_type():
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
-    overrides = suggest_overrides(trial, SPACE)
+    overrides = suggest_overrides(trial, SEARCH_SPACE)
     keys = [o.split("=", 1)[0] for o in overrides]
     assert keys == ["optimizer", "optimizer.lr", "batch_size", "model.hidden_units"]
     widths = overrides[3].split("=", 1)[1]
@@ -71,23 +41,13 @@ def test_overrides_are_valid_hydra_syntax_for_every_parameter_type():
     assert parsed[3].value() == [int(w) for w in widths[1:-1].split(",")]
 
 
-MODEL_CHOICE = {
-    "model": {"type": "categorical", "choices": ["mlp", "cnn"]},
-    "model.hidden_units": {"type": "layers", "min_layers": 1, "max_layers": 2, "low": 16, "high": 64,
-                           "when": {"model": "mlp"}},
-    "model.filters": {"type": "layers", "min_layers": 1, "max_layers": 2, "low": 8, "high": 32,
-                      "when": {"model": ["cnn"]}},
-    "model.dropout": {"type": "float", "low": 0.0, "high": 0.5},
-}
-
-
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_a_conditional_parameter_is_drawn_only_for_the_choice_it_belongs_to(tmp_path, model):
-    check_space(MODEL_CHOICE)
+    check_space(MODEL_CHOICE_SPACE)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     study.enqueue_trial({"model": model})
     trial = study.ask()
-    overrides = suggest_overrides(trial, MODEL_CHOICE)
+    overrides = suggest_overrides(trial, MODEL_CHOICE_SPACE)
     own, other = ("model.hidden_units", "model.filters") if model == "mlp" else ("model.filters", "model.hidden_units")
     assert [o.split("=", 1)[0] for o in overrides] == ["model", own, "model.dropout"]
     assert overrides[0] == f"model={model}"
@@ -185,13 +145,13 @@ def test_conditions_that_can_hold_together_are_accepted():
 
 def test_bad_sampler_and_pruner_names():
     with pytest.raises(ExperimentError, match="sampler.name='cmaes' is invalid"):
-        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": "s", "search_space": SPACE,
+        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": "s", "search_space": SEARCH_SPACE,
                         "sampler": {"name": "cmaes"}})
     with pytest.raises(ExperimentError, match="pruner.name='sometimes' is invalid"):
-        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": "s", "search_space": SPACE,
+        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": "s", "search_space": SEARCH_SPACE,
                         "pruner": {"name": "sometimes"}})
     with pytest.raises(ExperimentError, match="n_trials=0 is invalid"):
-        check_settings({"n_trials": 0, "n_jobs": 1, "study_name": "s", "search_space": SPACE})
+        check_settings({"n_trials": 0, "n_jobs": 1, "study_name": "s", "search_space": SEARCH_SPACE})
 
 
 def test_search_runs_until_n_trials_finished_and_finds_the_best(tmp_path, monkeypatch):
@@ -422,7 +382,7 @@ def test_each_launcher_config_is_recognised(launcher, kind):
 def test_a_study_name_is_a_name_never_a_path(name):
     """The study name is also the folder of the search's plots under runs_dir/optuna."""
     with pytest.raises(ExperimentError, match="hydra.sweeper.study_name=.* is invalid: expected a name"):
-        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": name, "search_space": SPACE})
+        check_settings({"n_trials": 2, "n_jobs": 1, "study_name": name, "search_space": SEARCH_SPACE})
 
 
 def test_searches_starting_together_on_a_new_storage_create_it_once(tmp_path):
@@ -521,7 +481,7 @@ def test_a_study_reused_with_another_space_is_refused_before_any_trial(tmp_path)
     """Once a 56-line traceback mid-trial (Optuna refuses changed categorical choices), a trial left RUNNING;
     then a line naming only the parameters that differ, not how."""
     make_search(tmp_path, n_trials=1).run([], completing)
-    changed = {**SPACE, "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]}}
+    changed = {**SEARCH_SPACE, "optimizer": {"type": "categorical", "choices": ["sgd", "adamw"]}}
     launched = []
     with pytest.raises(ExperimentError) as refused:
         make_search(tmp_path, n_trials=2, space=changed).run([], lambda jobs, first: launched.extend(jobs))
@@ -531,7 +491,7 @@ def test_a_study_reused_with_another_space_is_refused_before_any_trial(tmp_path)
         "hydra.sweeper.study_name"
     )
     assert launched == [] and [t.state.name for t in load_trials(make_search(tmp_path))] == ["COMPLETE"]
-    other = {key: spec for key, spec in SPACE.items() if key != "model.hidden_units"}
+    other = {key: spec for key, spec in SEARCH_SPACE.items() if key != "model.hidden_units"}
     other["model.dropout"] = {"type": "float", "low": 0.0, "high": 0.5}
     other["batch_size"] = {"type": "int", "low": 32, "high": 128, "step": 32, "when": {"optimizer": "sgd"}}
     other["optimizer.lr"] = {"type": "categorical", "choices": [0.001, 0.01]}

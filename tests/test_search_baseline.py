@@ -8,8 +8,7 @@ import pytest
 from mnist_exp.multirun.job_context import INTERRUPTED_REASON, JobOutcome
 from mnist_exp.multirun.search.search_baseline import BASELINE_ATTR, baseline_params
 from mnist_exp.multirun.search.search_result import SearchResult, TrialOutcome
-from tests.conftest import compose_cfg
-from tests.test_search import completing, load_trials, make_search
+from tests.conftest import completing, compose_cfg, load_trials, make_search
 
 
 def sweeper_view(tmp_path, *overrides: str):
@@ -38,15 +37,15 @@ def test_a_config_outside_the_space_has_no_baseline_and_says_why(tmp_path, overr
 
 
 def test_a_baseline_has_only_the_parameters_of_the_model_it_chose(tmp_path):
-    from tests.test_search import MODEL_CHOICE
+    from tests.conftest import MODEL_CHOICE_SPACE
 
     cfg = compose_cfg(tmp_path / "runs", "hparams_search=optuna", "model=cnn", "model.filters=[16,32]",
                       with_hydra=True)
-    assert baseline_params(cfg, MODEL_CHOICE) == ({
+    assert baseline_params(cfg, MODEL_CHOICE_SPACE) == ({
         "model": "cnn", "model.filters.layers": 2, "model.filters.width_1": 16, "model.filters.width_2": 32,
         "model.dropout": 0.0}, None)
     cfg = compose_cfg(tmp_path / "runs", "hparams_search=optuna", "model.hidden_units=[32]", with_hydra=True)
-    assert baseline_params(cfg, MODEL_CHOICE)[0] == {
+    assert baseline_params(cfg, MODEL_CHOICE_SPACE)[0] == {
         "model": "mlp", "model.hidden_units.layers": 1, "model.hidden_units.width_1": 32, "model.dropout": 0.0}
 
 

@@ -10,6 +10,7 @@ import optuna
 import pytest
 
 from tests.conftest import (
+    MODEL_CHOICE_PRESET,
     all_runs,
     artifact_paths,
     child_processes,
@@ -165,28 +166,13 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path):
     assert parent.info.status == "FINISHED"
 
 
-MODEL_CHOICE = """\
-# @package _global_
-# The model is a choice; each model's own keys are drawn only when it is chosen.
-defaults:
-  - override /hydra/sweeper: mnist_optuna
-hydra:
-  sweeper:
-    study_name: models
-    sampler: {name: random, seed: 0}
-    search_space:
-      model: {type: categorical, choices: [mlp, cnn]}
-      model.hidden_units: {type: layers, min_layers: 1, max_layers: 2, low: 8, high: 512, when: {model: mlp}}
-      model.filters: {type: layers, min_layers: 1, max_layers: 2, low: 4, high: 8, when: {model: cnn}}
-      model.dropout: {type: float, low: 0.0, high: 0.3}
-"""
 LAYER_KEYS = {"mlp": "model.hidden_units", "cnn": "model.filters"}
 
 
 def test_a_search_chooses_between_models_and_each_trial_has_its_models_keys_only(tmp_path):
     extra = tmp_path / "conf"
     (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / "two_models.yaml").write_text(MODEL_CHOICE)
+    (extra / "hparams_search" / "two_models.yaml").write_text(MODEL_CHOICE_PRESET)
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()
     # Both models for certain, whatever the sampler draws: a CNN queued first, then the baseline (the default MLP).
@@ -214,85 +200,6 @@ def test_a_search_chooses_between_models_and_each_trial_has_its_models_keys_only
         assert table[number] == model and trial.user_attrs["model"] == model
     # The champion is registered under its own model's name, not the one the command composed (mlp).
     assert f"registered models:/mnist-{study.best_trial.params['model']}@champion" in result.stdout
-
-
-def test_a_key_only_some_of_the_searched_models_have_is_refused_in_one_line(tmp_path):
-    extra = tmp_path / "conf"
-    (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / "two_models.yaml").write_text(MODEL_CHOICE)
-    runs_dir = tmp_path / "runs"
-    result = search("hparams_search=two_models", "model=cnn", "model.filters=[4,8]", runs_dir=runs_dir,
-                    extra_conf=extra)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: model.filters=[4,8]: the search chooses model (hydra.sweeper.search_space.model) and model=mlp has "
-        "no filters; give each model its values in the space, with when: {model: ...}")
-    assert not (runs_dir / "optuna.db").exists() or finished_trials(runs_dir / "optuna.db", "models") == 0
-
-
-def test_a_loss_objective_over_label_smoothing_is_refused_in_one_line(tmp_path):
-    """Losses against differently smoothed targets do not rank the trials that produced them."""
-    result = search("hparams_search=fashion_mlp", "optimized_metric=val_loss", runs_dir=tmp_path / "runs")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "error: optimized_metric val_loss cannot rank trials of different label_smoothing")
-    assert not (tmp_path / "runs" / "optuna.db").exists()
-
-
-INVERTED_BOUNDS = """\
-# @package _global_
-defaults:
-  - override /hydra/sweeper: mnist_optuna
-hydra:
-  sweeper:
-    study_name: inverted
-    search_space:
-      model.dropout: {type: float, low: 0.9, high: 0.5}
-"""
-
-
-def search_of_preset(tmp_path, name: str, preset: str):
-    """(the CLI's result, runs_dir) of a search with `preset` as conf/hparams_search/<name>.yaml of its own."""
-    extra = tmp_path / "conf"
-    (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / f"{name}.yaml").write_text(preset)
-    runs_dir = tmp_path / "runs"
-    return search(f"hparams_search={name}", runs_dir=runs_dir, extra_conf=extra), runs_dir
-
-
-@pytest.mark.fresh_store
-def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path):
-    result, runs_dir = search_of_preset(tmp_path, "inverted", INVERTED_BOUNDS)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == (
-        "error: hydra.sweeper.search_space.model.dropout has inverted bounds: low=0.9 > high=0.5"
-    )
-    assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
-
-
-NEVER_DRAWN = """\
-# @package _global_
-defaults:
-  - override /hydra/sweeper: mnist_optuna
-hydra:
-  sweeper:
-    study_name: never-drawn
-    search_space:
-      model: {type: categorical, choices: [mlp, cnn]}
-      model.dropout: {type: float, low: 0.0, high: 0.5, when: {model: rnn}}
-"""
-
-
-@pytest.mark.fresh_store
-def test_a_condition_that_can_never_hold_is_one_line_and_leaves_nothing(tmp_path):
-    """Once accepted silently, the parameter never drawn; each reason: test_search.py (conditions)."""
-    result, runs_dir = search_of_preset(tmp_path, "never", NEVER_DRAWN)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == (
-        "error: hydra.sweeper.search_space.model.dropout.when.model=rnn can never hold: rnn is not among the choices "
-        "of model [mlp,cnn]"
-    )
-    assert not runs_dir.exists()
 
 
 @pytest.mark.fresh_store
@@ -442,15 +349,3 @@ def test_a_search_of_accuracy_against_size_keeps_its_pareto_front_in_the_parent(
     assert header.split()[:5] == ["trial", "state", "val_accuracy", "parameters", "front"]
     assert "Pareto front (val_accuracy up, parameters down): trials " in result.stdout
     assert f"best trial {most_accurate} (the front's best val_accuracy, the first objective): " in result.stdout
-
-
-@pytest.mark.fresh_store
-def test_pruning_a_search_of_two_objectives_is_refused_in_one_line(tmp_path):
-    runs_dir = tmp_path / "runs"
-    result = search("hparams_search=optuna", "optimized_metric=[val_accuracy,parameters]", runs_dir=runs_dir)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == (
-        "error: hydra.sweeper.pruner.name=median cannot prune a search of 2 objectives (Optuna prunes "
-        "single-objective studies only); set hydra.sweeper.pruner.name=none"
-    )
-    assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()

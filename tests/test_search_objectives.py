@@ -8,7 +8,7 @@ from mnist_exp import config
 from mnist_exp.multirun.job_context import JobOutcome
 from mnist_exp.reports import tables
 from mnist_exp.system.errors import ExperimentError
-from tests.test_search import make_search
+from tests.conftest import make_search
 
 OBJECTIVES = {"val_accuracy": "maximize", "parameters": "minimize"}
 
