@@ -154,6 +154,44 @@ def test_bad_sampler_and_pruner_names():
         check_settings({"n_trials": 0, "n_jobs": 1, "study_name": "s", "search_space": SEARCH_SPACE})
 
 
+def test_each_trial_is_counted_and_asked_for_under_the_storages_lock(tmp_path, monkeypatch):
+    """Searches sharing a study (test_search_cli.py: two processes) count the finished and running trials and ask
+    for the next one as one step: counted apart, two could each ask for the last trial (7 of n_trials=6 seen)."""
+    import contextlib
+
+    held = []
+    real_lock = search.storage_lock
+
+    @contextlib.contextmanager
+    def watched_lock(url, name):
+        with real_lock(url, name):
+            held.append(True)
+            try:
+                yield
+            finally:
+                held.pop()
+
+    events = []  # ("count" | "ask", whether the storage's lock was held)
+    real_get_trials, real_ask = optuna.Study.get_trials, optuna.Study.ask
+
+    def get_trials(study, *args, **kwargs):
+        events.append(("count", bool(held)))
+        return real_get_trials(study, *args, **kwargs)
+
+    def ask(study, *args, **kwargs):
+        events.append(("ask", bool(held)))
+        return real_ask(study, *args, **kwargs)
+
+    monkeypatch.setattr(search, "storage_lock", watched_lock)
+    monkeypatch.setattr(optuna.Study, "get_trials", get_trials)
+    monkeypatch.setattr(optuna.Study, "ask", ask)
+    make_search(tmp_path, n_trials=3).run([], completing)
+    asks = [i for i, (event, _) in enumerate(events) if event == "ask"]
+    assert len(asks) == 3
+    for i in asks:  # the ask, and the two counts (finished, running) it was decided on
+        assert events[i - 2:i + 1] == [("count", True), ("count", True), ("ask", True)], events[i - 2:i + 1]
+
+
 def test_search_runs_until_n_trials_finished_and_finds_the_best(tmp_path, monkeypatch):
     launched = []
 

@@ -206,7 +206,7 @@ def sqlite_store_lock(uri: str) -> Iterator[None]:
         return
     import fcntl
 
-    with open(f"{uri.removeprefix('sqlite:///')}.lock", "a") as lock:
+    with open(f"{sqlite_file(uri)}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -192,8 +192,10 @@ class Search:
         import optuna
 
         interrupts.check()
-        # Asked for, stamped with its owner and registered as running, or none of it.
-        with loop.lock, interrupts.deferred():
+        # Asked for, stamped with its owner and registered as running, or none of it. The storage's lock makes
+        # counting and asking one step for every process sharing the study: two searches that counted at once
+        # would each ask for the last trial.
+        with loop.lock, interrupts.deferred(), storage_lock(self.storage, self.study_name):
             if loop.stopped:
                 return None
             finished = len(loop.study.get_trials(deepcopy=False, states=_states(FINISHED_STATES)))
