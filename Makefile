@@ -1,6 +1,7 @@
 # Two commands do everything; each creates .venv and installs pyproject.toml first when needed.
 #   make run [ARGS="optimizer=sgd epochs=10"]    train (defaults: the classic Keras MNIST MLP); installs what running needs
-#   make test [PYTEST_ARGS=...]                  the whole test suite (what CI runs); adds the test extras
+#   make test [PYTEST_ARGS=...] [WORKERS=2]      the whole test suite (what CI runs) in WORKERS processes; adds the test extras
+#   make coverage                                the whole suite's line coverage (CLI subprocesses included)
 #   make quick                                   the fast tests only (no subprocesses, servers, Ray or browser)
 #   make lint                                    ruff, and the import layers pyproject.toml states (lint-imports)
 #   make ui                                       the MLflow UI on the project's store (runs/mlflow.db)
@@ -9,12 +10,15 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: run test quick lint ui serve dashboard system-packages
+.PHONY: run test coverage quick lint ui serve dashboard system-packages
 ui serve: PORT ?= 5000
 MODEL ?= models:/mnist-mlp@champion
 # The store runs write to by default, as the code computes it (mnist_exp.tracking.store.reading_uri).
 STORE = $(shell $(VENV)/bin/python -c "from mnist_exp.tracking.store import reading_uri; print(reading_uri())")
 QUICK := -m "not slow and not e2e" --durations=15
+# The suite's tests in parallel processes (pytest-xdist), each module's on one worker (tests/conftest.py).
+WORKERS ?= 2
+PARALLEL = $(if $(filter-out 0 1,$(WORKERS)),-n $(WORKERS) --dist loadgroup)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +40,10 @@ run: $(VENV)/.installed-run
 	$(VENV)/bin/python -m mnist_exp $(ARGS)
 
 test: $(VENV)/.installed-test
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PARALLEL) --durations=25 $(PYTEST_ARGS)
+
+coverage: $(VENV)/.installed-test
+	$(VENV)/bin/python -m pytest $(PARALLEL) --cov --cov-report=term $(PYTEST_ARGS)
 
 quick: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest $(QUICK) $(PYTEST_ARGS)

@@ -299,7 +299,8 @@ def cli_in_process(monkeypatch, capsys, signals_handled):
     handlers, level = list(root.handlers), root.level
 
     def run(*args: str, runs_dir: Path) -> tuple[int, str, str]:
-        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+        # Set, so that monkeypatch takes back what cli() sets: a variable it deleted while absent, it forgets.
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "0")
         # Hydra finds conf/ from the file of `python -m mnist_exp`; called as a module's function, it would look
         # for a package named conf: the same folder, named.
         monkeypatch.setattr(sys, "argv", ["mnist_exp", "--config-path", str(CONF_DIR), *args, f"runs_dir={runs_dir}"])
@@ -550,6 +551,18 @@ def reading_timeout_forgotten():
         os.environ.pop(store.HTTP_TIMEOUT_VARIABLE, None)
     else:
         os.environ[store.HTTP_TIMEOUT_VARIABLE] = before
+
+
+# --- make test's workers -------------------------------------------------------------------------------------
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """make test's workers (pytest-xdist, --dist loadgroup) take a module's tests together, for the fixtures they
+    share (a trained model, a server, a Ray cluster); a test marked with an xdist_group of its own (a long one that
+    shares none) may run beside its module on another worker."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 # --- one empty MLflow store for the session ---------------------------------------------------------------------

@@ -374,6 +374,7 @@ def test_an_unreachable_postgresql_store_is_one_line_within_seconds(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.fresh_store  # its own empty SQLite file
 def test_a_read_only_store_file_is_one_line_and_left_as_it_was(tmp_path):
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir()

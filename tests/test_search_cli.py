@@ -174,7 +174,7 @@ def test_a_search_chooses_between_models_and_each_trial_has_its_models_keys_only
     (extra / "hparams_search").mkdir(parents=True)
     (extra / "hparams_search" / "two_models.yaml").write_text(MODEL_CHOICE_PRESET)
     runs_dir = tmp_path / "runs"
-    runs_dir.mkdir()
+    runs_dir.mkdir(exist_ok=True)
     # Both models for certain, whatever the sampler draws: a CNN queued first, then the baseline (the default MLP).
     storage = f"sqlite:///{runs_dir}/optuna.db"
     optuna.create_study(study_name="models", storage=storage, direction="maximize").enqueue_trial({"model": "cnn"})
@@ -211,6 +211,7 @@ def test_a_search_refuses_repeats_in_one_line(tmp_path):
     assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
 
 
+@pytest.mark.xdist_group("search_interrupts")  # three long tests that share nothing with the module's others
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
                          ids=["ctrl-c", "sigterm", "sigkill"])
 def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number):

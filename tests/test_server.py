@@ -259,6 +259,7 @@ WRONG_SECRET = "Wr0ng-pw-12345"
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
+@pytest.mark.xdist_group("basic_auth")  # the suite's longest test, with a server of its own
 def test_the_basic_auth_recipe_refuses_strangers_and_serves_its_users(tmp_path, monkeypatch):
     """README's authenticated server: no default admin password; a run, a search and `runs` without credentials,
     and `runs` with a wrong password, are one line, exit 2, and no run is created; with them, one user's
