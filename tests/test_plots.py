@@ -51,3 +51,25 @@ def test_sweep_plot_shows_only_parameters_that_vary(tmp_path):
     assert path is not None and is_png(path)
     assert plots.sweep_parameters(tmp_path / "none.png", rows[:1], "val_accuracy") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_search_picture_that_cannot_be_drawn_is_a_warning_and_the_others_are_drawn(tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    import optuna
+
+    from mnist_exp.multirun.search import search_plots
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("lr", 0.001, 0.1) + trial.suggest_int("width", 8, 64), n_trials=4)
+
+    def broken(*args, **kwargs):
+        raise OSError("database is locked")
+
+    monkeypatch.setattr(optuna.visualization.matplotlib, "plot_optimization_history", broken)
+    result = SimpleNamespace(study_name="s", storage=storage, metric="val_accuracy", objectives={})
+    written = search_plots.search_plots(result, tmp_path / "plots")
+    assert [path.name for path in written] == ["param_importances.png", "param_importances.html"]
+    assert all(is_png(path) for path in written if path.suffix == ".png")
+    assert "no optimization_history plot: OSError: database is locked" in caplog.text

@@ -28,8 +28,6 @@ def test_a_key_only_some_of_the_searched_models_have_is_refused_in_one_line(tmp_
     assert not (runs_dir / "optuna.db").exists() or finished_trials(runs_dir / "optuna.db", "models") == 0
 
 
-
-
 def test_a_loss_objective_over_label_smoothing_is_refused_in_one_line(tmp_path, cli_in_process):
     """Losses against differently smoothed targets do not rank the trials that produced them."""
     code, _, stderr = search(cli_in_process, "hparams_search=fashion_mlp", "optimized_metric=val_loss",
@@ -38,8 +36,6 @@ def test_a_loss_objective_over_label_smoothing_is_refused_in_one_line(tmp_path, 
     assert stderr.strip().splitlines()[-1].startswith(
         "error: optimized_metric val_loss cannot rank trials of different label_smoothing")
     assert not (tmp_path / "runs" / "optuna.db").exists()
-
-
 
 
 INVERTED_BOUNDS = """\
@@ -54,8 +50,6 @@ hydra:
 """
 
 
-
-
 def search_of_preset(cli_in_process, tmp_path, name: str, preset: str):
     """((exit code, stdout, stderr), runs_dir) of a search with `preset` as conf/hparams_search/<name>.yaml of its
     own."""
@@ -66,8 +60,6 @@ def search_of_preset(cli_in_process, tmp_path, name: str, preset: str):
     return search(cli_in_process, f"hparams_search={name}", runs_dir=runs_dir, extra_conf=extra), runs_dir
 
 
-
-
 @pytest.mark.fresh_store
 def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path, cli_in_process):
     (code, _, stderr), runs_dir = search_of_preset(cli_in_process, tmp_path, "inverted", INVERTED_BOUNDS)
@@ -76,8 +68,6 @@ def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path, cli_in_process
         "error: hydra.sweeper.search_space.model.dropout has inverted bounds: low=0.9 > high=0.5"
     )
     assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
-
-
 
 
 NEVER_DRAWN = """\
@@ -93,8 +83,6 @@ hydra:
 """
 
 
-
-
 @pytest.mark.fresh_store
 def test_a_condition_that_can_never_hold_is_one_line_and_leaves_nothing(tmp_path, cli_in_process):
     """Once accepted silently, the parameter never drawn; each reason: test_search.py (conditions)."""
@@ -105,8 +93,6 @@ def test_a_condition_that_can_never_hold_is_one_line_and_leaves_nothing(tmp_path
         "of model [mlp,cnn]"
     )
     assert not runs_dir.exists()
-
-
 
 
 @pytest.mark.fresh_store

@@ -16,7 +16,6 @@ FRAMEWORK_RESIDENT = 0.85 * GIB  # resident memory (physical, a cgroup's)
 UNLIMITED = 2**62  # a cgroup limit at or above this is no limit (v1 writes 9223372036854771712)
 
 
-
 @dataclass(frozen=True)
 class Budget:
     """What this process may hold in all (`limit`, named by `source`), and what the framework takes of it: the

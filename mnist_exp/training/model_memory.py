@@ -36,6 +36,8 @@ OPTIMIZER_SLOTS = {
     "sgd": 0, "rmsprop": 1, "adam": 2, "adamw": 2, "adagrad": 1, "adadelta": 2, "adamax": 2, "nadam": 2,
     "lion": 1, "ftrl": 2, "adafactor": 0, "lamb": 2,
 }
+
+
 @dataclass(frozen=True)
 class Layer:
     """One layer as the estimate sees it: the config key that sizes it, its weights, its outputs per example."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from mnist_exp.multirun.search.search_space import make_storage
 from mnist_exp.reports.plots import pyplot
+from mnist_exp.system.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,15 @@ def search_plots(result: Any, folder: Path) -> list[Path]:
         for name, (static, interactive) in plots.items():
             try:
                 axes = static(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as error:
+                figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+                figure.set_size_inches(9, 5)
+                figure.tight_layout()
+                figure.savefig(folder / f"{name}.png", dpi=100)
+                plt.close(figure)
+                interactive(study).write_html(folder / f"{name}.html", include_plotlyjs=True)
+            except Exception as error:  # a picture must not fail a finished search (nor a bug in drawing it)
                 # Importances need two or more completed trials whose parameters differ.
-                log.warning("no %s plot: %s", name, error)
+                log.warning("no %s plot: %s: %s", name, type(error).__name__, first_line(str(error)))
                 continue
-            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-            figure.set_size_inches(9, 5)
-            figure.tight_layout()
-            figure.savefig(folder / f"{name}.png", dpi=100)
-            plt.close(figure)
-            interactive(study).write_html(folder / f"{name}.html", include_plotlyjs=True)
             written += [folder / f"{name}.png", folder / f"{name}.html"]
     return written
