@@ -86,3 +86,30 @@ def test_a_sweep_without_repeated_configurations_has_no_repeats_table(store_cfg)
     seeded_child(parent, 1, "adam", 0.9)
     assert parent.close_grid().repeats == []
     assert "repeats_summary.json" not in artifact_paths(connect(store_cfg).client, parent.run_id)
+
+
+def test_a_search_closes_its_parent_under_the_studys_lock(monkeypatch):
+    """Two searches sharing a study finish together: each writes the parent's new tags (best.*), and a SQLite store
+    refused the second writer (UNIQUE constraint failed: tags.key, tags.run_uuid) in a traceback. Closing is one
+    step per study."""
+    import contextlib
+    from types import SimpleNamespace
+
+    from mnist_exp.multirun.search import search_space
+
+    held = []
+
+    @contextlib.contextmanager
+    def lock(url, name):
+        held.append((url, name))
+        try:
+            yield
+        finally:
+            held.pop()
+
+    closed_holding = []
+    monkeypatch.setattr(search_space, "storage_lock", lock)
+    monkeypatch.setattr(MultirunParent, "_close_search", lambda self, *args: closed_holding.append(list(held)))
+    result = SimpleNamespace(storage="sqlite:////tmp/study.db", study_name="shared")
+    MultirunParent.close_search(object.__new__(MultirunParent), result, [], None)
+    assert closed_holding == [[("sqlite:////tmp/study.db", "shared parent run")]] and held == []

@@ -127,7 +127,15 @@ class MultirunParent:
         return summary
 
     def close_search(self, result: SearchResult, plots: Sequence[Path], retrain: str | None) -> SweepSummary:
-        """Also the search's answer: best value and params, all trials, plots; registers the best model."""
+        """Also the search's answer: best value and params, all trials, plots; registers the best model. Under the
+        study's lock: searches sharing the study, finishing together, would otherwise write the same new tags of
+        their one parent at once (a SQLite store refuses the second: UNIQUE constraint failed)."""
+        from mnist_exp.multirun.search.search_space import storage_lock
+
+        with storage_lock(result.storage, f"{result.study_name} parent run"):
+            return self._close_search(result, plots, retrain)
+
+    def _close_search(self, result: SearchResult, plots: Sequence[Path], retrain: str | None) -> SweepSummary:
         from mnist_exp.tracking.logged_models import register_champion
 
         summary = self._log_children()
