@@ -240,6 +240,15 @@ hydra:
 """
 
 
+def search_preset(tmp_path: Path, name: str, text: str) -> str:
+    """`text` as tmp_path/conf/hparams_search/<name>.yaml, a preset of the test's own; returns the override that
+    adds that folder to Hydra's search path, so that `hparams_search=<name>` finds it."""
+    folder = tmp_path / "conf" / "hparams_search"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yaml").write_text(text)
+    return f"hydra.searchpath=[file://{tmp_path / 'conf'}]"
+
+
 # --- the CLI in a subprocess ------------------------------------------------------------------------------
 
 def cli_command(*args: str, runs_dir: Path | None, python_options: Sequence[str] = ()) -> list[str]:

@@ -22,6 +22,7 @@ from tests.conftest import (
     owner_pid,
     run_cli,
     runs_with_an_epoch,
+    search_preset,
     signal_when,
     start_cli,
     store_client,
@@ -32,9 +33,8 @@ from tests.conftest import (
 pytestmark = pytest.mark.slow
 
 
-def search(*args: str, runs_dir, extra_conf=None) -> subprocess.CompletedProcess:
-    searchpath = [f"hydra.searchpath=[file://{extra_conf}]"] if extra_conf is not None else []
-    return run_cli("-m", *args, "data=mnist_sample", *searchpath, runs_dir=runs_dir)
+def search(*args: str, runs_dir) -> subprocess.CompletedProcess:
+    return run_cli("-m", *args, "data=mnist_sample", runs_dir=runs_dir)
 
 
 def sweep_runs(runs_dir):
@@ -60,12 +60,10 @@ hydra:
 
 
 def test_parallel_search_with_pruning_then_resume(tmp_path):
-    extra = tmp_path / "conf"
-    (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / "hopeless.yaml").write_text(GRID_WITH_HOPELESS_TRIALS)
     runs_dir = tmp_path / "runs"
-    common = ["hparams_search=hopeless", "epochs=2", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
-    first = search(*common, "hydra.sweeper.n_trials=4", runs_dir=runs_dir, extra_conf=extra)
+    common = ["hparams_search=hopeless", search_preset(tmp_path, "hopeless", GRID_WITH_HOPELESS_TRIALS), "epochs=2",
+              "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"]
+    first = search(*common, "hydra.sweeper.n_trials=4", runs_dir=runs_dir)
     assert first.returncode == 0, first.stderr[-3000:]
 
     study = optuna.load_study(study_name="hopeless", storage=f"sqlite:///{runs_dir}/optuna.db")
@@ -110,7 +108,7 @@ def test_parallel_search_with_pruning_then_resume(tmp_path):
         assert f"baseline trial {baseline.number} " in first.stdout
 
     # One study, one parent run: the resumed search adds its trial there, and the parent describes all five.
-    second = search(*common, "hydra.sweeper.n_trials=5", runs_dir=runs_dir, extra_conf=extra)
+    second = search(*common, "hydra.sweeper.n_trials=5", runs_dir=runs_dir)
     assert second.returncode == 0, second.stderr[-3000:]
     study = optuna.load_study(study_name="hopeless", storage=f"sqlite:///{runs_dir}/optuna.db")
     assert len(study.trials) == 5 and "1 run by this sweep" in second.stdout
@@ -150,11 +148,9 @@ hydra:
 
 
 def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path):
-    extra = tmp_path / "conf"
-    (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / "diverge.yaml").write_text(GRID_WITH_A_DIVERGING_TRIAL)
     runs_dir = tmp_path / "runs"
-    result = search("hparams_search=diverge", "epochs=1", runs_dir=runs_dir, extra_conf=extra)
+    result = search("hparams_search=diverge", search_preset(tmp_path, "diverge", GRID_WITH_A_DIVERGING_TRIAL),
+                    "epochs=1", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="diverge", storage=f"sqlite:///{runs_dir}/optuna.db")
     by_lr = {t.params["optimizer.lr"]: t for t in study.trials}
@@ -170,16 +166,13 @@ LAYER_KEYS = {"mlp": "model.hidden_units", "cnn": "model.filters"}
 
 
 def test_a_search_chooses_between_models_and_each_trial_has_its_models_keys_only(tmp_path):
-    extra = tmp_path / "conf"
-    (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / "two_models.yaml").write_text(MODEL_CHOICE_PRESET)
+    preset = search_preset(tmp_path, "two_models", MODEL_CHOICE_PRESET)
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir(exist_ok=True)
     # Both models for certain, whatever the sampler draws: a CNN queued first, then the baseline (the default MLP).
     storage = f"sqlite:///{runs_dir}/optuna.db"
     optuna.create_study(study_name="models", storage=storage, direction="maximize").enqueue_trial({"model": "cnn"})
-    result = search("hparams_search=two_models", "epochs=1", "hydra.sweeper.n_trials=2", runs_dir=runs_dir,
-                    extra_conf=extra)
+    result = search("hparams_search=two_models", preset, "epochs=1", "hydra.sweeper.n_trials=2", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="models", storage=storage)
     trials = {t.number: t for t in study.trials}

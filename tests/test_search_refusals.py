@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import MODEL_CHOICE_PRESET, finished_trials
+from tests.conftest import MODEL_CHOICE_PRESET, finished_trials, search_preset
 
 
-def search(cli_in_process, *args: str, runs_dir, extra_conf=None) -> tuple[int, str, str]:
-    searchpath = [f"hydra.searchpath=[file://{extra_conf}]"] if extra_conf is not None else []
-    return cli_in_process("-m", *args, "data=mnist_sample", *searchpath, runs_dir=runs_dir)
+def search(cli_in_process, *args: str, runs_dir) -> tuple[int, str, str]:
+    return cli_in_process("-m", *args, "data=mnist_sample", runs_dir=runs_dir)
 
 
 def test_a_key_only_some_of_the_searched_models_have_is_refused_in_one_line(tmp_path, cli_in_process):
-    extra = tmp_path / "conf"
-    (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / "two_models.yaml").write_text(MODEL_CHOICE_PRESET)
     runs_dir = tmp_path / "runs"
     code, _, stderr = search(cli_in_process, "hparams_search=two_models", "model=cnn", "model.filters=[4,8]",
-                             runs_dir=runs_dir, extra_conf=extra)
+                             search_preset(tmp_path, "two_models", MODEL_CHOICE_PRESET), runs_dir=runs_dir)
     assert code == 2
     assert stderr.strip().splitlines()[-1] == (
         "error: model.filters=[4,8]: the search chooses model (hydra.sweeper.search_space.model) and model=mlp has "
@@ -50,19 +46,11 @@ hydra:
 """
 
 
-def search_of_preset(cli_in_process, tmp_path, name: str, preset: str):
-    """((exit code, stdout, stderr), runs_dir) of a search with `preset` as conf/hparams_search/<name>.yaml of its
-    own."""
-    extra = tmp_path / "conf"
-    (extra / "hparams_search").mkdir(parents=True)
-    (extra / "hparams_search" / f"{name}.yaml").write_text(preset)
-    runs_dir = tmp_path / "runs"
-    return search(cli_in_process, f"hparams_search={name}", runs_dir=runs_dir, extra_conf=extra), runs_dir
-
-
 @pytest.mark.fresh_store
 def test_inverted_bounds_are_one_line_and_leave_nothing(tmp_path, cli_in_process):
-    (code, _, stderr), runs_dir = search_of_preset(cli_in_process, tmp_path, "inverted", INVERTED_BOUNDS)
+    runs_dir = tmp_path / "runs"
+    code, _, stderr = search(cli_in_process, "hparams_search=inverted",
+                             search_preset(tmp_path, "inverted", INVERTED_BOUNDS), runs_dir=runs_dir)
     assert code == 2, stderr
     assert stderr.strip() == (
         "error: hydra.sweeper.search_space.model.dropout has inverted bounds: low=0.9 > high=0.5"
@@ -86,7 +74,9 @@ hydra:
 @pytest.mark.fresh_store
 def test_a_condition_that_can_never_hold_is_one_line_and_leaves_nothing(tmp_path, cli_in_process):
     """Once accepted silently, the parameter never drawn; each reason: test_search.py (conditions)."""
-    (code, _, stderr), runs_dir = search_of_preset(cli_in_process, tmp_path, "never", NEVER_DRAWN)
+    runs_dir = tmp_path / "runs"
+    code, _, stderr = search(cli_in_process, "hparams_search=never", search_preset(tmp_path, "never", NEVER_DRAWN),
+                             runs_dir=runs_dir)
     assert code == 2, stderr
     assert stderr.strip() == (
         "error: hydra.sweeper.search_space.model.dropout.when.model=rnn can never hold: rnn is not among the choices "

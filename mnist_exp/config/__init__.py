@@ -1,4 +1,4 @@
-"""Checks a composed config before anything heavy is imported, and resolves its paths.
+"""Checks a composed config before anything heavy is imported (its paths: config/paths.py).
 
 Hydra already rejects unknown group options and unknown keys; this module rejects values that compose
 fine but cannot work (`epochs=0`, `epochs=abc`, `optimizer.lr=-1`, `'model.hidden_units=[]'`, ...),
