@@ -31,17 +31,16 @@ def main(cfg: DictConfig):
         from mnist_exp.multirun.sweep_job import run_job
 
         return run_job(cfg, overrides, hydra_cfg.job.num)
-    from mnist_exp import config, experiment
+    from mnist_exp import experiment
+    from mnist_exp.config.plan import resolve
 
     try:
-        config.validate(cfg)
-        if cfg.repeats > 1:  # the grid sweeper runs the repeats (mnist_exp.multirun.grid_jobs)
-            raise ExperimentError(f"repeats={cfg.repeats} runs {cfg.repeats} jobs, one per seed: add -m")
-        outcome = experiment.run(cfg, overrides)
+        plan = resolve(cfg, "run")
+        outcome = experiment.run(cfg, overrides, plan=plan)
     except ExperimentError as error:
         exit_with(str(error))  # here, not in cli(): Hydra would log the job's overrides first
     print(experiment.summary(outcome))
-    return outcome[config.objectives(cfg)[0]]
+    return outcome[plan.metric]
 
 
 def cli() -> None:

@@ -1,4 +1,4 @@
-"""One experiment, start to finish: validate -> data -> open run -> train -> publish."""
+"""One experiment, start to finish: resolve -> data -> prepare -> open run -> train -> publish."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from mnist_exp import config
-from mnist_exp.config import paths
+from mnist_exp.config.plan import RunPlan, resolve
 from mnist_exp.data import Dataset, load_dataset, with_training_subset
 from mnist_exp.system import interrupts
 from mnist_exp.system.errors import ExperimentError, out_of_memory_is_a_failure
@@ -20,13 +19,17 @@ from mnist_exp.tracking.run_record import RunContext, RunRecorder
 from mnist_exp.tracking.store import check_store
 from mnist_exp.training.model_memory import check_fits
 
+if TYPE_CHECKING:
+    from mnist_exp.training.train import PreparedTraining
+
 log = logging.getLogger(__name__)
 
 
 STANDALONE = RunContext()  # a run of its own: no parent, no extra tags, nobody else watching its epochs
 
 
-def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = STANDALONE) -> dict[str, Any]:
+def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = STANDALONE,
+        plan: RunPlan | None = None) -> dict[str, Any]:
     """Train and evaluate the experiment `cfg` describes, recorded as one MLflow run.
 
     Returns the final metrics (val_accuracy, val_loss, test_accuracy, test_loss, epochs_completed,
@@ -34,17 +37,15 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = ST
     and dataset. Raises ExperimentError for bad config or data before any run is created (under a parent run,
     a FAILED child records it); a failure during training leaves the run FAILED with the reason. `context`
     places the run under a parent run, adds tags, and lets another party see every epoch (an Optuna trial
-    reports through it).
+    reports through it). `plan` is `cfg` resolved already (config.plan.resolve, by a command line that checked
+    more of it); without it, `cfg` is resolved here.
     """
     with interrupts.scope():
-        dataset = _validated_data(cfg, overrides, context)
+        plan, dataset, training = _prepared(cfg, overrides, context, plan)
         from mnist_exp.tracking.run_record import record_run
-        from mnist_exp.training.train import train_and_evaluate
 
-        with record_run(cfg, dataset, overrides, context) as recorder:
-            result = train_and_evaluate(
-                cfg, dataset, on_epoch=_epoch_hook(cfg, recorder, context), on_built=recorder.log_model_size
-            )
+        with record_run(cfg, dataset, overrides, context, plan) as recorder:
+            result = training.run(on_epoch=_epoch_hook(cfg, recorder, context), on_built=recorder.log_model_size)
             with out_of_memory_is_a_failure(f"saving the model and pictures of run {recorder.run_id}"):
                 model_uri = _publish(cfg, recorder, result, dataset)
     return {
@@ -56,23 +57,22 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = ST
     }
 
 
-def _validated_data(cfg: DictConfig, overrides: Sequence[str], context: RunContext) -> Dataset:
+def _prepared(cfg: DictConfig, overrides: Sequence[str], context: RunContext,
+              plan: RunPlan | None) -> tuple[RunPlan, Dataset, PreparedTraining]:
+    """Everything checked before the run is recorded: the config, the store, the data, the memory, and what
+    only Keras can check (the optimizer's settings)."""
     try:
-        config.validate(cfg)
-        check_store(cfg)
-        dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=paths.runs_dir(cfg) / "cache")
+        plan = plan or resolve(cfg)
+        check_store(plan)
+        dataset = load_dataset(cfg.data, seed=cfg.seed, cache_dir=plan.runs_dir / "cache")
         if cfg.train_subset is not None:
             dataset = with_training_subset(dataset, cfg.train_subset, cfg.seed)
         # Before TensorFlow loads: a model far too large for this process fails here in one line, not mid-build.
-        check_fits(config.plain(cfg), dataset)
+        check_fits(plan.values, dataset)
         # Imported here, after the checks that need neither: together they cost seconds.
-        from mnist_exp.system.keras_backend import import_keras, select_backend
-        from mnist_exp.training.model import build_optimizer
+        from mnist_exp.training.train import prepare
 
-        select_backend(cfg.backend)
-        import_keras()
-        build_optimizer(cfg.optimizer)  # only Keras knows which keys its optimizer takes
-        return dataset
+        return plan, dataset, prepare(plan.values, dataset)
     except ExperimentError as error:
         if context.parent_run_id is not None:
             # Every job of a sweep gets a child run, so the parent's table shows this one failed.

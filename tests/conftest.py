@@ -27,6 +27,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from mnist_exp.config.paths import STORE_FILE
+
 if TYPE_CHECKING:
     from mnist_exp.multirun.search.search import Search, TrialJob
 
@@ -576,7 +578,6 @@ def pytest_collection_modifyitems(config, items):
 
 # --- one empty MLflow store for the session ---------------------------------------------------------------------
 
-STORE_FILE = "mlflow.db"
 
 
 @pytest.fixture(scope="session")

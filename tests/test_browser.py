@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from mnist_exp import experiment
-from mnist_exp.tracking.store import connect, tracking_uri
+from mnist_exp.config.paths import tracking_uri
+from mnist_exp.tracking.store import connect
 from tests.conftest import (
     CHROMIUM,
     SCREENSHOTS,

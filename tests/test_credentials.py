@@ -6,11 +6,12 @@ import logging
 
 import pytest
 
+from mnist_exp.config.paths import tracking_uri
 from mnist_exp.system import credentials, redaction
 from mnist_exp.system.errors import ExperimentError, report
 from mnist_exp.tracking.run_record import log_config, log_params
 from mnist_exp.tracking.run_tags import run_name
-from mnist_exp.tracking.store import connect, tracking_uri, ui_command
+from mnist_exp.tracking.store import connect, ui_command
 
 SECRET = "S3cret-pw"
 

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from mnist_exp import experiment
+from mnist_exp.config.paths import tracking_uri
 from mnist_exp.system.errors import ExperimentError, OutOfMemory, TrainingDiverged
 from mnist_exp.tracking import run_tags
 from mnist_exp.tracking.logged_models import load_logged_model
 from mnist_exp.tracking.run_record import RunContext, RunRecorder
-from mnist_exp.tracking.store import connect, tracking_uri
+from mnist_exp.tracking.store import connect
 from tests.conftest import all_runs, artifact_paths, compose_cfg, metric_steps, store_client, write_npz
 
 

@@ -19,11 +19,12 @@ import pytest
 from PIL import Image
 
 from mnist_exp import experiment
+from mnist_exp.config.paths import tracking_uri
 from mnist_exp.system.errors import ExperimentError, StoreFailed
 from mnist_exp.system.net import ANSWER_TIMEOUT_S
 from mnist_exp.tracking import run_tags
 from mnist_exp.tracking.run_record import RunContext
-from mnist_exp.tracking.store import HTTP_RETRY_DEFAULTS, check_store, connect, open_store, tracking_uri
+from mnist_exp.tracking.store import HTTP_RETRY_DEFAULTS, check_store, connect, open_store
 from mnist_exp.tracking.store_checks import check_store_uri
 from tests.conftest import (
     all_runs,

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from mnist_exp.config.plan import resolve
 from mnist_exp.multirun import grid_jobs
 from mnist_exp.multirun.parent_run import MultirunParent
 from mnist_exp.system.errors import ExperimentError
@@ -62,16 +63,16 @@ def test_each_job_counts_once_by_its_best_attempt():
 
 def test_the_same_sweep_continues_its_parent_run_unless_told_not_to(make_cfg):
     cfg = make_cfg("data=mnist_sample")
-    first = MultirunParent.open(cfg, ["optimizer=sgd,adam"], "key-1", resume=True)
+    first = MultirunParent.open(cfg, resolve(cfg), ["optimizer=sgd,adam"], "key-1", resume=True)
     with pytest.raises(ExperimentError, match="is still running, in process"):
-        MultirunParent.open(cfg, ["optimizer=sgd,adam"], "key-1", resume=True)
+        MultirunParent.open(cfg, resolve(cfg), ["optimizer=sgd,adam"], "key-1", resume=True)
     first.close_grid()
-    again = MultirunParent.open(cfg, ["optimizer=sgd,adam"], "key-1", resume=True)
+    again = MultirunParent.open(cfg, resolve(cfg), ["optimizer=sgd,adam"], "key-1", resume=True)
     assert again.run_id == first.run_id
     client = again.store.client
     parent = client.get_run(again.run_id)
     assert parent.info.status == "RUNNING" and run_tags.STATE_TAG not in parent.data.tags
     again.close_grid()
     assert client.get_run(again.run_id).info.status == "FINISHED"
-    assert MultirunParent.open(cfg, ["optimizer=sgd,adam"], "key-1", resume=False).run_id != first.run_id
-    assert MultirunParent.open(cfg, ["optimizer=sgd"], "key-2", resume=True).run_id != first.run_id
+    assert MultirunParent.open(cfg, resolve(cfg), ["optimizer=sgd,adam"], "key-1", resume=False).run_id != first.run_id
+    assert MultirunParent.open(cfg, resolve(cfg), ["optimizer=sgd"], "key-2", resume=True).run_id != first.run_id

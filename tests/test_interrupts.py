@@ -10,10 +10,10 @@ import pytest
 from mlflow import MlflowClient
 
 from mnist_exp import experiment
+from mnist_exp.config.paths import tracking_uri
 from mnist_exp.system import interrupts
 from mnist_exp.tracking import run_tags
 from mnist_exp.tracking.run_record import RunContext
-from mnist_exp.tracking.store import tracking_uri
 
 
 def test_a_deferred_block_completes_and_the_interrupt_follows(signals_handled):

@@ -17,9 +17,9 @@ from PIL import Image
 
 from mnist_exp import experiment
 from mnist_exp.commands import predict, runs
+from mnist_exp.config.paths import tracking_uri
 from mnist_exp.data import load_dataset
 from mnist_exp.tracking.logged_models import register_champion
-from mnist_exp.tracking.store import tracking_uri
 from tests.conftest import compose_cfg, free_port, wait_for_http
 
 SAMPLES = 12

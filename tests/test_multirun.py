@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mnist_exp.config.plan import resolve
 from mnist_exp.multirun.parent_run import MultirunParent
 from mnist_exp.tracking import run_tags
 from mnist_exp.tracking.run_record import log_params
@@ -37,7 +38,7 @@ def child(parent: MultirunParent, state: str, status: str, val_accuracy: float |
     ids=["only pruned", "pruned and complete", "only failed", "no jobs"],
 )
 def test_how_a_parent_ends(store_cfg, children, ended):
-    parent = MultirunParent.open(store_cfg, ["-m"])
+    parent = MultirunParent.open(store_cfg, resolve(store_cfg), ["-m"])
     for spec in children:
         child(parent, *spec)
     summary = parent.close_grid()
@@ -63,7 +64,7 @@ def seeded_child(parent: MultirunParent, seed: int, optimizer: str, val_accuracy
 
 
 def test_a_sweep_over_seeds_summarises_each_configuration_on_the_parent(store_cfg):
-    parent = MultirunParent.open(store_cfg, ["-m", "seed=1,2,3", "optimizer=sgd,adam"])
+    parent = MultirunParent.open(store_cfg, resolve(store_cfg), ["-m", "seed=1,2,3", "optimizer=sgd,adam"])
     for seed, sgd, adam in ((1, 0.40, 0.90), (2, 0.50, 0.88), (3, None, 0.92)):
         seeded_child(parent, seed, "sgd", sgd)
         seeded_child(parent, seed, "adam", adam)
@@ -81,7 +82,7 @@ def test_a_sweep_over_seeds_summarises_each_configuration_on_the_parent(store_cf
 
 
 def test_a_sweep_without_repeated_configurations_has_no_repeats_table(store_cfg):
-    parent = MultirunParent.open(store_cfg, ["-m", "optimizer=sgd,adam"])
+    parent = MultirunParent.open(store_cfg, resolve(store_cfg), ["-m", "optimizer=sgd,adam"])
     seeded_child(parent, 1, "sgd", 0.4)
     seeded_child(parent, 1, "adam", 0.9)
     assert parent.close_grid().repeats == []

@@ -7,10 +7,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from mnist_exp import config, experiment
+from mnist_exp.config.paths import tracking_uri
 from mnist_exp.data import load_dataset, with_training_subset
 from mnist_exp.system.errors import ExperimentError, ModelCannotLearn
 from mnist_exp.tracking import run_tags
-from mnist_exp.tracking.store import tracking_uri
 from tests.conftest import CONF_DIR, all_runs, compose_cfg, run_cli, store_client, write_npz
 
 PRESET_GROUPS = ("experiment", "debug")

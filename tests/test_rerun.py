@@ -99,7 +99,7 @@ def test_a_run_of_other_code_is_rerun_with_a_one_line_warning(make_cfg, tmp_path
     run_id = recorded_run(cfg, ["epochs=3", "+hydra.job.env_set.X=1"], {run_tags.GIT_COMMIT_TAG: "0" * 40})
     monkeypatch.setattr(run_tags, "source_tags", lambda: {run_tags.GIT_COMMIT_TAG: "1" * 40})
 
-    rerun_cfg, recorded = rerun.prepare(run_id, store_uri(tmp_path / "runs"), ["batch_size=64"])
+    rerun_cfg, recorded, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), ["batch_size=64"])
     assert (rerun_cfg.epochs, rerun_cfg.batch_size) == (3, 64) and recorded == ["epochs=3"]
     (warning,) = capsys.readouterr().err.splitlines()
     assert warning == (f"warning: run {run_id} was trained by commit 000000000000, this checkout is 111111111111: "
@@ -115,12 +115,12 @@ def test_a_rerun_goes_to_the_store_it_was_read_from(make_cfg, tmp_path):
     run_id = recorded_run(cfg)
     (tmp_path / "copy").mkdir()
     shutil.copy(tmp_path / "runs" / "mlflow.db", tmp_path / "copy" / "mlflow.db")
-    from mnist_exp.tracking.store import tracking_uri
+    from mnist_exp.config.paths import tracking_uri
 
-    rerun_cfg, _ = rerun.prepare(run_id, store_uri(tmp_path / "copy"), [])
+    rerun_cfg, _, _ = rerun.prepare(run_id, store_uri(tmp_path / "copy"), [])
     assert tracking_uri(rerun_cfg) == store_uri(tmp_path / "copy")
     assert rerun_cfg.runs_dir == str(tmp_path / "copy"), "a local store's folder is the rerun's runs_dir"
-    rerun_cfg, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [])
+    rerun_cfg, _, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [])
     assert rerun_cfg.mlflow.tracking_uri is None, "the store its config names: the config unchanged"
     with pytest.raises(ExperimentError, match="mlflow.tracking_uri='foo://x' is invalid"):
         rerun.prepare(run_id, store_uri(tmp_path / "copy"), ["mlflow.tracking_uri=foo://x"])
@@ -137,13 +137,13 @@ def test_a_run_recorded_before_the_newer_keys_existed_is_rerun_as_it_was_trained
         del cfg[key]
     del cfg.data["augment"]
     run_id = recorded_run(cfg)
-    prepared, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), [])
+    prepared, _, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), [])
     assert (prepared.repeats, prepared.lr_schedule, prepared.label_smoothing, prepared.data.augment) == (
         1, "constant", 0.0, 0)
-    prepared, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), ["lr_schedule=cosine", "data.augment=2"])
+    prepared, _, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), ["lr_schedule=cosine", "data.augment=2"])
     assert (prepared.lr_schedule, prepared.data.augment) == ("cosine", 2)
     # A data option's own file lacks data.augment (config.yaml sets it for every dataset).
-    prepared, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), ["data=fashion_mnist"])
+    prepared, _, _ = rerun.prepare(run_id, store_uri(cfg.runs_dir), ["data=fashion_mnist"])
     assert (prepared.data.name, prepared.data.augment) == ("fashion_mnist", 0)
 
 
@@ -193,9 +193,9 @@ def test_a_recorded_loader_is_called_only_when_trusted_and_refused_before_any_im
                         f"names: a rerun calls only loaders you trust (if you do: --trust-loader {loader})")
         assert (victim / "keep.txt").read_text() == "precious" and not (tmp_path / "imported").exists()
     # Trusted on the command line, or chosen again by the user, the loader is theirs to call.
-    prepared, _ = rerun.prepare(run_id, uri, [f"data.path={victim}"], trusted_loaders=["marking_loader:load"])
+    prepared, _, _ = rerun.prepare(run_id, uri, [f"data.path={victim}"], trusted_loaders=["marking_loader:load"])
     assert prepared.data.loader == "marking_loader:load" and not (tmp_path / "imported").exists()
-    prepared, _ = rerun.prepare(run_id, uri, ["data=mnist_sample"])
+    prepared, _, _ = rerun.prepare(run_id, uri, ["data=mnist_sample"])
     assert prepared.data.loader == "mnist_exp.data.sources:load_mnist_sample"
     assert len(store_client(tmp_path / "runs").search_runs([cfg_experiment_id(cfg)])) == 2, "no run trained"
 
@@ -211,10 +211,10 @@ def test_a_recorded_config_names_no_place_on_this_machine(make_cfg, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     text = edited(cfg, runs_dir=str(elsewhere), mlflow__tracking_uri=f"sqlite:///{elsewhere}/mlflow.db")
     run_id = recorded_text(cfg, text + f"hydra:\n  run:\n    dir: {elsewhere}/out\n")
-    prepared, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [])
+    prepared, _, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [])
     assert prepared.runs_dir == str(tmp_path / "runs") and prepared.mlflow.tracking_uri is None
     assert "hydra" not in prepared
-    prepared, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [f"runs_dir={tmp_path / 'mine'}"])
+    prepared, _, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [f"runs_dir={tmp_path / 'mine'}"])
     assert prepared.runs_dir == str(tmp_path / "mine"), "the user's override wins"
 
     sample = tmp_path / "digits.csv"
@@ -224,7 +224,7 @@ def test_a_recorded_config_names_no_place_on_this_machine(make_cfg, tmp_path):
                        "takes no path from a store: name the data again, e.g. python -m mnist_exp.rerun "
                        f"{run_id} --tracking-uri .* data.path={sample}"):
         rerun.prepare(run_id, store_uri(tmp_path / "runs"), [])
-    prepared, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [f"data.path={sample}"])
+    prepared, _, _ = rerun.prepare(run_id, store_uri(tmp_path / "runs"), [f"data.path={sample}"])
     assert prepared.data.path == str(sample)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from mnist_exp.tracking.store import EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT, connect, tracking_uri
+from mnist_exp.config.paths import tracking_uri
+from mnist_exp.tracking.store import EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT, connect
 from tests.conftest import compose_cfg, store_client
 
 # Literal, as MLflow's UI reads them (mlflow/server/js/build): a renamed constant must fail here.

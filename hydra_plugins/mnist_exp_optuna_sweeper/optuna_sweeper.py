@@ -43,8 +43,8 @@ class OptunaSweeper(Sweeper):
 
         assert self.config is not None and self.launcher is not None
         try:
-            search = self._search(arguments)
-            check_store_access(self.config)  # a server refusing us leaves no empty study behind
+            search, plan = self._search(arguments)
+            check_store_access(plan)  # a server refusing us leaves no empty study behind
             search.open_study()
         except ExperimentError as error:
             exit_with(str(error))
@@ -52,7 +52,7 @@ class OptunaSweeper(Sweeper):
         threads = sweeping.threads_per_job(self.config, search.n_jobs, self.settings.get("threads_per_job", "auto"))
         per_job = thread_overrides(threads) if threads is not None else []
         study = StudyLink(search.storage, search.study_name, search.metric, dict(search.pruner))
-        with sweeping.parent_run(self.config, arguments, search=search) as parent:
+        with sweeping.parent_run(self.config, arguments, search=search, plan=plan) as parent:
             sweeping.announce_search(search, parent)
 
             def launch(jobs: list[TrialJob], first_index: int) -> list[Any]:
@@ -68,21 +68,18 @@ class OptunaSweeper(Sweeper):
                 result = search.run(arguments, launch, concurrent=kind != sweeping.IN_PROCESS)
             except ExperimentError as error:
                 exit_with(str(error))
-            from mnist_exp.config import paths
-
             retrain = result.retrain_command(parent.store.uri, self.config.data.path)
-            plots = search_plots(result, paths.runs_dir(self.config) / "optuna" / result.study_name)
+            plots = search_plots(result, plan.runs_dir / "optuna" / result.study_name)
             summary = parent.close_search(result, plots, retrain)
         sweeping.report_search(parent, result, summary, retrain)
         return result
 
     def _search(self, arguments: list[str]):
-        from mnist_exp import config
-        from mnist_exp.config import paths
+        from mnist_exp.config.plan import resolve
         from mnist_exp.multirun import sweeping
         from mnist_exp.multirun.search.search import Search
         from mnist_exp.multirun.search.search_baseline import baseline_params
-        from mnist_exp.multirun.search.search_checks import check_settings
+        from mnist_exp.multirun.search.search_checks import check_objectives, check_settings
         from mnist_exp.multirun.search.search_space import storage_url
         from mnist_exp.system.errors import ExperimentError
 
@@ -96,38 +93,26 @@ class OptunaSweeper(Sweeper):
         s = self.settings
         check_settings(s)
         _check_keys_of_chosen_groups(parsed, s.get("search_space") or {}, self.config.hydra.runtime.choices)
-        config.validate(self.config)
-        if self.config.repeats != 1:
-            raise ExperimentError(f"repeats={self.config.repeats} is for grid sweeps; a search runs each trial once")
+        plan = resolve(self.config, "search")
+        check_objectives(s, plan.objectives)
         sweeping.check_ray_cluster(self.config)
-        metrics = config.objectives(self.config)
-        if "val_loss" in metrics and "label_smoothing" in (s.get("search_space") or {}):
-            raise ExperimentError(
-                "optimized_metric val_loss cannot rank trials of different label_smoothing: their losses are "
-                "against differently smoothed targets; optimise val_accuracy, or fix label_smoothing"
-            )
-        pruner = s.get("pruner") or {}
-        if len(metrics) > 1 and pruner.get("name", "median") != "none":
-            raise ExperimentError(
-                f"hydra.sweeper.pruner.name={pruner.get('name', 'median')} cannot prune a search of "
-                f"{len(metrics)} objectives (Optuna prunes single-objective studies only); "
-                "set hydra.sweeper.pruner.name=none"
-            )
         storage = storage_url(s.get("storage"), self.config)
         if storage.startswith("sqlite:///"):
-            paths.runs_dir(self.config).mkdir(parents=True, exist_ok=True)
+            plan.runs_dir.mkdir(parents=True, exist_ok=True)
         space = s.get("search_space") or {}
         baseline = None
         if s.get("enqueue_baseline", True):
             baseline, problem = baseline_params(self.config, space)
             if problem is not None:
                 log.warning("no baseline trial: %s in hydra.sweeper.search_space", problem)
-        return Search(
-            storage=storage, study_name=s["study_name"], metric=metrics[0], direction=config.direction(metrics[0]),
-            objectives={m: config.direction(m) for m in metrics} if len(metrics) > 1 else {},
-            space=space, sampler=s.get("sampler") or {}, pruner=pruner,
+        metrics = plan.objectives
+        search = Search(
+            storage=storage, study_name=s["study_name"], metric=plan.metric, direction=plan.direction(plan.metric),
+            objectives={m: plan.direction(m) for m in metrics} if len(metrics) > 1 else {},
+            space=space, sampler=s.get("sampler") or {}, pruner=s.get("pruner") or {},
             n_trials=s["n_trials"], n_jobs=s["n_jobs"], max_failures=s.get("max_failures"), baseline=baseline,
         )
+        return search, plan
 
 
 def _check_keys_of_chosen_groups(overrides, space, choices) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_exp import config
 from mnist_exp.commands.arguments import OneLineParser
 from mnist_exp.config import paths
+from mnist_exp.config.plan import RunPlan, resolve
 from mnist_exp.system.errors import BAD_INPUT, INTERRUPTED, ExperimentError, first_line, report
 from mnist_exp.system.redaction import mask
 from mnist_exp.tracking import recorded_config, run_tags
@@ -48,9 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         overrides = credentials.take_from_arguments(args.overrides)
         store_uri = credentials.take_password(args.tracking_uri, "--tracking-uri")
-        cfg, recorded_overrides = prepare(args.run, store_uri, overrides, args.trust_loader)
+        cfg, recorded_overrides, plan = prepare(args.run, store_uri, overrides, args.trust_loader)
         context = RunContext(tags={run_tags.RERUN_OF_TAG: args.run, "mlflow.source.name": "python -m mnist_exp.rerun"})
-        outcome = experiment.run(cfg, [*recorded_overrides, *overrides], context)
+        outcome = experiment.run(cfg, [*recorded_overrides, *overrides], context, plan)
     except ExperimentError as error:
         return report(str(error), BAD_INPUT)
     except KeyboardInterrupt:
@@ -61,8 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def prepare(run_id: str, store_uri: str, overrides: Sequence[str],
-            trusted_loaders: Sequence[str] = ()) -> tuple[DictConfig, list[str]]:
-    """The run's config with `overrides` applied and validated, and the overrides it was recorded with;
+            trusted_loaders: Sequence[str] = ()) -> tuple[DictConfig, list[str], RunPlan]:
+    """The run's config with `overrides` applied, the overrides it was recorded with, and the config resolved;
     warns (one line) when the run's code was another commit. ExperimentError when it cannot be rerun.
 
     The recorded config is data (mnist_exp.tracking.recorded_config): its places on this machine are replaced by the
@@ -88,11 +88,10 @@ def prepare(run_id: str, store_uri: str, overrides: Sequence[str],
         # file (data=...), which lacks what config.yaml sets for every option (data.augment).
         if not _has(cfg, key):
             OmegaConf.update(cfg, key, value, merge=False)
-    config.validate(cfg)
-    if cfg.repeats > 1 and any(o.lstrip("+").partition("=")[0] == "repeats" for o in overrides):
-        raise ExperimentError(f"repeats={cfg.repeats}: a rerun is one run; repeat with python -m mnist_exp -m")
+    repeats_given = any(o.lstrip("+").partition("=")[0] == "repeats" for o in overrides)
+    plan = resolve(cfg, "rerun" if repeats_given else None)
     _warn_about_other_code(run)
-    return cfg, [o for o in recorded if o and not o.lstrip("+~").startswith("hydra.")]
+    return cfg, [o for o in recorded if o and not o.lstrip("+~").startswith("hydra.")], plan
 
 
 def _recorded_files(client, run_id: str) -> tuple[DictConfig, list[str]]:

@@ -13,15 +13,12 @@ Called by the grid sweeper (hydra_plugins/mnist_exp_grid_sweeper) and the parent
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mnist_exp.system.errors import ExperimentError
-from mnist_exp.system.processes import is_dead, owner
 from mnist_exp.system.redaction import mask
 from mnist_exp.tracking import run_tags
 
@@ -76,23 +73,6 @@ def previous_sweep(client, experiment_id: str, key: str):
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     return runs[0] if runs else None
-
-
-def reopen(client, parent, shared: bool = False) -> None:
-    """Make an ended parent run RUNNING again, owned by this process; ExperimentError while its sweep still
-    runs elsewhere, unless the parent is `shared` (an Optuna study's, which several workers search at once)."""
-    run_id, tags = parent.info.run_id, parent.data.tags
-    if not shared and parent.info.status == "RUNNING" and not is_dead(tags.get(run_tags.OWNER_TAG, "")):
-        raise ExperimentError(
-            f"this sweep (parent run {run_id}) is still running, in process {tags.get(run_tags.OWNER_TAG)}; "
-            "wait for it, or start a separate sweep with hydra.sweeper.resume=false"
-        )
-    client.update_run(run_id, status="RUNNING")
-    client.set_tag(run_id, run_tags.OWNER_TAG, owner())
-    for stale in (run_tags.STATE_TAG, run_tags.FAILURE_TAG):
-        if stale in tags:
-            with contextlib.suppress(Exception):
-                client.delete_tag(run_id, stale)
 
 
 def finished_digests(children: Iterable[Any]) -> dict[str, str]:

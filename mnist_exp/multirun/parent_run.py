@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
+from mnist_exp.config.plan import RunPlan
 from mnist_exp.reports import tables
-from mnist_exp.system.processes import owner
+from mnist_exp.system.errors import ExperimentError
+from mnist_exp.system.processes import is_dead, owner
 from mnist_exp.system.redaction import mask
 from mnist_exp.system.workarounds import replace_table
 from mnist_exp.tracking import run_tags
@@ -58,55 +60,53 @@ class MultirunParent:
     """One parent run: `open` creates it, `close_grid` or `close_search` fills and ends it, `abandon` ends it
     KILLED when the multirun stops early (Ctrl-C, a crash)."""
 
-    def __init__(self, cfg: DictConfig, store: Store, run_id: str) -> None:
+    def __init__(self, cfg: DictConfig, plan: RunPlan, store: Store, run_id: str) -> None:
         self.cfg, self.store, self.run_id = cfg, store, run_id
-        from mnist_exp.config import objectives
-
-        self.metric: str = objectives(cfg)[0]
+        self.metric: str = plan.metric
 
     @classmethod
-    def open(cls, cfg: DictConfig, sweep_overrides: Sequence[str], sweep_key: str | None = None,
+    def open(cls, cfg: DictConfig, plan: RunPlan, sweep_overrides: Sequence[str], sweep_key: str | None = None,
              resume: bool = False) -> MultirunParent:
         """A new parent run; with `resume`, the parent run of the sweep named `sweep_key` when there is one,
         RUNNING again (mnist_exp.multirun.grid_jobs)."""
         from mnist_exp.multirun import grid_jobs
 
-        store = connect(cfg)
+        store = connect(plan)
         kill_abandoned_runs(store)
         with sqlite_store_lock(store.uri):  # the same sweep started twice at once: one of them opens it
             previous = grid_jobs.previous_sweep(store.client, store.experiment_id, sweep_key) \
                 if resume and sweep_key else None
             if previous is not None:
-                grid_jobs.reopen(store.client, previous)
-                return cls(cfg, store, previous.info.run_id)
+                _reopen(store.client, previous)
+                return cls(cfg, plan, store, previous.info.run_id)
             run_id = _create(store, sweep_overrides, {run_tags.SWEEP_KEY_TAG: sweep_key} if sweep_key else {})
         log_config(store.client, run_id, cfg, sweep_overrides)
-        return cls(cfg, store, run_id)
+        return cls(cfg, plan, store, run_id)
 
     @classmethod
-    def open_for_study(cls, cfg: DictConfig, sweep_overrides: Sequence[str], study, storage: str) -> MultirunParent:
+    def open_for_study(cls, cfg: DictConfig, plan: RunPlan, sweep_overrides: Sequence[str], study,
+                       storage: str) -> MultirunParent:
         """The one parent run of the Optuna `study` (in `storage`) in this store: the one its first search
         opened (recorded on the study), RUNNING again, or a new one. Every search on the study, and every worker
         sharing it, adds its trials there."""
-        from mnist_exp.multirun import grid_jobs
         from mnist_exp.multirun.search.search_space import storage_lock
 
-        store = connect(cfg)
+        store = connect(plan)
         kill_abandoned_runs(store)
         with storage_lock(storage, f"{study.study_name} parent run"):
             recorded = study.user_attrs.get(PARENT_ATTR) or {}
             previous = _existing_run(store, recorded.get("run_id")) if recorded.get("store") == mask(store.uri) \
                 else None
             if previous is not None:
-                grid_jobs.reopen(store.client, previous, shared=True)
-                return cls(cfg, store, previous.info.run_id)
+                _reopen(store.client, previous, shared=True)
+                return cls(cfg, plan, store, previous.info.run_id)
             with sqlite_store_lock(store.uri):
                 run_id = _create(store, sweep_overrides, {
                     run_tags.OPTUNA_STUDY_TAG: study.study_name, run_tags.OPTUNA_STORAGE_TAG: mask(storage),
                 })
             study.set_user_attr(PARENT_ATTR, {"run_id": run_id, "store": mask(store.uri)})
         log_config(store.client, run_id, cfg, sweep_overrides)
-        return cls(cfg, store, run_id)
+        return cls(cfg, plan, store, run_id)
 
     def children(self) -> list:
         """The child runs that count: one per job, its best attempt when a resumed sweep ran it again."""
@@ -283,3 +283,20 @@ def _existing_run(store: Store, run_id: str | None):
 def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
     keys = list(dict.fromkeys(key for row in rows for key in row))
     return {key: [row.get(key) for row in rows] for key in keys}
+
+
+def _reopen(client, parent, shared: bool = False) -> None:
+    """Make an ended parent run RUNNING again, owned by this process; ExperimentError while its sweep still
+    runs elsewhere, unless the parent is `shared` (an Optuna study's, which several workers search at once)."""
+    run_id, tags = parent.info.run_id, parent.data.tags
+    if not shared and parent.info.status == "RUNNING" and not is_dead(tags.get(run_tags.OWNER_TAG, "")):
+        raise ExperimentError(
+            f"this sweep (parent run {run_id}) is still running, in process {tags.get(run_tags.OWNER_TAG)}; "
+            "wait for it, or start a separate sweep with hydra.sweeper.resume=false"
+        )
+    client.update_run(run_id, status="RUNNING")
+    client.set_tag(run_id, run_tags.OWNER_TAG, owner())
+    for stale in (run_tags.STATE_TAG, run_tags.FAILURE_TAG):
+        if stale in tags:
+            with contextlib.suppress(Exception):
+                client.delete_tag(run_id, stale)

@@ -62,8 +62,8 @@ def _sweep_ended(cfg: DictConfig, job: JobContext, reporter) -> Callable[[], boo
         if not clients:
             import mlflow
 
+            from mnist_exp.config.paths import tracking_uri
             from mnist_exp.system.credentials import connection_url
-            from mnist_exp.tracking.store import tracking_uri
 
             clients.append(mlflow.MlflowClient(connection_url(tracking_uri(cfg))))
         return clients[0].get_run(job.parent_run_id).info.status != "RUNNING"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from omegaconf import DictConfig
 
-from mnist_exp import config as settings
+from mnist_exp.config.plan import RunPlan, resolve
 from mnist_exp.multirun.sweep_worker import JOBS_STOP_GRACE_S
 from mnist_exp.system import interrupts
 from mnist_exp.system.errors import JOBS_FAILED, ExperimentError, exit_with
@@ -43,20 +43,23 @@ def launcher_kind(config: DictConfig) -> str:
 
 @contextlib.contextmanager
 def parent_run(config: DictConfig, sweep_overrides: Sequence[str], sweep_key: str | None = None,
-               resume: bool = False, search: Search | None = None) -> Iterator[MultirunParent]:
-    """Check the config and the Ray cluster, then open the multirun's parent run (mnist_exp.multirun.parent_run; with
-    `resume`, the one of the sweep named `sweep_key`; for a `search`, its study's); one error line and exit 2
-    when something cannot work. The parent ends KILLED if the block does not close it."""
+               resume: bool = False, search: Search | None = None,
+               plan: RunPlan | None = None) -> Iterator[MultirunParent]:
+    """Check the config (unless `plan` is it, resolved and checked) and the Ray cluster, then open the multirun's
+    parent run (mnist_exp.multirun.parent_run; with `resume`, the one of the sweep named `sweep_key`; for a
+    `search`, its study's); one error line and exit 2 when something cannot work. The parent ends KILLED if the
+    block does not close it."""
     from mnist_exp.multirun.parent_run import MultirunParent
 
     try:
-        settings.validate(config)
-        check_ray_cluster(config)
+        if plan is None:
+            plan = resolve(config)
+            check_ray_cluster(config)
         keep_ray_token_off_disk(config)
         if search is not None:
-            parent = MultirunParent.open_for_study(config, sweep_overrides, search.open_study(), search.storage)
+            parent = MultirunParent.open_for_study(config, plan, sweep_overrides, search.open_study(), search.storage)
         else:
-            parent = MultirunParent.open(config, sweep_overrides, sweep_key, resume)
+            parent = MultirunParent.open(config, plan, sweep_overrides, sweep_key, resume)
     except ExperimentError as error:
         exit_with(str(error))
     try:

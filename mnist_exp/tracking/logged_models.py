@@ -12,7 +12,7 @@ from typing import Any
 
 from mnist_exp.system.errors import ExperimentError, first_line
 from mnist_exp.tracking.run_tags import FAILURE_TAG, SWEEP_TAG
-from mnist_exp.tracking.store import connect, open_store, sqlite_store_lock, tracking_uri
+from mnist_exp.tracking.store import connect, open_store, sqlite_store_lock
 
 log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
@@ -164,7 +164,7 @@ def register_champion(cfg: Mapping[str, Any], run_id: str, name: str | None = No
     from mlflow.exceptions import MlflowException
 
     client = store.client
-    with sqlite_store_lock(tracking_uri(cfg)):
+    with sqlite_store_lock(store.uri):
         try:
             client.get_registered_model(name)
         except MlflowException:

@@ -103,7 +103,8 @@ def take_machine_keys_from(cfg: DictConfig, store_uri: str, chosen: Iterable[str
     """Replace the recorded places on this machine by the store's: `runs_dir` is the folder of a local store
     (else the default config's), the tracking URI the store's, `data.path` the default source (null). Keys in
     `chosen` (the user's overrides, applied after this) are left for the overrides."""
-    from mnist_exp.tracking.store import STORE_FILE, default_uri, tracking_uri
+    from mnist_exp.config.paths import STORE_FILE, tracking_uri
+    from mnist_exp.tracking.store import default_uri
 
     chosen = set(chosen)
     if "runs_dir" not in chosen:

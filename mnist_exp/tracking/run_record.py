@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import config
+from mnist_exp.config.plan import RunPlan
 from mnist_exp.data import Dataset
 from mnist_exp.system import interrupts
 from mnist_exp.system.errors import ExperimentError, RunPruned, StoreFailed
@@ -28,7 +29,7 @@ from mnist_exp.system.processes import owner
 from mnist_exp.system.redaction import mask
 from mnist_exp.tracking import run_tags
 from mnist_exp.tracking.run_reaper import kill_abandoned_runs
-from mnist_exp.tracking.store import Store, connect, sqlite_store_lock, store_writes, tracking_uri
+from mnist_exp.tracking.store import Store, connect, sqlite_store_lock, store_uri, store_writes
 
 log = logging.getLogger(__name__)
 MAX_PARAM_LENGTH = 6000
@@ -163,17 +164,18 @@ class RunRecorder:
 
 @contextlib.contextmanager
 def record_run(
-    cfg: DictConfig, dataset: Dataset, overrides: Sequence[str] = (), context: RunContext | None = None
+    cfg: DictConfig, dataset: Dataset, overrides: Sequence[str] = (), context: RunContext | None = None,
+    plan: RunPlan | None = None,
 ) -> Iterator[RunRecorder]:
-    """One MLflow run around a training job, never left RUNNING."""
+    """One MLflow run around a training job, never left RUNNING; in the store `plan` resolved, if given."""
     tags = _job_tags(overrides, context or RunContext())
     if dataset.fallback_reason:
         tags[run_tags.FALLBACK_TAG] = dataset.fallback_reason
-    recorder = RunRecorder(uri=tracking_uri(cfg))
+    recorder = RunRecorder(uri=store_uri(plan or cfg))
 
     def open_run() -> None:
         try:
-            store = connect(cfg)
+            store = connect(plan or cfg)
             with store_writes(store.uri, "starting the run"):
                 kill_abandoned_runs(store)
                 run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)

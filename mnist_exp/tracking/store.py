@@ -18,15 +18,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from mnist_exp import config
-from mnist_exp.config import paths
-from mnist_exp.config.paths import default_runs_dir, sqlite_file
+from mnist_exp.config.paths import default_runs_dir, sqlite_file, tracking_uri
+from mnist_exp.config.plan import RunPlan
 from mnist_exp.system.credentials import connection_url, take_password
 from mnist_exp.system.errors import ExperimentError, StoreFailed, first_line, root_cause
 from mnist_exp.system.net import CONNECT_TIMEOUT_S
 from mnist_exp.system.redaction import mask
 from mnist_exp.tracking.store_checks import check_store_uri, server_refusal
 
-STORE_FILE = "mlflow.db"
 # MLflow's retries of a failed HTTP request, unless the user set them: a few seconds in all, where
 # MLflow's own defaults (sized for rate-limited hosted servers) spend minutes on every call of a run.
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
@@ -48,15 +47,6 @@ class Store:
     client: Any
     experiment_id: str
     uri: str
-
-
-def tracking_uri(cfg: Mapping[str, Any]) -> str:
-    """The configured URI, or SQLite at <runs_dir>/mlflow.db."""
-    uri = cfg["mlflow"]["tracking_uri"]
-    if not uri:
-        return f"sqlite:///{paths.runs_dir(cfg) / STORE_FILE}"
-    # A password written into a config file (one on the command line was taken before Hydra saw it).
-    return take_password(uri, "mlflow.tracking_uri")
 
 
 def reading_uri() -> str:
@@ -81,22 +71,27 @@ def ui_command(uri: str) -> str:
     return f"{shlex.quote(program)} ui --backend-store-uri {shlex.quote(mask(uri))}"
 
 
-def check_store(cfg: Mapping[str, Any]) -> None:
+def store_uri(cfg: RunPlan | Mapping[str, Any]) -> str:
+    """The tracking URI of a resolved plan (worked out once), or of a config."""
+    return cfg.tracking_uri if isinstance(cfg, RunPlan) else tracking_uri(cfg)
+
+
+def check_store(cfg: RunPlan | Mapping[str, Any]) -> None:
     """Fail fast, without importing MLflow, when the configured store is plainly unusable for a run."""
-    check_store_uri(tracking_uri(cfg), writing=True)
+    check_store_uri(store_uri(cfg), writing=True)
 
 
-def connect(cfg: Mapping[str, Any]) -> Store:
+def connect(cfg: RunPlan | Mapping[str, Any]) -> Store:
     """The configured store and experiment (created when missing), or one ExperimentError saying why not."""
     from mnist_exp.system.workarounds import retry_cpython_ast_race
 
     return retry_cpython_ast_race(lambda: _connect(cfg))
 
 
-def _connect(cfg: Mapping[str, Any]) -> Store:
+def _connect(cfg: RunPlan | Mapping[str, Any]) -> Store:
     _quiet_mlflow_logging()
     reads_time_out_soon(False)  # a run uploads its model and artifacts: MLflow's timeout, or the user's
-    uri = tracking_uri(cfg)
+    uri = store_uri(cfg)
     check_store_uri(uri, writing=True)
 
     import mlflow
@@ -107,7 +102,7 @@ def _connect(cfg: Mapping[str, Any]) -> Store:
     from mlflow.exceptions import MlflowException
 
     mlflow.set_tracking_uri(connection_url(uri))
-    name = cfg["mlflow"]["experiment"]
+    name = (cfg.values if isinstance(cfg, RunPlan) else cfg)["mlflow"]["experiment"]
     try:
         with sqlite_store_lock(uri):
             # The client builds the store at once: on a new file, tables and migrations, which race.
@@ -159,10 +154,10 @@ def open_store(uri: str):
     return client
 
 
-def check_store_access(cfg: Mapping[str, Any]) -> None:
+def check_store_access(cfg: RunPlan | Mapping[str, Any]) -> None:
     """Before a search creates its study: a tracking server that refuses us (no or wrong credentials) is one
     line now, not after the study exists. Other stores are checked when the parent run connects."""
-    uri = tracking_uri(cfg)
+    uri = store_uri(cfg)
     if urlparse(uri).scheme in ("http", "https"):
         open_store(uri)
 

@@ -38,16 +38,44 @@ def train_and_evaluate(cfg: Mapping[str, Any], dataset: Dataset, on_epoch: Epoch
                        on_built: SizeHook | None = None) -> TrainingResult:
     """Fit on the train split, select on validation, score the test split once at the end; the metrics
     include the model's size. Running out of memory anywhere on the way raises OutOfMemory."""
+    return prepare(cfg, dataset).run(on_epoch, on_built)
+
+
+@dataclass(frozen=True)
+class PreparedTraining:
+    """Keras on the configured backend, seeded, with the optimizer built: what a run checks before it is
+    recorded (Keras alone knows which keys its optimizer takes) and then trains with, once."""
+
+    keras: Any
+    optimizer: Any
+    cfg: Mapping[str, Any]
+    dataset: Dataset
+
+    def run(self, on_epoch: EpochHook | None = None, on_built: SizeHook | None = None) -> TrainingResult:
+        """train_and_evaluate with this optimizer."""
+        model_cfg = self.cfg["model"]
+        with out_of_memory_is_a_failure(f"training model={model_cfg['name']} ({_layer_settings(model_cfg)}) with "
+                                        f"batch_size={self.cfg['batch_size']}"):
+            return _train_and_evaluate(self, on_epoch, on_built)
+
+
+def prepare(cfg: Mapping[str, Any], dataset: Dataset) -> PreparedTraining:
+    """The backend prepared (prepared_backend) and the optimizer, with its learning-rate schedule, built;
+    ExperimentError for optimizer settings Keras refuses."""
     keras = prepared_backend(cfg)
-    model_cfg = cfg["model"]
-    with out_of_memory_is_a_failure(f"training model={model_cfg['name']} ({_layer_settings(model_cfg)}) with "
-                                    f"batch_size={cfg['batch_size']}"):
-        return _train_and_evaluate(keras, cfg, dataset, on_epoch, on_built)
+    return PreparedTraining(keras, _optimizer(cfg, dataset), cfg, dataset)
 
 
-def _train_and_evaluate(keras, cfg: Mapping[str, Any], dataset: Dataset, on_epoch: EpochHook | None,
+def _optimizer(cfg: Mapping[str, Any], dataset: Dataset):
+    steps = cfg["epochs"] * -(-dataset.sizes["train"] // cfg["batch_size"])
+    schedule = learning_rate_schedule(cfg["lr_schedule"], float(cfg["optimizer"]["lr"]), steps)
+    return build_optimizer(cfg["optimizer"], schedule)
+
+
+def _train_and_evaluate(prepared: PreparedTraining, on_epoch: EpochHook | None,
                         on_built: SizeHook | None) -> TrainingResult:
-    model = compiled_model(cfg, dataset)
+    keras, cfg, dataset = prepared.keras, prepared.cfg, prepared.dataset
+    model = compiled_model(cfg, dataset, prepared.optimizer)
     size = {key: float(value) for key, value in model_size(model).items()}
     if on_built is not None:
         on_built(size)
@@ -131,19 +159,18 @@ def prepared_backend(cfg: Mapping[str, Any]):
     return keras
 
 
-def compiled_model(cfg: Mapping[str, Any], dataset: Dataset):
-    """The model `cfg` describes, compiled for training as every run trains it."""
+def compiled_model(cfg: Mapping[str, Any], dataset: Dataset, optimizer=None):
+    """The model `cfg` describes, compiled for training as every run trains it (with `optimizer`, else a new
+    one as `cfg` sets it)."""
     model_cfg = cfg["model"]
     model = build_model(model_cfg, input_dim=dataset.x_train.shape[1], num_classes=len(dataset.class_names))
-    steps = cfg["epochs"] * -(-dataset.sizes["train"] // cfg["batch_size"])
-    schedule = learning_rate_schedule(cfg["lr_schedule"], float(cfg["optimizer"]["lr"]), steps)
     # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label. Smoothing needs
     # the one-hot targets (the batches make them), and Keras' sparse loss has no smoothing.
     import keras
 
     smoothing = cfg["label_smoothing"]
     model.compile(
-        optimizer=build_optimizer(cfg["optimizer"], schedule),
+        optimizer=optimizer if optimizer is not None else _optimizer(cfg, dataset),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing) if smoothing
         else "sparse_categorical_crossentropy",
         metrics=["accuracy"],

@@ -4,7 +4,7 @@ parameters that would never be drawn, and a study reused with another space (sai
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mnist_exp.multirun.search.search_space import as_list, format_value, make_pruner, make_sampler
@@ -44,6 +44,21 @@ def check_settings(sweeper: Mapping[str, Any]) -> None:
     check_space(space)
     make_sampler(sweeper.get("sampler") or {}, space)
     make_pruner(sweeper.get("pruner") or {})
+
+
+def check_objectives(sweeper: Mapping[str, Any], objectives: Sequence[str]) -> None:
+    """The settings a search's objectives (optimized_metric) rule out."""
+    if "val_loss" in objectives and "label_smoothing" in (sweeper.get("search_space") or {}):
+        raise ExperimentError(
+            "optimized_metric val_loss cannot rank trials of different label_smoothing: their losses are "
+            "against differently smoothed targets; optimise val_accuracy, or fix label_smoothing"
+        )
+    pruner = (sweeper.get("pruner") or {}).get("name", "median")
+    if len(objectives) > 1 and pruner != "none":
+        raise ExperimentError(
+            f"hydra.sweeper.pruner.name={pruner} cannot prune a search of {len(objectives)} objectives (Optuna "
+            "prunes single-objective studies only); set hydra.sweeper.pruner.name=none"
+        )
 
 
 def check_space(space: Mapping[str, Mapping[str, Any]]) -> None:
