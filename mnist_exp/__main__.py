@@ -6,7 +6,6 @@ turns errors into one line on stderr and an exit code.
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 
@@ -16,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mnist_exp.commands import hydra_arguments
-from mnist_exp.system import credentials, interrupts
+from mnist_exp.system import collection, credentials, interrupts
 from mnist_exp.system.errors import BAD_INPUT, INTERRUPTED, ExperimentError, exit_with
 
 # The beginnings of the errors Hydra's _run_hydra raises as ValueError about its flags (hydra-core 1.3).
@@ -85,10 +84,7 @@ def cli() -> None:
             interrupts.ignore()
             exit_with("interrupted; the run is recorded as KILLED", INTERRUPTED)
         finally:
-            # Every outcome is recorded and printed by now. Python's last collections would walk every
-            # object TensorFlow and MLflow made, for seconds after the summary: the objects are left to
-            # the operating system instead (atexit handlers and module teardown still run).
-            gc.freeze()
+            collection.leave_the_rest_to_exit()
 
 
 def _hydra_message(error: Exception) -> str:

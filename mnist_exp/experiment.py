@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,10 +83,6 @@ def _prepared(cfg: DictConfig, overrides: Sequence[str], context: RunContext,
 
 def _epoch_hook(cfg: DictConfig, recorder: RunRecorder, context: RunContext):
     def record_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        if epoch == 1:
-            # The imports of publishing overlap the next epochs, which leave the GIL free; not the
-            # first, whose tracing is Python too.
-            threading.Thread(target=_preload_publishing, args=(cfg,), name="preload", daemon=True).start()
         recorder.log_epoch(epoch, metrics)
         if context.on_epoch is not None:
             context.on_epoch(epoch, metrics)
@@ -95,54 +90,26 @@ def _epoch_hook(cfg: DictConfig, recorder: RunRecorder, context: RunContext):
     return record_epoch
 
 
-def _preload_publishing(cfg: DictConfig) -> None:
-    """Start the process that draws the run's pictures, and import what model logging imports."""
-    try:
-        if cfg.plots:
-            from mnist_exp.reports import picture_worker
-
-            picture_worker.start()
-        if cfg.mlflow.log_model:
-            from mnist_exp.tracking.logged_models import preload as preload_model_logging
-
-            preload_model_logging()
-    except Exception as error:  # only time is lost: publishing imports and draws what is missing itself
-        log.debug("preloading for publishing failed: %s: %s", type(error).__name__, error)
-
-
 def _publish(cfg: DictConfig, recorder: RunRecorder, result, dataset: Dataset) -> str | None:
     """Final scores, the model and the pictures; returns the model's URI (None with mlflow.log_model=false)."""
     recorder.log_final(result.metrics)
-    drawing, plot_errors = None, []
+    model_uri = recorder.log_model(result.model, dataset) if cfg.mlflow.log_model else None
     if result.test_predictions is not None:
-        # Drawn while the model is saved, by another process (mnist_exp.reports.picture_worker); this thread waits.
-        drawing = threading.Thread(
-            target=_log_run_plots, args=(recorder, result, dataset, plot_errors), name="plots"
-        )
-        drawing.start()
-    try:
-        model_uri = recorder.log_model(result.model, dataset) if cfg.mlflow.log_model else None
-    finally:
-        if drawing is not None:
-            drawing.join()
-    for error in plot_errors:  # only when the run succeeded: a failed run's own error says enough
-        log.warning("no plots for run %s: %s: %s", recorder.run_id, type(error).__name__, error)
+        _log_run_plots(recorder, result, dataset)
     return model_uri
 
 
-def _log_run_plots(recorder: RunRecorder, result, dataset: Dataset, errors: list[Exception]) -> None:
-    """The run's pictures as artifacts under plots/; a failure is kept in `errors` and costs the run nothing."""
-    from mnist_exp.reports.picture_worker import draw_run_plots
+def _log_run_plots(recorder: RunRecorder, result, dataset: Dataset) -> None:
+    """The run's pictures as artifacts under plots/; a failure is a warning and costs the run nothing."""
+    from mnist_exp.reports.plots import write_run_plots
 
     try:
         with tempfile.TemporaryDirectory(prefix="mnist-exp-plots-") as folder:
-            draw_run_plots(
-                Path(folder), result.history, dataset.x_test, dataset.y_test, result.test_predictions,
-                dataset.class_names,
-            )
+            write_run_plots(Path(folder), result.history, dataset.x_test, dataset.y_test, result.test_predictions,
+                            dataset.class_names)
             recorder.log_artifacts(Path(folder), "plots")
     except Exception as error:  # a bug or a full disk must not fail a trained, recorded run
-        errors.append(error)
+        log.warning("no plots for run %s: %s: %s", recorder.run_id, type(error).__name__, error)
 
 
 def summary(outcome: dict[str, Any]) -> str:

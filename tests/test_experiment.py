@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import subprocess
@@ -20,7 +21,16 @@ from mnist_exp.tracking import run_tags
 from mnist_exp.tracking.logged_models import load_logged_model
 from mnist_exp.tracking.run_record import RunContext, RunRecorder
 from mnist_exp.tracking.store import connect
-from tests.conftest import all_runs, artifact_paths, compose_cfg, metric_steps, store_client, write_npz
+from tests.conftest import (
+    all_runs,
+    artifact_paths,
+    child_processes,
+    compose_cfg,
+    living,
+    metric_steps,
+    store_client,
+    write_npz,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,18 +129,13 @@ def test_a_run_optimising_the_model_size_returns_it_and_watches_a_validation_met
     assert not unwatchable, "early stopping and LR reduction watch a metric the epochs have"
 
 
-def test_the_pictures_are_drawn_by_the_worker_process(tiny, monkeypatch, caplog):
-    """Drawn in this process they would hold the GIL beside the model's logging (mnist_exp.reports.picture_worker)."""
-    from mnist_exp.reports import plots
-
-    def not_here(*args, **kwargs):
-        raise AssertionError("drawn in the training process")
-
-    monkeypatch.setattr(plots, "write_run_plots", not_here)
+def test_a_run_draws_its_pictures_itself_and_starts_no_process(tiny, caplog):
+    before = living(child_processes(os.getpid()))
     cfg = tiny("plots=true")
     outcome = experiment.run(cfg)
     assert "no plots for run" not in caplog.text
     assert len(artifact_paths(client_for(cfg), outcome["run_id"], "plots")) == 3
+    assert living(child_processes(os.getpid())) == before
 
 
 def test_plots_false_draws_nothing(tiny):
@@ -140,12 +145,12 @@ def test_plots_false_draws_nothing(tiny):
 
 
 def test_a_plot_that_fails_leaves_a_finished_run_and_a_warning(tiny, monkeypatch, caplog):
-    from mnist_exp.reports import picture_worker
+    from mnist_exp.reports import plots
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(picture_worker, "draw_run_plots", broken)
+    monkeypatch.setattr(plots, "write_run_plots", broken)
     cfg = tiny("plots=true")
     outcome = experiment.run(cfg)
     assert client_for(cfg).get_run(outcome["run_id"]).info.status == "FINISHED"
@@ -342,6 +347,8 @@ def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny):
     half_saved = client.create_logged_model(other_experiment, source_run_id=saving.info.run_id, name="model")
 
     experiment.run(cfg)
+    assert client.get_run(saving.info.run_id).info.status == "RUNNING", "another experiment's, left to its next run"
+    experiment.run(tiny("mlflow.experiment=another-experiment"))
     for run in (orphan, old_orphan, saving):
         assert client.get_run(run.info.run_id).info.status == "KILLED"
         assert "process died" in client.get_run(run.info.run_id).data.tags[run_tags.FAILURE_TAG]

@@ -304,6 +304,21 @@ def test_a_trial_its_process_never_stamped_is_failed_once_it_is_old(tmp_path):
     assert study.trials[unstamped.number].state.name == "FAIL"
 
 
+def test_a_search_fails_an_unstamped_trial_at_once_under_the_lock_every_asker_holds(tmp_path):
+    """A search asks for a trial and stamps it under the study's lock: holding that lock, a new search knows
+    an unstamped trial's process died in between (a SIGKILL right after a trial finished, then the same
+    command again, found it RUNNING for two minutes and ran nothing)."""
+    from mnist_exp.multirun.search.search_space import locks_storage
+
+    found = make_search(tmp_path, n_trials=2)
+    study = optuna.create_study(storage=found.storage, study_name="test", direction="maximize")
+    unstamped = study.ask()
+    assert locks_storage(found.storage) and not locks_storage("mysql://db/optuna")
+    result = found.run([], completing)
+    assert result.abandoned == [unstamped.number]
+    assert result.ran_now == 2
+
+
 def test_direction_mismatch_is_an_error(tmp_path):
     make_search(tmp_path, n_trials=1).run([], lambda jobs, first: [JobOutcome("COMPLETE", value=1.0)])
     with pytest.raises(ExperimentError, match="was created to maximize, not minimize"):

@@ -78,6 +78,7 @@ def test_parallel_search_with_pruning_then_resume(tmp_path):
         assert child.data.tags["mnist_exp.state"] == trial.state.name and child.info.status == "FINISHED"
         epochs = metric_steps(client, child.info.run_id, "val_accuracy")
         assert epochs == ([1] if trial.state.name == "PRUNED" else [1, 2])
+        assert "plots" not in artifact_paths(client, child.info.run_id), "a trial's pictures only when asked"
 
     best = study.best_trial
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
@@ -108,7 +109,7 @@ def test_parallel_search_with_pruning_then_resume(tmp_path):
         assert f"baseline trial {baseline.number} " in first.stdout
 
     # One study, one parent run: the resumed search adds its trial there, and the parent describes all five.
-    second = search(*common, "hydra.sweeper.n_trials=5", runs_dir=runs_dir)
+    second = search(*common, "hydra.sweeper.n_trials=5", "plots=true", runs_dir=runs_dir)
     assert second.returncode == 0, second.stderr[-3000:]
     study = optuna.load_study(study_name="hopeless", storage=f"sqlite:///{runs_dir}/optuna.db")
     assert len(study.trials) == 5 and "1 run by this sweep" in second.stdout

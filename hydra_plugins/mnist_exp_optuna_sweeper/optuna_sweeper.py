@@ -51,6 +51,7 @@ class OptunaSweeper(Sweeper):
         kind = sweeping.launcher_kind(self.config)
         threads = sweeping.threads_per_job(self.config, search.n_jobs, self.settings.get("threads_per_job", "auto"))
         per_job = thread_overrides(threads) if threads is not None else []
+        pictures = pictures_asked(arguments)
         study = StudyLink(search.storage, search.study_name, search.metric, dict(search.pruner))
         with sweeping.parent_run(self.config, arguments, search=search, plan=plan) as parent:
             sweeping.announce_search(search, parent)
@@ -58,7 +59,8 @@ class OptunaSweeper(Sweeper):
             def launch(jobs: list[TrialJob], first_index: int) -> list[Any]:
                 with self._ray_lock:
                     sweeping.start_ray_once(self.launcher)
-                batch = [[*job.overrides, *per_job, JobContext(parent.run_id, study, job.number).override()]
+                batch = [[*job.overrides, *per_job, JobContext(parent.run_id, study, job.number,
+                                                                pictures=pictures).override()]
                          for job in jobs]
                 return sweeping.launch_outcomes(self.launcher, batch, first_index)
 
@@ -113,6 +115,12 @@ class OptunaSweeper(Sweeper):
             n_trials=s["n_trials"], n_jobs=s["n_jobs"], max_failures=s.get("max_failures"), baseline=baseline,
         )
         return search, plan
+
+
+def pictures_asked(arguments: list[str]) -> bool:
+    """Whether a search's trials draw their own pictures: only when its command line sets `plots` (and then as it
+    says). They cost each trial about a second, and the search's parent run has pictures of its own."""
+    return any(argument.lstrip("+~").partition("=")[0] == "plots" for argument in arguments)
 
 
 def _check_keys_of_chosen_groups(overrides, space, choices) -> None:

@@ -42,6 +42,9 @@ class JobContext:
     trial_number: int | None = None
     # The sweeping process (where the context is made): a worker it started watches it (multirun.sweep_worker).
     sweeper_pid: int | None = field(default_factory=os.getpid)
+    # False: the job draws no pictures of its own whatever `plots` says (a search's trial, unless the search's
+    # command line set plots; the parent run holds the search's pictures).
+    pictures: bool = True
 
     def override(self) -> str:
         """The Hydra override that carries this context into the job's environment."""
@@ -57,7 +60,7 @@ class JobContext:
         values = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
         study = StudyLink(**values["study"]) if values.get("study") else None
         return cls(parent_run_id=values["parent_run_id"], study=study, trial_number=values.get("trial_number"),
-                   sweeper_pid=values.get("sweeper_pid"))
+                   sweeper_pid=values.get("sweeper_pid"), pictures=values.get("pictures", True))
 
 
 @dataclass(frozen=True)

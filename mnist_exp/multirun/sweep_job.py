@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import logging
 from collections.abc import Callable, Sequence
 
@@ -17,7 +16,7 @@ from mnist_exp import experiment
 from mnist_exp.config import objectives
 from mnist_exp.multirun.job_context import INTERRUPTED_REASON, JobContext, JobOutcome
 from mnist_exp.multirun.sweep_worker import is_worker_of, watched_job
-from mnist_exp.system import interrupts
+from mnist_exp.system import collection, interrupts
 from mnist_exp.system.errors import ExperimentError, RunPruned, first_line
 from mnist_exp.tracking import run_tags
 from mnist_exp.tracking.run_record import RunContext
@@ -46,9 +45,8 @@ def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOu
         # The run is KILLED; the sweep already counts the trial as FAIL (or this worker alone was signalled).
         log.info("%s stopped: %s", label, INTERRUPTED_REASON)
         _STOPPED_SWEEPS.add(job.sweeper_pid)
-        # The sweep is stopping and shuts this worker down next, waiting for it: its exit must not spend
-        # seconds collecting every object TensorFlow made (the operating system frees them at once).
-        gc.freeze()
+        # The sweep is stopping and shuts this worker down next, waiting for it.
+        collection.leave_the_rest_to_exit()
         return JobOutcome("FAIL", reason=INTERRUPTED_REASON)
 
 
@@ -103,6 +101,8 @@ def _outcome(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, 
             with contextlib.suppress(ExperimentError):
                 tags[run_tags.CONFIG_DIGEST_TAG] = run_tags.config_digest(cfg)
         context = RunContext(parent_run_id=job.parent_run_id, tags=tags, on_epoch=reporter)
+        if not job.pictures:
+            OmegaConf.update(cfg, "plots", False)
     try:
         outcome = experiment.run(cfg, overrides, context)
     except RunPruned as pruned:

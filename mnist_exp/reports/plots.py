@@ -1,6 +1,8 @@
 """Pictures of a run (learning curves, confusion matrix, misclassified images), of a sweep and of a search.
 
-Drawn after training with matplotlib's Agg backend, imported on first use; no MLflow here.
+Drawn after training on `matplotlib.figure.Figure`s, each with its own Agg canvas: no pyplot state, no
+backend switched for the process, nothing shared between threads; matplotlib is imported on first use.
+No MLflow here.
 """
 
 from __future__ import annotations
@@ -17,22 +19,22 @@ log = logging.getLogger(__name__)
 MAX_MISCLASSIFIED = 36
 
 
-def preload() -> None:
-    """Import matplotlib, and the image formats PIL registers on its first save, now: the picture worker does
-    it as it starts, while training runs, so the first pictures do not wait for the imports."""
-    pyplot()
-    from PIL import Image
-
-    Image.init()
-
-
 def pyplot():
+    """matplotlib.pyplot on Agg, for the libraries that draw through it (Optuna's plots)."""
     import matplotlib
 
-    matplotlib.use("Agg")  # files only: no display, no GUI toolkit, safe in worker threads
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _figure(rows: int = 1, columns: int = 1, **settings: Any):
+    """A new Figure and its axes (as Figure.subplots returns them)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=settings.pop("figsize"))
+    return figure, figure.subplots(rows, columns, **settings)
 
 
 def write_run_plots(
@@ -54,8 +56,7 @@ def write_run_plots(
 
 def learning_curves(path: Path, history: Mapping[str, Sequence[float]]) -> Path:
     """Loss and accuracy per epoch, training against validation."""
-    plt = pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = _figure(1, 2, figsize=(10, 4))
     for axis, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for key, label, style in ((metric, "train", "-o"), (f"val_{metric}", "validation", "-s")):
             values = history.get(key) or []
@@ -76,9 +77,8 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, classes: int) 
 
 def confusion_matrix(path: Path, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]) -> Path:
     """Test-set counts, true class by row, predicted class by column."""
-    plt = pyplot()
     counts = confusion_counts(labels, predictions, len(class_names))
-    figure, axis = plt.subplots(figsize=(8, 7))
+    figure, axis = _figure(figsize=(8, 7))
     shown = axis.imshow(counts, cmap="Blues")
     figure.colorbar(shown, ax=axis, fraction=0.046)
     ticks = range(len(class_names))
@@ -97,7 +97,6 @@ def misclassified(
     path: Path, images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, class_names: Sequence[str]
 ) -> Path:
     """Up to MAX_MISCLASSIFIED wrongly classified test images, each titled 'true -> predicted'."""
-    plt = pyplot()
     wrong = np.flatnonzero(labels != predictions)
     shown = wrong[:MAX_MISCLASSIFIED]
     columns, cell, caption = 6, 28 + 4, 12
@@ -107,7 +106,7 @@ def misclassified(
     for slot, index in enumerate(shown):
         top, left = (slot // columns) * (cell + caption) + caption, (slot % columns) * cell
         montage[top + 2:top + 30, left + 2:left + 30] = images[index].reshape(28, 28)
-    figure, axis = plt.subplots(figsize=(columns * 1.3, rows * 1.45 + 0.6))
+    figure, axis = _figure(figsize=(columns * 1.3, rows * 1.45 + 0.6))
     axis.imshow(montage, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     axis.axis("off")
     for slot, index in enumerate(shown):
@@ -127,10 +126,9 @@ def sweep_parameters(path: Path, rows: Sequence[Mapping[str, Any]], metric: str)
     swept = [key for key in keys if len({row.get(key) for row in finished}) > 1]
     if not swept:
         return None
-    plt = pyplot()
     columns = min(3, len(swept))
     grid_rows = math.ceil(len(swept) / columns)
-    figure, axes = plt.subplots(grid_rows, columns, figsize=(4.5 * columns, 3.6 * grid_rows), squeeze=False)
+    figure, axes = _figure(grid_rows, columns, figsize=(4.5 * columns, 3.6 * grid_rows), squeeze=False)
     for axis in axes.flat[len(swept):]:
         axis.axis("off")
     for axis, key in zip(axes.flat, swept, strict=False):
@@ -157,9 +155,8 @@ def repeat_spread(path: Path, groups: Sequence[Any], metric: str) -> Path | None
     shown = [group for group in groups if group.mean(f"final_{metric}") is not None]
     if not shown:
         return None
-    plt = pyplot()
     # One row per configuration, best on top: long labels read across, however many there are.
-    figure, axis = plt.subplots(figsize=(10, max(2.5, 1.2 + 0.45 * len(shown))))
+    figure, axis = _figure(figsize=(10, max(2.5, 1.2 + 0.45 * len(shown))))
     spreads = [group.scores[f"final_{metric}"] for group in shown]
     axis.errorbar([s.mean for s in spreads], range(len(shown)), xerr=[s.std or 0.0 for s in spreads],
                   fmt="o", capsize=5)
@@ -180,5 +177,4 @@ def _as_numbers(values: Sequence[Any]) -> list[float] | None:
 def _save(figure, path: Path) -> Path:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    pyplot().close(figure)
     return path

@@ -13,13 +13,14 @@ log = logging.getLogger(__name__)
 
 
 def kill_abandoned_runs(store: Store) -> list[str]:
-    """Mark KILLED the RUNNING runs, in every experiment of the store, whose process is gone (SIGKILL, a lost
-    worker), and FAILED the models they were still saving (PENDING), which `predict` then refuses."""
+    """Mark KILLED the RUNNING runs of the store's experiment (the one this run or sweep writes to) whose process
+    is gone (SIGKILL, a lost worker), and FAILED the models they were still saving (PENDING), which `predict`
+    then refuses. Other experiments are left to their own next start: a run does not read every experiment
+    of a shared store."""
     from mnist_exp.tracking.logged_models import fail_unfinished_models
 
-    experiments = [e.experiment_id for e in store.client.search_experiments(max_results=50_000)]
     running = store.client.search_runs(
-        experiments or [store.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000
+        [store.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=10_000
     )
     abandoned = [run for run in running if is_dead(run.data.tags.get(run_tags.OWNER_TAG, ""))]
     for run in abandoned:

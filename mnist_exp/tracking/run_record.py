@@ -67,6 +67,21 @@ class RunRecorder:
     def client(self):
         return self.store.client if self.store is not None else None
 
+    def open_in_background(self, create: Callable[[], tuple[Store, str]],
+                           then: Callable[[Store, str], None]) -> None:
+        """Open the run in a thread of its own while training begins: `create` makes it and returns (store,
+        run id), `then` writes what it starts with; the first call that needs the run waits for both, and
+        raises what they raised (the run, if made, is still ended by `end`)."""
+        def opening() -> None:
+            try:
+                self.store, self.run_id = create()
+                then(self.store, self.run_id)
+            except BaseException as error:  # handed to the main thread by wait_until_open
+                self._open_error = error
+
+        self._opening = threading.Thread(target=opening, name="open-mlflow-run", daemon=True)
+        self._opening.start()
+
     def wait_until_open(self) -> None:
         if self._opening is not None:
             self._opening.join()
@@ -173,19 +188,18 @@ def record_run(
         tags[run_tags.FALLBACK_TAG] = dataset.fallback_reason
     recorder = RunRecorder(uri=store_uri(plan or cfg))
 
-    def open_run() -> None:
-        try:
-            store = connect(plan or cfg)
-            with store_writes(store.uri, "starting the run"):
-                kill_abandoned_runs(store)
-                run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
-                recorder.store, recorder.run_id = store, run.info.run_id
-                _log_inputs(store, run.info.run_id, cfg, dataset, overrides)
-        except BaseException as error:  # handed to the main thread by wait_until_open
-            recorder._open_error = error
+    def create() -> tuple[Store, str]:
+        store = connect(plan or cfg)
+        with store_writes(store.uri, "starting the run"):
+            kill_abandoned_runs(store)
+            run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
+        return store, run.info.run_id
 
-    recorder._opening = threading.Thread(target=open_run, name="open-mlflow-run", daemon=True)
-    recorder._opening.start()
+    def log_inputs(store: Store, run_id: str) -> None:
+        with store_writes(store.uri, "starting the run"):
+            _log_inputs(store, run_id, cfg, dataset, overrides)
+
+    recorder.open_in_background(create, log_inputs)
     status, state, ending_tags = "KILLED", "KILLED", {}
     try:
         yield recorder

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import math
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from mnist_exp.data import Dataset
+from mnist_exp.system import collection
 from mnist_exp.system.errors import ModelCannotLearn, TrainingDiverged, out_of_memory_is_a_failure
 from mnist_exp.system.keras_backend import import_keras, select_backend
 from mnist_exp.training.model import build_model, build_optimizer, learning_rate_schedule, model_size
@@ -145,10 +145,7 @@ def prepared_backend(cfg: Mapping[str, Any]):
     model; returns the keras module."""
     select_backend(cfg["backend"])
     keras = import_keras()
-    if gc.get_freeze_count() == 0:
-        # What the imports made lives as long as the process: frozen, it is not walked again by the full
-        # collection clear_session() runs before each model (a search's trials), only what models made since.
-        gc.freeze()
+    collection.freeze_what_imports_made()  # before clear_session()'s full collection
     keras.backend.clear_session()
     keras.utils.set_random_seed(cfg["seed"])
     if cfg["deterministic"] and cfg["backend"] == "tensorflow":

@@ -23,6 +23,7 @@ from mnist_exp.multirun.search.search_baseline import enqueue_baseline
 from mnist_exp.multirun.search.search_checks import check_space, check_study_space
 from mnist_exp.multirun.search.search_result import MODEL_ATTR, SearchResult, TrialOutcome
 from mnist_exp.multirun.search.search_space import (
+    locks_storage,
     make_pruner,
     make_sampler,
     make_storage,
@@ -138,7 +139,8 @@ class Search:
     def run(self, fixed_overrides: Sequence[str], launch: Launch, concurrent: bool = False) -> SearchResult:
         """Run the search; `concurrent` launches from n_jobs threads (for launchers that use other processes)."""
         study = self.open_study()
-        abandoned = fail_abandoned_trials(study, self._storage)
+        with storage_lock(self.storage, self.study_name):
+            abandoned = fail_abandoned_trials(study, self._storage, asks_locked=locks_storage(self.storage))
         if abandoned:
             log.warning("marked FAIL trials %s, left RUNNING by a sweep that died", abandoned)
         if self.baseline is not None and not self._grid:

@@ -154,6 +154,13 @@ def make_storage(url: str):
         raise ExperimentError(f"cannot use the Optuna storage {url}: {root_cause(error)}") from None
 
 
+def locks_storage(url: str) -> bool:
+    """Whether storage_lock holds a real lock on this storage (and the lock ends with a process that dies)."""
+    from urllib.parse import urlparse
+
+    return urlparse(url).scheme.split("+")[0] in ("sqlite", "postgresql")
+
+
 @contextlib.contextmanager
 def storage_lock(url: str, name: str) -> Iterator[None]:
     """Hold the lock `name` on the study storage at `url` while the block runs: searches that start at once on

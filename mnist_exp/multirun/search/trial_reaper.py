@@ -13,11 +13,13 @@ DIED_REASON = "its sweep process died"
 UNSTAMPED_GRACE = datetime.timedelta(minutes=2)
 
 
-def fail_abandoned_trials(study, storage, now: datetime.datetime | None = None) -> list[int]:
+def fail_abandoned_trials(study, storage, now: datetime.datetime | None = None, asks_locked: bool = False) -> list[int]:
     """Mark FAIL the RUNNING trials whose sweep process has died; returns their numbers.
 
-    A trial stamped with a dead owner, or with none long after it started (its process died between
-    asking for it and stamping it), is abandoned. Trials of live processes, here or elsewhere, are left alone.
+    A trial stamped with a dead owner, or with none (its process died between asking for it and stamping
+    it), is abandoned. `asks_locked`: the caller holds the study's lock, under which every search asks for a
+    trial and stamps it (mnist_exp.multirun.search.search), so an unstamped trial is abandoned now; else only
+    once UNSTAMPED_GRACE has passed. Trials of live processes, here or elsewhere, are left alone.
     """
     import optuna
 
@@ -28,7 +30,7 @@ def fail_abandoned_trials(study, storage, now: datetime.datetime | None = None) 
         stamp = trial.user_attrs.get(OWNER_ATTR)
         unstamped_long = stamp is None and trial.datetime_start is not None and \
             now - trial.datetime_start > UNSTAMPED_GRACE
-        if unstamped_long or (stamp is not None and is_dead(str(stamp))):
+        if (stamp is None and asks_locked) or unstamped_long or (stamp is not None and is_dead(str(stamp))):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             try:
                 storage.set_trial_user_attr(trial_id, "fail_reason", DIED_REASON)
