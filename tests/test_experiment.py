@@ -329,7 +329,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny):
     assert outcome["val_loss"] == pytest.approx(min(val_losses), rel=1e-4)
 
 
-def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny):
+def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny, tmp_path):
     cfg = tiny()
     store = connect(cfg)
     client = store.client
@@ -342,7 +342,7 @@ def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny):
     old_orphan = client.create_run(store.experiment_id, tags={run_tags.OWNER_TAG: ":".join(stamp.split(":")[:2])})
     elsewhere = client.create_run(store.experiment_id, tags={run_tags.OWNER_TAG: "another-host:1"})
     # Killed in another experiment of the store while saving its model: the model stays PENDING.
-    other_experiment = client.create_experiment("another-experiment")
+    other_experiment = client.create_experiment("another-experiment", artifact_location=tmp_path.as_uri())
     saving = client.create_run(other_experiment, tags={run_tags.OWNER_TAG: stamp})
     half_saved = client.create_logged_model(other_experiment, source_run_id=saving.info.run_id, name="model")
 

@@ -188,3 +188,25 @@ def test_without_mlflows_serving_example_check_nothing_is_patched(monkeypatch):
         monkeypatch.delattr(model_utils, name)
     with workarounds.serving_example_check_skipped():
         assert not any(hasattr(model_utils, name) for name in workarounds.SERVING_EXAMPLE_CHECKS)
+
+
+def test_a_dataset_another_run_inserted_at_the_same_moment_is_logged_on_the_second_try():
+    from mlflow.exceptions import MlflowException
+
+    attempts = []
+
+    def log_inputs():
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise MlflowException('BAD_REQUEST: (psycopg.errors.UniqueViolation) duplicate key value violates unique '
+                                  'constraint "dataset_pk"')
+        return "logged"
+
+    assert workarounds.retry_dataset_insert_race(log_inputs) == "logged" and len(attempts) == 2
+
+    def refused():
+        raise MlflowException("BAD_REQUEST: run abc is not active")
+
+    with pytest.raises(MlflowException, match="not active"):
+        workarounds.retry_dataset_insert_race(refused)
+

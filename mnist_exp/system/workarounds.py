@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+from mnist_exp.system.errors import first_line
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -126,6 +128,29 @@ def retry_cpython_ast_race(call: Callable[[], T]) -> T:
         if sys.version_info >= (3, 13) or "recursion depth mismatch" not in str(error):
             raise
         log.debug("trying again after %s", error)
+        return call()
+
+
+# How a SQL store refuses a row whose primary key exists: PostgreSQL, SQLite, MySQL.
+DUPLICATE_KEY_ERRORS = ("duplicate key value", "UNIQUE constraint failed", "Duplicate entry")
+
+
+def retry_dataset_insert_race(call: Callable[[], T]) -> T:
+    """`call()` (MlflowClient.log_inputs), once more if the store refused a dataset another run inserted at the
+    same moment. MLflow's SQL store looks up the experiment's datasets, then inserts those it did not find
+    (`SqlAlchemyStore._log_inputs_impl`, mlflow 3.17; no lock between the two): parallel trials logging the same
+    new dataset both insert it, and the second fails on its primary key (`dataset_pk`), through a tracking
+    server as BAD_REQUEST. The second attempt's lookup finds the row. SQLite stores are also serialised by
+    mnist-exp's own lock (tracking.store.sqlite_store_lock); this covers servers and PostgreSQL."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call()
+    except MlflowException as error:
+        message = str(error)
+        if "dataset" not in message or not any(refusal in message for refusal in DUPLICATE_KEY_ERRORS):
+            raise
+        log.debug("logging the dataset again after %s", first_line(message))
         return call()
 
 

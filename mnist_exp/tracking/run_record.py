@@ -273,7 +273,7 @@ def _log_dataset(client, run_id: str, dataset: Dataset) -> None:
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    from mnist_exp.system.workarounds import dataset_input_entity
+    from mnist_exp.system.workarounds import dataset_input_entity, retry_dataset_insert_race
 
     inputs = []
     for context, images, labels in (
@@ -291,7 +291,7 @@ def _log_dataset(client, run_id: str, dataset: Dataset) -> None:
         if entity is None:
             return
         inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
-    client.log_inputs(run_id, datasets=inputs)
+    retry_dataset_insert_race(lambda: client.log_inputs(run_id, datasets=inputs))
 
 
 def _job_tags(overrides: Sequence[str], context: RunContext) -> dict[str, str]:
