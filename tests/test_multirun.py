@@ -7,7 +7,7 @@ import pytest
 from mnist_exp.config.plan import resolve
 from mnist_exp.multirun.parent_run import MultirunParent
 from mnist_exp.tracking import run_tags
-from mnist_exp.tracking.run_record import log_params
+from mnist_exp.tracking.run_inputs import log_params
 from mnist_exp.tracking.store import connect
 from tests.conftest import artifact_paths
 

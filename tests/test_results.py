@@ -44,7 +44,7 @@ def test_a_presets_study_export_parses_and_its_best_is_the_best_of_its_trials(pr
 def test_the_best_experiment_of_a_preset_is_its_best_trials_configuration(make_cfg, preset):
     """conf/experiment/<preset>_best.yaml trains what the search's best run trained, value for value."""
     from mnist_exp import config
-    from mnist_exp.tracking.run_record import _param_value
+    from mnist_exp.tracking.run_inputs import _param_value
 
     best = json.loads((RESULTS / f"{preset}.json").read_text())["best"]["params"]
     flat = config.flatten(make_cfg(f"experiment={preset}_best"))

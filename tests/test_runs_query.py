@@ -14,7 +14,7 @@ import pytest
 from mnist_exp import config
 from mnist_exp.commands import runs
 from mnist_exp.tracking import run_tags
-from mnist_exp.tracking.run_record import log_config, log_params
+from mnist_exp.tracking.run_inputs import log_config, log_params
 from mnist_exp.tracking.store import connect
 from tests.conftest import PROJECT_ROOT, compose_cfg
 

@@ -81,20 +81,13 @@ class OptunaSweeper(Sweeper):
         from mnist_exp.multirun import sweeping
         from mnist_exp.multirun.search.search import Search
         from mnist_exp.multirun.search.search_baseline import baseline_params
-        from mnist_exp.multirun.search.search_checks import check_objectives, check_settings
+        from mnist_exp.multirun.search.search_checks import check_command_line, check_objectives, check_settings
         from mnist_exp.multirun.search.search_space import storage_url
-        from mnist_exp.system.errors import ExperimentError
 
-        parsed = OverridesParser.create().parse_overrides(arguments)
-        for override in parsed:
-            if override.is_sweep_override():
-                raise ExperimentError(
-                    f"{override.input_line}: put values to search in hydra.sweeper.search_space, "
-                    "not on the command line"
-                )
         s = self.settings
         check_settings(s)
-        _check_keys_of_chosen_groups(parsed, s.get("search_space") or {}, self.config.hydra.runtime.choices)
+        check_command_line(OverridesParser.create().parse_overrides(arguments), s.get("search_space") or {},
+                           self.config.hydra.runtime.choices)
         plan = resolve(self.config, "search")
         check_objectives(s, plan.objectives)
         sweeping.check_ray_cluster(self.config)
@@ -121,24 +114,3 @@ def pictures_asked(arguments: list[str]) -> bool:
     """Whether a search's trials draw their own pictures: only when its command line sets `plots` (and then as it
     says). They cost each trial about a second, and the search's parent run has pictures of its own."""
     return any(argument.lstrip("+~").partition("=")[0] == "plots" for argument in arguments)
-
-
-def _check_keys_of_chosen_groups(overrides, space, choices) -> None:
-    """A key set on the command line under a group the search chooses (model.filters while the space chooses
-    model) must exist in every option of that group: Hydra applies it to whichever option a trial draws, and
-    fails the trials of an option without it."""
-    from mnist_exp.config.paths import PROJECT_ROOT
-    from mnist_exp.system.errors import ExperimentError
-
-    chosen = {name: spec.get("choices") or [] for name, spec in space.items()
-              if spec.get("type") == "categorical" and name in choices}
-    for override in overrides:
-        group, _, key = override.key_or_group.partition(".")
-        for option in chosen.get(group, []) if key else []:
-            path = PROJECT_ROOT / "conf" / group / f"{option}.yaml"
-            if path.is_file() and OmegaConf.select(OmegaConf.load(path), key, default="<absent>") == "<absent>":
-                raise ExperimentError(
-                    f"{override.input_line}: the search chooses {group} (hydra.sweeper.search_space.{group}) and "
-                    f"{group}={option} has no {key}; give each {group} its values in the space, with when: "
-                    f"{{{group}: ...}}"
-                )

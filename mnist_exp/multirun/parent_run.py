@@ -22,8 +22,8 @@ from mnist_exp.system.processes import is_dead, owner
 from mnist_exp.system.redaction import mask
 from mnist_exp.system.workarounds import replace_table
 from mnist_exp.tracking import run_tags
+from mnist_exp.tracking.run_inputs import log_config
 from mnist_exp.tracking.run_reaper import kill_abandoned_runs
-from mnist_exp.tracking.run_record import log_config
 from mnist_exp.tracking.store import Store, connect, sqlite_store_lock, store_writes
 
 # The study's user attribute naming its parent run: {"run_id": ..., "store": the MLflow store's URI, masked}.

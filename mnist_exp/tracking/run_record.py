@@ -7,18 +7,16 @@ mnist_exp.state tag says COMPLETE, PRUNED, FAIL or KILLED.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mnist_exp import config
 from mnist_exp.config.plan import RunPlan
@@ -28,12 +26,11 @@ from mnist_exp.system.errors import ExperimentError, RunPruned, StoreFailed
 from mnist_exp.system.processes import owner
 from mnist_exp.system.redaction import mask
 from mnist_exp.tracking import run_tags
+from mnist_exp.tracking.run_inputs import log_inputs, log_params
 from mnist_exp.tracking.run_reaper import kill_abandoned_runs
-from mnist_exp.tracking.store import Store, connect, sqlite_store_lock, store_uri, store_writes
+from mnist_exp.tracking.store import Store, connect, store_uri, store_writes
 
 log = logging.getLogger(__name__)
-MAX_PARAM_LENGTH = 6000
-PARAMS_PER_REQUEST = 100
 
 
 @dataclass(frozen=True)
@@ -195,11 +192,11 @@ def record_run(
             run = store.client.create_run(store.experiment_id, run_name=run_tags.run_name(overrides), tags=tags)
         return store, run.info.run_id
 
-    def log_inputs(store: Store, run_id: str) -> None:
+    def write_inputs(store: Store, run_id: str) -> None:
         with store_writes(store.uri, "starting the run"):
-            _log_inputs(store, run_id, cfg, dataset, overrides)
+            log_inputs(store, run_id, cfg, dataset, overrides)
 
-    recorder.open_in_background(create, log_inputs)
+    recorder.open_in_background(create, write_inputs)
     status, state, ending_tags = "KILLED", "KILLED", {}
     try:
         yield recorder
@@ -236,64 +233,6 @@ def record_failed_job(cfg: DictConfig, overrides: Sequence[str], context: RunCon
     store.client.set_terminated(run.info.run_id, "FAILED")
 
 
-def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
-    """Params as MLflow stores them: strings of limited length, a limited number per request."""
-    from mlflow.entities import Param
-
-    items = [Param(key, mask(_param_value(value))[:MAX_PARAM_LENGTH]) for key, value in params.items()]
-    for start in range(0, len(items), PARAMS_PER_REQUEST):
-        client.log_batch(run_id, params=items[start:start + PARAMS_PER_REQUEST])
-
-
-def log_config(client, run_id: str, cfg: DictConfig, overrides: Sequence[str]) -> None:
-    """config.yaml (the composed config) and overrides.txt, as artifacts of the run."""
-    client.log_text(run_id, mask(OmegaConf.to_yaml(OmegaConf.create(config.plain(cfg)))), "config.yaml")
-    client.log_text(run_id, mask("\n".join(overrides) + "\n"), "overrides.txt")
-
-
-def _log_inputs(store: Store, run_id: str, cfg: DictConfig, dataset: Dataset, overrides: Sequence[str]) -> None:
-    params: dict[str, Any] = config.flatten(cfg)
-    params.update({
-        "dataset.name": dataset.name,
-        "dataset.source": dataset.source,
-        "dataset.digest": dataset.digest,
-        "dataset.train_examples": str(dataset.sizes["train"]),
-        "dataset.val_examples": str(dataset.sizes["val"]),
-        "dataset.test_examples": str(dataset.sizes["test"]),
-        "dataset.fallback": "true" if dataset.fallback_reason else "false",
-    })
-    log_params(store.client, run_id, params)
-    log_config(store.client, run_id, cfg, overrides)
-    with sqlite_store_lock(store.uri):
-        _log_dataset(store.client, run_id, dataset)
-
-
-def _log_dataset(client, run_id: str, dataset: Dataset) -> None:
-    import mlflow
-    from mlflow.entities import DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
-    from mnist_exp.system.workarounds import dataset_input_entity, retry_dataset_insert_race
-
-    inputs = []
-    for context, images, labels in (
-        ("train", dataset.x_train, dataset.y_train),
-        ("validation", dataset.x_val, dataset.y_val),
-        ("test", dataset.x_test, dataset.y_test),
-    ):
-        with warnings.catch_warnings():
-            # MLflow registers the local-file source under two schemes and warns that both match.
-            warnings.simplefilter("ignore", UserWarning)
-            entity = dataset_input_entity(mlflow.data.from_numpy(
-                images, targets=labels, source=dataset.source, name=dataset.name,
-                digest=dataset.split_digests[context],
-            ))
-        if entity is None:
-            return
-        inputs.append(DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)]))
-    retry_dataset_insert_race(lambda: client.log_inputs(run_id, datasets=inputs))
-
-
 def _job_tags(overrides: Sequence[str], context: RunContext) -> dict[str, str]:
     """The tags every job's run starts with: overrides, owner, source, git, parent."""
     tags = {
@@ -307,7 +246,3 @@ def _job_tags(overrides: Sequence[str], context: RunContext) -> dict[str, str]:
     if context.parent_run_id:
         tags["mlflow.parentRunId"] = context.parent_run_id
     return tags
-
-
-def _param_value(value: Any) -> str:
-    return json.dumps(value) if isinstance(value, (bool, list, type(None))) else str(value)

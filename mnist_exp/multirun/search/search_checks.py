@@ -209,3 +209,32 @@ def _ordered(keys: Any, kind: Any) -> list[str]:
     """Keys in the order a parameter's settings are written (type first), others after them, sorted."""
     order = PARAM_KEYS.get(kind, ("type",)) if isinstance(kind, str) else ("type",)
     return [key for key in order if key in keys] + sorted(key for key in keys if key not in order)
+
+
+def check_command_line(overrides: Sequence[Any], space: Mapping[str, Mapping[str, Any]],
+                       choices: Mapping[str, Any]) -> None:
+    """The search's command-line `overrides` (Hydra's parsed ones): no values to sweep (they belong in the
+    space), and a key set under a group the search chooses (model.filters while the space chooses model) must
+    exist in every option of that group: Hydra applies it to whichever option a trial draws, and fails the
+    trials of an option without it."""
+    from omegaconf import OmegaConf
+
+    from mnist_exp.config.paths import PROJECT_ROOT
+
+    for override in overrides:
+        if override.is_sweep_override():
+            raise ExperimentError(
+                f"{override.input_line}: put values to search in hydra.sweeper.search_space, not on the command line"
+            )
+    chosen = {name: spec.get("choices") or [] for name, spec in space.items()
+              if spec.get("type") == "categorical" and name in choices}
+    for override in overrides:
+        group, _, key = override.key_or_group.partition(".")
+        for option in chosen.get(group, []) if key else []:
+            path = PROJECT_ROOT / "conf" / group / f"{option}.yaml"
+            if path.is_file() and OmegaConf.select(OmegaConf.load(path), key, default="<absent>") == "<absent>":
+                raise ExperimentError(
+                    f"{override.input_line}: the search chooses {group} (hydra.sweeper.search_space.{group}) and "
+                    f"{group}={option} has no {key}; give each {group} its values in the space, with when: "
+                    f"{{{group}: ...}}"
+                )
