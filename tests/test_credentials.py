@@ -9,7 +9,7 @@ import pytest
 from mnist_exp.config.paths import tracking_uri
 from mnist_exp.system import credentials, redaction
 from mnist_exp.system.errors import ExperimentError, report
-from mnist_exp.tracking.run_record import log_config, log_params
+from mnist_exp.tracking.run_inputs import log_config, log_params
 from mnist_exp.tracking.run_tags import run_name
 from mnist_exp.tracking.store import connect, ui_command
 

@@ -7,7 +7,7 @@ import pytest
 from mnist_exp.commands import rerun
 from mnist_exp.system.errors import ExperimentError
 from mnist_exp.tracking import run_tags
-from mnist_exp.tracking.run_record import log_config
+from mnist_exp.tracking.run_inputs import log_config
 from mnist_exp.tracking.store import connect
 from tests.conftest import compose_cfg, store_client, store_uri
 

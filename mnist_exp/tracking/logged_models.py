@@ -20,16 +20,6 @@ MODEL_NAME = "model"  # the name of the one model each run logs
 PIXELS = 28 * 28
 
 
-def preload() -> None:
-    """Import what logging a model imports (mlflow.keras, mlflow.pyfunc, and GitPython for the source commit
-    MLflow tags the model with): called in a thread while training runs, they cost nothing after the last epoch."""
-    import mlflow.keras  # noqa: F401
-    import mlflow.pyfunc  # noqa: F401
-
-    with contextlib.suppress(ImportError):  # GitPython without a git executable; MLflow then tags no commit
-        import git  # noqa: F401
-
-
 def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
     """Log `model` into run `run_id` with a signature and an input example; returns the model's URI."""
     import keras
