@@ -71,7 +71,8 @@ def _prepared(cfg: DictConfig, overrides: Sequence[str], context: RunContext,
         # Imported here, after the checks that need neither: together they cost seconds.
         from mnist_exp.training.train import prepare
 
-        return plan, dataset, prepare(plan.values, dataset)
+        values = plan.values if context.pictures else {**plan.values, "plots": False}
+        return plan, dataset, prepare(values, dataset, monitored=plan.monitored)
     except ExperimentError as error:
         if context.parent_run_id is not None:
             # Every job of a sweep gets a child run, so the parent's table shows this one failed.

@@ -15,18 +15,32 @@ def test_the_context_crosses_the_environment_whole(monkeypatch):
     assert JobContext.from_environment() == context
 
 
-@pytest.mark.parametrize(("pictures", "drawn"), [(True, True), (False, False)])
-def test_a_trial_draws_pictures_only_when_its_search_asked(make_cfg, monkeypatch, pictures, drawn):
+@pytest.mark.parametrize("pictures", [True, False])
+def test_a_trial_draws_pictures_only_when_its_search_asked(make_cfg, monkeypatch, pictures):
     seen = []
 
     def run(cfg, overrides, context):
-        seen.append(cfg.plots)
+        seen.append((cfg.plots, context.pictures))
         return {"val_accuracy": 0.5, "test_accuracy": 0.5, "train_seconds": 1.0, "run_id": "r"}
 
     monkeypatch.setattr(sweep_job.experiment, "run", run)
     job = JobContext("parent", pictures=pictures)
     outcome = sweep_job._outcome(make_cfg("plots=true"), [], job, "job 0", reporter=lambda *args: None)
-    assert outcome.state == "COMPLETE" and seen == [drawn]
+    # The recorded config keeps plots=true: the retrain command's run draws them.
+    assert outcome.state == "COMPLETE" and seen == [(True, pictures)]
+
+
+def test_a_run_told_to_draw_no_pictures_records_its_config_as_given(make_cfg, tmp_path):
+    from mnist_exp import experiment
+    from mnist_exp.tracking.run_record import RunContext
+    from tests.conftest import artifact_paths, store_client, write_npz
+
+    cfg = make_cfg(f"data.path={write_npz(tmp_path / 'mnist.npz')}", "epochs=1", "plots=true",
+                   "mlflow.log_model=false")
+    outcome = experiment.run(cfg, context=RunContext(pictures=False))
+    client = store_client(tmp_path / "runs")
+    assert "plots" not in artifact_paths(client, outcome["run_id"])
+    assert client.get_run(outcome["run_id"]).data.params["plots"] == "true"
 
 
 def test_the_search_asks_for_pictures_by_setting_plots():

@@ -1,7 +1,8 @@
 """A config checked once and resolved into what every part of a run reads from it.
 
 The command lines (a run, a rerun, a search's sweeping process) call `resolve` at their edge and hand the plan
-on; nothing below them validates the config again or works out its tracking URI, runs folder or metric anew.
+on to the run they start: it is not validated again, and its tracking URI, runs folder and monitored metric are
+read from the plan. (A sweep's job is resolved once in its own process, by experiment.run.)
 """
 
 from __future__ import annotations
@@ -40,11 +41,6 @@ class RunPlan:
         """'maximize' or 'minimize'."""
         return OPTIMIZED_METRICS[metric]
 
-    @property
-    def monitored_mode(self) -> str:
-        """'max' or 'min', as Keras' callbacks take it."""
-        return {"maximize": "max", "minimize": "min"}[self.direction(self.monitored)]
-
 
 def resolve(cfg: DictConfig | Mapping[str, Any], command: Command | None = None) -> RunPlan:
     """Check every key of `cfg` (config.validate) and what `command` allows of `repeats`, then resolve the
@@ -53,12 +49,15 @@ def resolve(cfg: DictConfig | Mapping[str, Any], command: Command | None = None)
     validate(values)
     if command is not None:
         check_repeats(values["repeats"], command)
+    uri = tracking_uri(values)
+    if values["mlflow"]["tracking_uri"]:
+        values["mlflow"]["tracking_uri"] = uri  # masked: the plan holds no password
     return RunPlan(
         values=values,
         objectives=tuple(objectives(values)),
         monitored=monitored_metric(values),
         runs_dir=runs_dir(values),
-        tracking_uri=tracking_uri(values),
+        tracking_uri=uri,
     )
 
 

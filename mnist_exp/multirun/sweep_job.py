@@ -100,9 +100,7 @@ def _outcome(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, 
             # on trials, which a search may draw twice alike. A config that cannot be read fails below.
             with contextlib.suppress(ExperimentError):
                 tags[run_tags.CONFIG_DIGEST_TAG] = run_tags.config_digest(cfg)
-        context = RunContext(parent_run_id=job.parent_run_id, tags=tags, on_epoch=reporter)
-        if not job.pictures:
-            OmegaConf.update(cfg, "plots", False)
+        context = RunContext(parent_run_id=job.parent_run_id, tags=tags, on_epoch=reporter, pictures=job.pictures)
     try:
         outcome = experiment.run(cfg, overrides, context)
     except RunPruned as pruned:

@@ -45,10 +45,10 @@ def launcher_kind(config: DictConfig) -> str:
 def parent_run(config: DictConfig, sweep_overrides: Sequence[str], sweep_key: str | None = None,
                resume: bool = False, search: Search | None = None,
                plan: RunPlan | None = None) -> Iterator[MultirunParent]:
-    """Check the config (unless `plan` is it, resolved and checked) and the Ray cluster, then open the multirun's
-    parent run (mnist_exp.multirun.parent_run; with `resume`, the one of the sweep named `sweep_key`; for a
-    `search`, its study's); one error line and exit 2 when something cannot work. The parent ends KILLED if the
-    block does not close it."""
+    """Check the config and the Ray cluster (unless `plan` is the config, resolved and checked with the cluster by
+    the caller), then open the multirun's parent run (mnist_exp.multirun.parent_run; with `resume`, the one of
+    the sweep named `sweep_key`; for a `search`, its study's); one error line and exit 2 when something cannot
+    work. The parent ends KILLED if the block does not close it."""
     from mnist_exp.multirun.parent_run import MultirunParent
 
     try:

@@ -41,6 +41,9 @@ class RunContext:
     tags: Mapping[str, str] = field(default_factory=dict)
     # Called after each epoch is recorded, with (epoch from 1, metrics); may raise RunPruned.
     on_epoch: Callable[[int, dict[str, float]], None] | None = None
+    # False: no pictures for this run whatever its `plots` says (a search's trial, unless the search asked);
+    # its recorded config keeps what the user set, so a rerun of it draws them.
+    pictures: bool = True
 
 
 @dataclass

@@ -50,6 +50,7 @@ class PreparedTraining:
     optimizer: Any
     cfg: Mapping[str, Any]
     dataset: Dataset
+    monitored: str  # what early stopping and learning-rate reduction watch (config.monitored_metric)
 
     def run(self, on_epoch: EpochHook | None = None, on_built: SizeHook | None = None) -> TrainingResult:
         """train_and_evaluate with this optimizer."""
@@ -59,11 +60,14 @@ class PreparedTraining:
             return _train_and_evaluate(self, on_epoch, on_built)
 
 
-def prepare(cfg: Mapping[str, Any], dataset: Dataset) -> PreparedTraining:
+def prepare(cfg: Mapping[str, Any], dataset: Dataset, monitored: str | None = None) -> PreparedTraining:
     """The backend prepared (prepared_backend) and the optimizer, with its learning-rate schedule, built;
-    ExperimentError for optimizer settings Keras refuses."""
+    ExperimentError for optimizer settings Keras refuses. `monitored`: the resolved plan's, else worked out
+    from `cfg`."""
+    from mnist_exp.config import monitored_metric
+
     keras = prepared_backend(cfg)
-    return PreparedTraining(keras, _optimizer(cfg, dataset), cfg, dataset)
+    return PreparedTraining(keras, _optimizer(cfg, dataset), cfg, dataset, monitored or monitored_metric(cfg))
 
 
 def _optimizer(cfg: Mapping[str, Any], dataset: Dataset):
@@ -83,9 +87,9 @@ def _train_and_evaluate(prepared: PreparedTraining, on_epoch: EpochHook | None,
     watchdog = _divergence_watch(keras)
     callbacks = [watchdog]
     # Both watch the metric model selection uses; val_loss often rises while val_accuracy still improves.
-    from mnist_exp.config import direction, monitored_metric
+    from mnist_exp.config import direction
 
-    metric = monitored_metric(cfg)
+    metric = prepared.monitored
     mode = {"maximize": "max", "minimize": "min"}[direction(metric)]
     if cfg["reduce_lr_patience"]:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
