@@ -148,7 +148,7 @@ class MultirunParent:
             for t in result.trials
         ]
         if rows:
-            replace_table(client, self.run_id, _columns(rows), "optuna_trials.json")
+            replace_table(client, self.run_id, tables.as_columns(rows), "optuna_trials.json")
         for plot in plots:
             client.log_artifact(self.run_id, str(plot), artifact_path="plots")
         if result.objectives:
@@ -176,7 +176,8 @@ class MultirunParent:
                 # The name the champion's own config gave (mnist-${model.name}): a search choosing between
                 # models registers a CNN as mnist-cnn, whatever model the search's command composed.
                 recorded = client.get_run(best.run_id).data.params.get("mlflow.registered_model")
-                summary.champion = register_champion(self.cfg, best.run_id, None if recorded == "null" else recorded)
+                summary.champion = register_champion(self.cfg, best.run_id, None if recorded == "null" else recorded,
+                                                      self.store)
             else:
                 summary.champion = None
             if summary.champion is not None:
@@ -191,7 +192,7 @@ class MultirunParent:
                  "test_accuracy": t.test_accuracy, "run_id": t.run_id, "overrides": " ".join(t.overrides)}
                 for t in result.front]
         if rows:
-            replace_table(client, self.run_id, _columns(rows), "pareto_front.json")
+            replace_table(client, self.run_id, tables.as_columns(rows), "pareto_front.json")
         client.log_metric(self.run_id, "pareto_front_size", len(rows))
         here = {run.info.run_id for run in self.children()}  # not runs in another store, or deleted ones
         for trial in result.trials:
@@ -215,7 +216,7 @@ class MultirunParent:
             rows, self.metric, lambda row: row.get(f"final_{self.metric}"), tables.row_state
         ))
         if rows:
-            replace_table(client, self.run_id, _columns(summary.rows), "sweep_summary.json")
+            replace_table(client, self.run_id, tables.as_columns(summary.rows), "sweep_summary.json")
             client.log_text(self.run_id, tables.sweep_table(summary.rows), "sweep_summary.txt")
             if self.cfg["plots"]:
                 self._log_sweep_plot(summary.rows)
@@ -278,11 +279,6 @@ def _existing_run(store: Store, run_id: str | None):
         return None
     live = run.info.lifecycle_stage == "active" and run.info.experiment_id == store.experiment_id
     return run if live else None
-
-
-def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    return {key: [row.get(key) for row in rows] for key in keys}
 
 
 def _reopen(client, parent, shared: bool = False) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from mnist_exp.system.errors import ExperimentError, first_line
 from mnist_exp.tracking.run_tags import FAILURE_TAG, SWEEP_TAG
-from mnist_exp.tracking.store import connect, open_store, sqlite_store_lock
+from mnist_exp.tracking.store import Store, connect, open_store, sqlite_store_lock
 
 log = logging.getLogger(__name__)
 CHAMPION_ALIAS = "champion"
@@ -140,13 +140,15 @@ def _model_run_id(client, model_uri: str) -> str:
     return client.get_logged_model(reference).source_run_id
 
 
-def register_champion(cfg: Mapping[str, Any], run_id: str, name: str | None = None) -> str | None:
-    """Register `run_id`'s model under `name` (default: mlflow.registered_model) with the alias champion;
-    returns 'NAME/VERSION'. None, registering nothing, when mlflow.registered_model is null."""
+def register_champion(cfg: Mapping[str, Any], run_id: str, name: str | None = None,
+                      store: Store | None = None) -> str | None:
+    """Register `run_id`'s model under `name` (default: mlflow.registered_model) with the alias champion, in
+    `store` (default: the one `cfg` names); returns 'NAME/VERSION'. None, registering nothing, when
+    mlflow.registered_model is null."""
     if not cfg["mlflow"]["registered_model"]:
         return None
     name = name or cfg["mlflow"]["registered_model"]
-    store = connect(cfg)
+    store = store or connect(cfg)
     models = logged_models(store.client, store.experiment_id, run_id)
     if not models:
         log.warning("not registering %s: run %s logged no model (mlflow.log_model=false)", name, run_id)
