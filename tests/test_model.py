@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mnist_exp.config import OPTIMIZERS
+from mnist_exp.config.model_keys import CnnSpec, MlpSpec
 from mnist_exp.system.errors import ExperimentError
 from mnist_exp.system.keras_backend import import_keras
 from mnist_exp.training.model import (
@@ -15,12 +16,13 @@ from mnist_exp.training.model import (
     learning_rate_schedule,
     model_size,
 )
+from tests.conftest import CONF_DIR
 
 keras = import_keras()
 
 
 def test_default_is_dense_512_relu_then_dense_10_softmax():
-    model = build_mlp([512], "relu", 0.0)
+    model = build_mlp(MlpSpec((512,), "relu", 0.0))
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert [(d.units, d.activation.__name__) for d in dense] == [(512, "relu"), (10, "softmax")]
     assert [type(layer).__name__ for layer in model.layers] == ["Rescaling", "Dense", "Dense"]
@@ -29,7 +31,7 @@ def test_default_is_dense_512_relu_then_dense_10_softmax():
 
 
 def test_widths_activation_and_dropout():
-    model = build_mlp([256, 128], "tanh", 0.25, num_classes=10)
+    model = build_mlp(MlpSpec((256, 128), "tanh", 0.25), num_classes=10)
     kinds = [(type(layer).__name__, getattr(layer, "units", getattr(layer, "rate", None))) for layer in model.layers]
     assert kinds == [("Rescaling", None), ("Dense", 256), ("Dropout", 0.25), ("Dense", 128), ("Dropout", 0.25),
                      ("Dense", 10)]
@@ -39,14 +41,14 @@ def test_widths_activation_and_dropout():
 def test_pixels_are_scaled_to_unit_range_inside_the_model():
     import numpy as np
 
-    model = build_mlp([4], "relu", 0.0)
+    model = build_mlp(MlpSpec((4,), "relu", 0.0))
     scale = keras.Model(model.inputs, model.layers[0].output)
     scaled = scale.predict(np.array([[0] * 783 + [255]], dtype=np.uint8), verbose=0)
     assert scaled.dtype == np.float32 and scaled.min() == 0.0 and scaled.max() == 1.0
 
 
-CNN = {"name": "cnn", "filters": [32, 64], "kernel_size": 3, "pooling": "max", "dense_units": [128],
-       "activation": "relu", "dropout": 0.0, "batch_norm": False}
+CNN = CnnSpec(filters=(32, 64), kernel_size=3, pooling="max", dense_units=(128,), activation="relu", dropout=0.0,
+              batch_norm=False)
 
 
 def test_the_default_cnn_takes_the_mlps_flat_uint8_pixels_and_reshapes_and_scales_them_inside():
@@ -67,7 +69,7 @@ def test_the_default_cnn_takes_the_mlps_flat_uint8_pixels_and_reshapes_and_scale
 
 
 def test_cnn_options_batch_norm_average_pooling_dropout_and_no_dense_layer():
-    model = build_cnn([8, 8, 8, 8, 8, 8], 5, "average", [], "gelu", 0.25, True, input_dim=16 * 16, num_classes=3)
+    model = build_cnn(CnnSpec((8,) * 6, 5, "average", (), "gelu", 0.25, True), input_dim=16 * 16, num_classes=3)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("BatchNormalization") == 6 and kinds.count("Dropout") == 6 and kinds.count("Dense") == 1
     # Pooling halves 16 -> 8 -> 4 -> 2 -> 1, then stops: a 1x1 map is not pooled again.
@@ -78,7 +80,7 @@ def test_cnn_options_batch_norm_average_pooling_dropout_and_no_dense_layer():
 
 
 def test_a_cnn_without_pooling_keeps_the_full_map():
-    model = build_cnn([4], 3, "none", [16], "relu", 0.0, False)
+    model = build_cnn(CnnSpec((4,), 3, "none", (16,), "relu", 0.0, False))
     assert model.get_layer("hidden_1").kernel.shape == (28 * 28 * 4, 16)
     assert not any("Pooling" in type(layer).__name__ for layer in model.layers)
 
@@ -98,22 +100,39 @@ def test_size_of_the_default_cnn():
     }
 
 
-def test_build_model_takes_the_models_config_group():
-    assert build_model({"name": "mlp", "hidden_units": [8], "activation": "relu", "dropout": 0.0},
-                       input_dim=784, num_classes=10).name == "mlp"
-    with pytest.raises(ExperimentError, match="model.name='rnn' is invalid: expected one of mlp, cnn"):
-        build_model({"name": "rnn"}, input_dim=784, num_classes=10)
+def test_build_model_takes_the_checked_config_group_as_its_schema(make_cfg):
+    from mnist_exp.config import plain
+    from mnist_exp.config.model_keys import model_spec
+
+    for overrides, kind in ((["model.hidden_units=[8]"], MlpSpec), (["model=cnn", "model.filters=[4]"], CnnSpec)):
+        cfg = make_cfg(*overrides)
+        spec = model_spec(cfg.model)  # a ListConfig becomes a tuple, as a list does
+        assert type(spec) is kind and spec == model_spec(plain(cfg)["model"])
+        assert build_model(spec, input_dim=784, num_classes=10).name == kind.name
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_each_models_keys_are_its_yaml_and_its_schema_and_nothing_else(name):
+    """The YAML gives every key of the schema its default, and has no key the schema lacks."""
+    from dataclasses import fields
+
+    import yaml
+
+    from mnist_exp.config.model_keys import MODEL_KEYS, MODEL_SPECS
+
+    yaml_keys = set(yaml.safe_load((CONF_DIR / "model" / f"{name}.yaml").read_text()))
+    assert yaml_keys == {"name", *(key.name for key in fields(MODEL_SPECS[name]))} == set(MODEL_KEYS[name])
 
 
 def test_size_of_the_default_mlp_counts_weights_and_biases_and_one_multiply_add_per_weight():
-    assert model_size(build_mlp([512], "relu", 0.0)) == {
+    assert model_size(build_mlp(MlpSpec((512,), "relu", 0.0))) == {
         "parameters": 784 * 512 + 512 + 512 * 10 + 10,
         "macs_per_example": 784 * 512 + 512 * 10,
     }
 
 
 def test_size_of_a_two_hidden_layer_mlp_counts_nothing_for_scaling_and_dropout():
-    assert model_size(build_mlp([256, 128], "tanh", 0.25, input_dim=100, num_classes=5)) == {
+    assert model_size(build_mlp(MlpSpec((256, 128), "tanh", 0.25), input_dim=100, num_classes=5)) == {
         "parameters": 100 * 256 + 256 + 256 * 128 + 128 + 128 * 5 + 5,
         "macs_per_example": 100 * 256 + 256 * 128 + 128 * 5,
     }

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mnist_exp import config
+from mnist_exp.config.model_keys import model_spec
 from mnist_exp.data import Dataset
 from mnist_exp.multirun import sweep_job
 from mnist_exp.system import memory_limits
@@ -59,10 +60,10 @@ def test_the_parameter_count_is_keras_own(tmp_path, model):
 
     select_backend("tensorflow")
     import_keras()
-    model_cfg = plain_cfg(tmp_path, *model)["model"]
-    built = build_model(model_cfg, input_dim=784, num_classes=10)
-    layers = model_memory.model_layers(model_cfg, 784, 10)
-    assert parameter_count(model_cfg) == built.count_params()
+    spec = model_spec(plain_cfg(tmp_path, *model)["model"])
+    built = build_model(spec, input_dim=784, num_classes=10)
+    layers = model_memory.model_layers(spec, 784, 10)
+    assert parameter_count(spec) == built.count_params()
     assert sum(layer.trainable for layer in layers) == sum(int(np.prod(w.shape)) for w in built.trainable_weights)
 
 
@@ -85,11 +86,11 @@ def test_the_optimizer_slots_are_keras_own(tmp_path, optimizer):
     select_backend("tensorflow")
     import_keras()
     cfg = plain_cfg(tmp_path, "model.hidden_units=[8]", *optimizer)
-    built = build_model(cfg["model"], input_dim=784, num_classes=10)
+    built = build_model(model_spec(cfg["model"]), input_dim=784, num_classes=10)
     keras_optimizer = build_optimizer(cfg["optimizer"])
     keras_optimizer.build(built.trainable_variables)
     slot_values = sum(int(np.prod(v.shape)) for v in keras_optimizer.variables if len(v.shape) > 0)
-    assert optimizer_slots(cfg["optimizer"]) * parameter_count(cfg["model"]) == slot_values
+    assert optimizer_slots(cfg["optimizer"]) * parameter_count(model_spec(cfg["model"])) == slot_values
 
 
 def _largest_points(search_space: dict):

@@ -141,6 +141,7 @@ def log_tiny_model(tmp_path):
 
     import mlflow
 
+    from mnist_exp.config.model_keys import MlpSpec
     from mnist_exp.tracking.logged_models import log_keras_model
     from mnist_exp.training.model import build_mlp
 
@@ -148,7 +149,7 @@ def log_tiny_model(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     run = client.create_run(client.create_experiment("models", artifact_location=str(tmp_path / "artifacts")))
-    model = build_mlp([2], "relu", 0.0, input_dim=4, num_classes=3)
+    model = build_mlp(MlpSpec((2,), "relu", 0.0), input_dim=4, num_classes=3)
     dataset = SimpleNamespace(x_test=np.zeros((2, 4), np.uint8), class_names=["a", "b", "c"])
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)  # log_keras_model logs through MLflow's fluent API, as store.connect sets it up

@@ -8,17 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mnist_exp.config import OPTIMIZERS
+from mnist_exp.config.model_keys import CnnSpec, MlpSpec, ModelSpec
 from mnist_exp.system.errors import ExperimentError
 
 
-def build_mlp(
-    hidden_units: Sequence[int],
-    activation: str,
-    dropout: float,
-    *,
-    input_dim: int = 784,
-    num_classes: int = 10,
-):
+def build_mlp(spec: MlpSpec, *, input_dim: int = 784, num_classes: int = 10):
     """Pixels scaled to [0, 1], Dense(w, activation) [-> Dropout] per hidden width, Dense(num_classes, softmax)."""
     import keras
 
@@ -28,7 +22,8 @@ def build_mlp(
         keras.Input(shape=(input_dim,), dtype="uint8", name="pixels"),
         keras.layers.Rescaling(1 / 255, name="scale"),
     ]
-    return keras.Sequential(layers + _dense_layers(keras, hidden_units, activation, dropout, num_classes), name="mlp")
+    dense = _dense_layers(keras, spec.hidden_units, spec.activation, spec.dropout, num_classes)
+    return keras.Sequential(layers + dense, name="mlp")
 
 
 def _dense_layers(keras, widths: Sequence[int], activation: str, dropout: float, num_classes: int) -> list:
@@ -42,35 +37,25 @@ def _dense_layers(keras, widths: Sequence[int], activation: str, dropout: float,
     return layers
 
 
-def build_cnn(
-    filters: Sequence[int],
-    kernel_size: int,
-    pooling: str,
-    dense_units: Sequence[int],
-    activation: str,
-    dropout: float,
-    batch_norm: bool,
-    *,
-    input_dim: int = 784,
-    num_classes: int = 10,
-):
+def build_cnn(spec: CnnSpec, *, input_dim: int = 784, num_classes: int = 10):
     """A convolutional network on the same flat uint8 pixels as the MLP, reshaped to a square one-channel image
     and scaled inside: per entry of `filters`, Conv2D(f, kernel_size, same padding) [-> BatchNormalization] ->
     activation [-> 2x2 pooling while the map is at least 2 wide] [-> Dropout]; then Flatten, Dense(w, activation)
     [-> Dropout] per entry of `dense_units`, and Dense(num_classes, softmax)."""
     import keras
 
+    kernel_size, activation, dropout, batch_norm = spec.kernel_size, spec.activation, spec.dropout, spec.batch_norm
     side = math.isqrt(input_dim)
     if side * side != input_dim:
         raise ExperimentError(f"model=cnn needs square images; these have {input_dim} pixels")
-    pool = {"max": keras.layers.MaxPooling2D, "average": keras.layers.AveragePooling2D, "none": None}[pooling]
+    pool = {"max": keras.layers.MaxPooling2D, "average": keras.layers.AveragePooling2D, "none": None}[spec.pooling]
     layers = [
         keras.Input(shape=(input_dim,), dtype="uint8", name="pixels"),
         # Inside the model, so the saved model takes what the MLP takes: predict, serve and the signature agree.
         keras.layers.Reshape((side, side, 1), name="image"),
         keras.layers.Rescaling(1 / 255, name="scale"),
     ]
-    for index, count in enumerate(filters, start=1):
+    for index, count in enumerate(spec.filters, start=1):
         # A bias before batch normalisation is cancelled by its mean.
         layers.append(keras.layers.Conv2D(count, kernel_size, padding="same", use_bias=not batch_norm,
                                           name=f"conv_{index}"))
@@ -83,16 +68,13 @@ def build_cnn(
         if dropout > 0:
             layers.append(keras.layers.Dropout(dropout, name=f"conv_dropout_{index}"))
     layers.append(keras.layers.Flatten(name="flatten"))
-    return keras.Sequential(layers + _dense_layers(keras, dense_units, activation, dropout, num_classes), name="cnn")
+    return keras.Sequential(layers + _dense_layers(keras, spec.dense_units, activation, dropout, num_classes),
+                            name="cnn")
 
 
-def build_model(model_cfg: Mapping[str, Any], *, input_dim: int, num_classes: int):
-    """The model conf/model/<name>.yaml describes (its `name`: mlp or cnn)."""
-    options = {key: value for key, value in model_cfg.items() if key != "name"}
-    builder = MODELS.get(model_cfg["name"])
-    if builder is None:
-        raise ExperimentError(f"model.name={model_cfg['name']!r} is invalid: expected one of {', '.join(MODELS)}")
-    return builder(**options, input_dim=input_dim, num_classes=num_classes)
+def build_model(spec: ModelSpec, *, input_dim: int, num_classes: int):
+    """The model conf/model/<name>.yaml describes, checked and typed (mnist_exp.config.model_keys.model_spec)."""
+    return MODELS[spec.name](spec, input_dim=input_dim, num_classes=num_classes)
 
 
 def model_size(model) -> dict[str, int]:
@@ -130,8 +112,8 @@ def _macs(keras, model) -> int:
     return int(total)
 
 
-# Each conf/model/*.yaml names one of these; its other keys are the builder's arguments.
-MODELS = {"mlp": build_mlp, "cnn": build_cnn}
+# Each conf/model/*.yaml names one of these; the builder takes its schema (mnist_exp.config.model_keys).
+MODELS = {MlpSpec.name: build_mlp, CnnSpec.name: build_cnn}
 
 
 ONE_CYCLE_WARMUP = 0.3  # the share of the steps one_cycle spends rising to optimizer.lr
@@ -149,12 +131,10 @@ def learning_rate_schedule(kind: str, lr: float, total_steps: int):
         return None
     if kind == "cosine":
         return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
-    if kind == "one_cycle":
-        warmup = max(1, round(ONE_CYCLE_WARMUP * total_steps))
-        return keras.optimizers.schedules.CosineDecay(
-            lr * ONE_CYCLE_START, decay_steps=max(1, total_steps - warmup), warmup_target=lr, warmup_steps=warmup
-        )
-    raise ExperimentError(f"lr_schedule={kind!r} is invalid: expected one of constant, cosine, one_cycle")
+    warmup = max(1, round(ONE_CYCLE_WARMUP * total_steps))  # one_cycle: config.LR_SCHEDULES has no other
+    return keras.optimizers.schedules.CosineDecay(
+        lr * ONE_CYCLE_START, decay_steps=max(1, total_steps - warmup), warmup_target=lr, warmup_steps=warmup
+    )
 
 
 def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule=None):
@@ -162,9 +142,7 @@ def build_optimizer(optimizer_cfg: Mapping[str, Any], schedule=None):
     every other key passes through by its name."""
     import keras
 
-    name = optimizer_cfg["name"]
-    if name not in OPTIMIZERS:
-        raise ExperimentError(f"optimizer.name={name!r} is invalid: expected one of {', '.join(OPTIMIZERS)}")
+    name = optimizer_cfg["name"]  # one of config.OPTIMIZERS: the config is checked
     class_name = f"keras.optimizers.{OPTIMIZERS[name]}"
     optimizer_class = getattr(keras.optimizers, OPTIMIZERS[name], None)
     if optimizer_class is None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mnist_exp.config.model_keys import CnnSpec, MlpSpec, ModelSpec, model_spec
 from mnist_exp.system import memory_limits
 from mnist_exp.system.errors import ExperimentError
 from mnist_exp.system.memory_limits import GIB, Budget
@@ -67,14 +68,14 @@ class Estimate:
                 + self.data)
 
 
-def model_layers(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> list[Layer]:
-    """The layers mnist_exp.training.model.build_model makes for `model_cfg`, as parameter and output counts."""
-    return LAYERS[model_cfg["name"]](model_cfg, input_dim, num_classes)
+def model_layers(spec: ModelSpec, input_dim: int, num_classes: int) -> list[Layer]:
+    """The layers mnist_exp.training.model.build_model makes for `spec`, as parameter and output counts."""
+    return LAYERS[spec.name](spec, input_dim, num_classes)
 
 
-def _mlp(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> list[Layer]:
-    return [Layer("input", outputs=input_dim)] + _dense(model_cfg["hidden_units"], "hidden_units", input_dim,
-                                                        model_cfg["dropout"], num_classes)
+def _mlp(spec: MlpSpec, input_dim: int, num_classes: int) -> list[Layer]:
+    return [Layer("input", outputs=input_dim)] + _dense(spec.hidden_units, "hidden_units", input_dim, spec.dropout,
+                                                        num_classes)
 
 
 def _dense(widths: Sequence[int], key: str, inputs: int, dropout: float, num_classes: int,
@@ -92,12 +93,11 @@ def _dense(widths: Sequence[int], key: str, inputs: int, dropout: float, num_cla
     return layers
 
 
-def _cnn(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> list[Layer]:
+def _cnn(spec: CnnSpec, input_dim: int, num_classes: int) -> list[Layer]:
     side = math.isqrt(input_dim)
-    kernel, batch_norm = model_cfg["kernel_size"], model_cfg["batch_norm"]
-    pooled, dropout = model_cfg["pooling"] != "none", model_cfg["dropout"]
+    kernel, batch_norm, pooled, dropout = spec.kernel_size, spec.batch_norm, spec.pooling != "none", spec.dropout
     layers, channels = [Layer("input", outputs=input_dim)], 1
-    for count in model_cfg["filters"]:
+    for count in spec.filters:
         weights = kernel * kernel * channels * count + (0 if batch_norm else count)
         layers.append(Layer("filters", weights, weights, side * side * count))
         if batch_norm:  # gamma and beta are trained; the moving mean and variance are not
@@ -109,7 +109,7 @@ def _cnn(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> list
         if dropout > 0:
             layers.append(Layer("filters", outputs=side * side * count))
         channels = count
-    dense_units = model_cfg["dense_units"]
+    dense_units = spec.dense_units
     # The first dense layer (or the output) is as wide as the last feature map is large: its weights grow with the
     # filters as much as with its own width.
     return layers + _dense(dense_units, "dense_units", side * side * channels, dropout, num_classes,
@@ -122,18 +122,18 @@ def _forward_peak(layers: Sequence[Layer]) -> int:
     return max(pairs) * BYTES_PER_VALUE
 
 
-def inference_bytes_per_example(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> int:
+def inference_bytes_per_example(spec: ModelSpec, input_dim: int, num_classes: int) -> int:
     """The activations one example holds at the peak of a forward pass (evaluation, prediction)."""
-    return _forward_peak(model_layers(model_cfg, input_dim, num_classes))
+    return _forward_peak(model_layers(spec, input_dim, num_classes))
 
 
 # Per model of mnist_exp.training.model.MODELS, its layers; a model missing here is not checked before training.
-LAYERS = {"mlp": _mlp, "cnn": _cnn}
+LAYERS = {MlpSpec.name: _mlp, CnnSpec.name: _cnn}
 
 
-def parameter_count(model_cfg: Mapping[str, Any], input_dim: int = 784, num_classes: int = 10) -> int:
+def parameter_count(spec: ModelSpec, input_dim: int = 784, num_classes: int = 10) -> int:
     """Every weight of the model (Keras' count_params(): trainable or not)."""
-    return sum(layer.parameters for layer in model_layers(model_cfg, input_dim, num_classes))
+    return sum(layer.parameters for layer in model_layers(spec, input_dim, num_classes))
 
 
 def optimizer_slots(optimizer_cfg: Mapping[str, Any]) -> int:
@@ -149,11 +149,11 @@ def optimizer_slots(optimizer_cfg: Mapping[str, Any]) -> int:
     return slots
 
 
-def prediction_chunk(model_cfg: Mapping[str, Any], input_dim: int, num_classes: int) -> int:
+def prediction_chunk(spec: ModelSpec, input_dim: int, num_classes: int) -> int:
     """How many images one direct call of the model may take: PREDICTION_CHUNK, fewer for wide models."""
-    if model_cfg["name"] not in LAYERS:
+    if spec.name not in LAYERS:
         return PREDICTION_CHUNK
-    per_image = inference_bytes_per_example(model_cfg, input_dim, num_classes)
+    per_image = inference_bytes_per_example(spec, input_dim, num_classes)
     return max(1, min(PREDICTION_CHUNK, PREDICTION_MEMORY // per_image))
 
 
@@ -161,7 +161,7 @@ def estimate(cfg: Mapping[str, Any], *, input_dim: int, num_classes: int, infere
              data_bytes: int) -> Estimate:
     """What training `cfg`'s model needs: `inference_examples` is the most examples one evaluation or prediction
     call takes (EVALUATION_BATCH, prediction_chunk, or a smaller split)."""
-    layers = model_layers(cfg["model"], input_dim, num_classes)
+    layers = model_layers(model_spec(cfg["model"]), input_dim, num_classes)
     parameters = sum(layer.parameters for layer in layers)
     trainable = sum(layer.trainable for layer in layers)
     slots = optimizer_slots(cfg["optimizer"])
@@ -202,7 +202,8 @@ def check_fits(cfg: Mapping[str, Any], dataset, budget: Budget | None = None) ->
     sizes, input_dim, num_classes = dataset.sizes, dataset.x_test.shape[1], len(dataset.class_names)
     inference = min(EVALUATION_BATCH, max(sizes["val"], sizes["test"]))
     if cfg["plots"]:
-        inference = max(inference, min(prediction_chunk(cfg["model"], input_dim, num_classes), sizes["test"]))
+        inference = max(inference, min(prediction_chunk(model_spec(cfg["model"]), input_dim, num_classes),
+                                       sizes["test"]))
     need = estimate(
         cfg, input_dim=input_dim, num_classes=num_classes, inference_examples=inference,
         data_bytes=distinct_bytes([dataset.images, dataset.labels, dataset.x_test, dataset.y_test]),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from mnist_exp.config.model_keys import ModelSpec, model_spec
 from mnist_exp.data import Dataset
 from mnist_exp.system import collection
 from mnist_exp.system.errors import ModelCannotLearn, TrainingDiverged, out_of_memory_is_a_failure
@@ -54,8 +55,8 @@ class PreparedTraining:
 
     def run(self, on_epoch: EpochHook | None = None, on_built: SizeHook | None = None) -> TrainingResult:
         """train_and_evaluate with this optimizer."""
-        model_cfg = self.cfg["model"]
-        with out_of_memory_is_a_failure(f"training model={model_cfg['name']} ({_layer_settings(model_cfg)}) with "
+        spec = model_spec(self.cfg["model"])
+        with out_of_memory_is_a_failure(f"training model={spec.name} ({_layer_settings(spec)}) with "
                                         f"batch_size={self.cfg['batch_size']}"):
             return _train_and_evaluate(self, on_epoch, on_built)
 
@@ -139,7 +140,7 @@ def _train_and_evaluate(prepared: PreparedTraining, on_epoch: EpochHook | None,
         "train_seconds": train_seconds,
         **size,
     }
-    chunk = prediction_chunk(cfg["model"], dataset.x_test.shape[1], len(dataset.class_names))
+    chunk = prediction_chunk(model_spec(cfg["model"]), dataset.x_test.shape[1], len(dataset.class_names))
     predictions = _predicted_classes(model, dataset.x_test, chunk) if cfg["plots"] else None
     return TrainingResult(model=model, metrics=metrics, history=dict(history.history), test_predictions=predictions)
 
@@ -163,8 +164,8 @@ def prepared_backend(cfg: Mapping[str, Any]):
 def compiled_model(cfg: Mapping[str, Any], dataset: Dataset, optimizer=None):
     """The model `cfg` describes, compiled for training as every run trains it (with `optimizer`, else a new
     one as `cfg` sets it)."""
-    model_cfg = cfg["model"]
-    model = build_model(model_cfg, input_dim=dataset.x_train.shape[1], num_classes=len(dataset.class_names))
+    model = build_model(model_spec(cfg["model"]), input_dim=dataset.x_train.shape[1],
+                        num_classes=len(dataset.class_names))
     # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label. Smoothing needs
     # the one-hot targets (the batches make them), and Keras' sparse loss has no smoothing.
     import keras
@@ -181,10 +182,9 @@ def compiled_model(cfg: Mapping[str, Any], dataset: Dataset, optimizer=None):
     return model
 
 
-def _layer_settings(model_cfg: Mapping[str, Any]) -> str:
+def _layer_settings(spec: ModelSpec) -> str:
     """The keys that size a model's layers, as overrides: model.hidden_units=[512], model.filters=[32,64] ..."""
-    lists = {key: value for key, value in model_cfg.items()
-             if isinstance(value, Sequence) and not isinstance(value, str)}  # a ListConfig too
+    lists = {key.name: getattr(spec, key.name) for key in fields(spec) if isinstance(getattr(spec, key.name), tuple)}
     return " ".join(f"model.{key}=[{','.join(map(str, value))}]" for key, value in lists.items())
 
 
