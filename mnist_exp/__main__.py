@@ -68,7 +68,8 @@ def cli() -> None:
                 sys.stdout.write(hydra_arguments.sweep_configs(flags, overrides))
                 return
             sys.argv[1:] = [*flags, *overrides]
-            main()
+            with interrupts.errors_count_as_interrupt():
+                main()
         except ExperimentError as error:
             exit_with(str(error), BAD_INPUT)
         except (HydraException, OmegaConfBaseException) as error:

@@ -39,7 +39,7 @@ def run(cfg: DictConfig, overrides: Sequence[str] = (), context: RunContext = ST
     reports through it). `plan` is `cfg` resolved already (config.plan.resolve, by a command line that checked
     more of it); without it, `cfg` is resolved here.
     """
-    with interrupts.scope():
+    with interrupts.scope(), interrupts.errors_count_as_interrupt():
         plan, dataset, training = _prepared(cfg, overrides, context, plan)
         from mnist_exp.tracking.run_record import record_run
 

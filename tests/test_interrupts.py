@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -51,6 +52,25 @@ def test_a_long_lived_process_runs_normally_after_one_interrupted_run(make_cfg, 
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()], order_by=["start_time ASC"])
     assert [r.info.status for r in runs] == ["KILLED", "FINISHED"]
     assert [r.data.tags[run_tags.STATE_TAG] for r in runs] == ["KILLED", "COMPLETE"]
+
+
+def test_an_error_raised_on_the_way_out_of_an_interrupt_ends_the_run_killed(make_cfg, npz_file, signals_handled):
+    """Code that Ctrl-C broke off midway can fail afterwards (once an AttributeError did): the run is interrupted,
+    KILLED, and the interrupt is what its caller sees, not a failure."""
+    cfg = make_cfg(f"data.path={npz_file}", "epochs=2", "batch_size=64", "model.hidden_units=[16]",
+                   "mlflow.log_model=false", "plots=false")
+
+    def fail_after_a_dropped_interrupt(epoch, metrics):
+        with contextlib.suppress(KeyboardInterrupt):  # dropped, as Python drops one in a garbage-collector callback
+            os.kill(os.getpid(), signal.SIGINT)
+        raise AttributeError("'NoneType' object has no attribute 'numpy'")
+
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run(cfg, context=RunContext(on_epoch=fail_after_a_dropped_interrupt))
+    client = MlflowClient(tracking_uri(cfg))
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert (run.info.status, run.data.tags[run_tags.STATE_TAG]) == ("KILLED", "KILLED")
+    assert run_tags.FAILURE_TAG not in run.data.tags
 
 
 def test_a_second_signal_while_the_work_stops_is_absorbed(signals_handled):

@@ -53,6 +53,19 @@ def requested() -> bool:
 
 
 @contextlib.contextmanager
+def errors_count_as_interrupt() -> Iterator[None]:
+    """An Exception raised once an interrupt was requested is raised as KeyboardInterrupt (from it): code the
+    interrupt broke off midway, or one Python dropped in a garbage-collector callback, can fail on the way out
+    (an AttributeError once failed a search's trial after Ctrl-C), and the work is then interrupted, not failed."""
+    try:
+        yield
+    except Exception as error:
+        if not _requested.is_set():
+            raise
+        raise KeyboardInterrupt from error
+
+
+@contextlib.contextmanager
 def scope() -> Iterator[None]:
     """The work an interrupt applies to; the outermost scope forgets the interrupt when it ends."""
     global _scopes

@@ -202,8 +202,9 @@ def record_run(
     recorder.open_in_background(create, write_inputs)
     status, state, ending_tags = "KILLED", "KILLED", {}
     try:
-        yield recorder
-        recorder.wait_until_open()
+        with interrupts.errors_count_as_interrupt():
+            yield recorder
+            recorder.wait_until_open()
         status, state = "FINISHED", "COMPLETE"
     except RunPruned as pruned:
         status, state = "FINISHED", "PRUNED"

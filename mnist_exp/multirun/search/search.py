@@ -149,13 +149,8 @@ class Search:
                      self.max_failures if self.max_failures is not None else self.n_trials)
         with interrupts.scope():
             try:
-                if concurrent and self.n_jobs > 1:
-                    self._run_slots(loop, launch)
-                else:
-                    while jobs := [job for job in (self._next_job(loop) for _ in range(self.n_jobs)) if job]:
-                        returns = launch(jobs, jobs[0].index)
-                        for job, returned in zip(jobs, returns, strict=True):
-                            self._finish(loop, job, returned)
+                with interrupts.errors_count_as_interrupt():
+                    self._launch_all(loop, launch, concurrent)
             except KeyboardInterrupt:
                 self._fail_running(loop)
                 _wait_for_slots(loop)
@@ -169,6 +164,15 @@ class Search:
         # A grid runs every point, the baseline's among them, rather than run it twice.
         result.collect(study, self.baseline if self._grid else None)
         return result
+
+    def _launch_all(self, loop: _Loop, launch: Launch, concurrent: bool) -> None:
+        if concurrent and self.n_jobs > 1:
+            self._run_slots(loop, launch)
+            return
+        while jobs := [job for job in (self._next_job(loop) for _ in range(self.n_jobs)) if job]:
+            returns = launch(jobs, jobs[0].index)
+            for job, returned in zip(jobs, returns, strict=True):
+                self._finish(loop, job, returned)
 
     @property
     def _grid(self) -> bool:
