@@ -14,6 +14,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mnist_exp.commands import dashboard
+from mnist_exp.config.plan import resolve
 from mnist_exp.multirun.search.search_space import default_storage_url, storage_url
 from tests.conftest import (
     CHROMIUM,
@@ -32,7 +33,7 @@ STUDY = "mnist-mlp-mnist_sample"  # hparams_search=optuna's study name on data=m
 def test_by_default_the_dashboard_opens_the_storage_a_search_writes_to():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["hparams_search=optuna"], return_hydra_config=True)
-    searched = storage_url(cfg.hydra.sweeper.storage, cfg)
+    searched = storage_url(cfg.hydra.sweeper.storage, resolve(cfg).runs_dir)
     assert default_storage_url() == searched == f"sqlite:///{PROJECT_ROOT / 'runs' / 'optuna.db'}"
 
 

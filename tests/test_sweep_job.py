@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hydra_plugins.mnist_exp_optuna_sweeper.optuna_sweeper import pictures_asked
 from mnist_exp.multirun import sweep_job
 from mnist_exp.multirun.job_context import JOB_ENV, JobContext, StudyLink
+from mnist_exp.multirun.search.search_settings import pictures_asked
 
 
 def test_the_context_crosses_the_environment_whole(monkeypatch):

@@ -6,7 +6,6 @@ import logging
 import threading
 from typing import Any
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -38,12 +37,14 @@ class OptunaSweeper(Sweeper):
         from mnist_exp.multirun.job_context import JobContext, StudyLink, thread_overrides
         from mnist_exp.multirun.search.search import TrialJob
         from mnist_exp.multirun.search.search_plots import search_plots
+        from mnist_exp.multirun.search.search_settings import configured_search, pictures_asked
         from mnist_exp.system.errors import ExperimentError, exit_with
         from mnist_exp.tracking.store import check_store_access
 
         assert self.config is not None and self.launcher is not None
         try:
-            search, plan = self._search(arguments)
+            search, plan = configured_search(self.settings, self.config, arguments)
+            sweeping.check_ray_cluster(self.config)
             check_store_access(plan)  # a server refusing us leaves no empty study behind
             search.open_study()
         except ExperimentError as error:
@@ -75,42 +76,3 @@ class OptunaSweeper(Sweeper):
             summary = parent.close_search(result, plots, retrain)
         sweeping.report_search(parent, result, summary, retrain)
         return result
-
-    def _search(self, arguments: list[str]):
-        from mnist_exp.config.plan import resolve
-        from mnist_exp.multirun import sweeping
-        from mnist_exp.multirun.search.search import Search
-        from mnist_exp.multirun.search.search_baseline import baseline_params
-        from mnist_exp.multirun.search.search_checks import check_command_line, check_objectives, check_settings
-        from mnist_exp.multirun.search.search_space import storage_url
-
-        s = self.settings
-        check_settings(s)
-        check_command_line(OverridesParser.create().parse_overrides(arguments), s.get("search_space") or {},
-                           self.config.hydra.runtime.choices)
-        plan = resolve(self.config, "search")
-        check_objectives(s, plan.objectives)
-        sweeping.check_ray_cluster(self.config)
-        storage = storage_url(s.get("storage"), self.config)
-        if storage.startswith("sqlite:///"):
-            plan.runs_dir.mkdir(parents=True, exist_ok=True)
-        space = s.get("search_space") or {}
-        baseline = None
-        if s.get("enqueue_baseline", True):
-            baseline, problem = baseline_params(self.config, space)
-            if problem is not None:
-                log.warning("no baseline trial: %s in hydra.sweeper.search_space", problem)
-        metrics = plan.objectives
-        search = Search(
-            storage=storage, study_name=s["study_name"], metric=plan.metric, direction=plan.direction(plan.metric),
-            objectives={m: plan.direction(m) for m in metrics} if len(metrics) > 1 else {},
-            space=space, sampler=s.get("sampler") or {}, pruner=s.get("pruner") or {},
-            n_trials=s["n_trials"], n_jobs=s["n_jobs"], max_failures=s.get("max_failures"), baseline=baseline,
-        )
-        return search, plan
-
-
-def pictures_asked(arguments: list[str]) -> bool:
-    """Whether a search's trials draw their own pictures: only when its command line sets `plots` (and then as it
-    says). They cost each trial about a second, and the search's parent run has pictures of its own."""
-    return any(argument.lstrip("+~").partition("=")[0] == "plots" for argument in arguments)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from mnist_exp.system.errors import ExperimentError
@@ -115,24 +116,23 @@ def make_pruner(spec: Mapping[str, Any]):
     raise ExperimentError(f"hydra.sweeper.pruner.name={name!r} is invalid: expected one of {', '.join(PRUNERS)}")
 
 
-def storage_url(configured: str | None, cfg: Mapping[str, Any]) -> str:
+def storage_url(configured: str | None, runs_dir: Path) -> str:
     """The study storage of a search: `configured` (hydra.sweeper.storage), else SQLite at <runs_dir>/optuna.db;
     a password in it moved to the variable its driver reads (credentials.take_password)."""
-    from mnist_exp.config.paths import runs_dir
     from mnist_exp.system.credentials import take_password
 
     # A password written into a config file (one on the command line was taken before Hydra saw it).
-    return take_password(configured or f"sqlite:///{runs_dir(cfg) / STUDY_FILE}", "hydra.sweeper.storage")
+    return take_password(configured or f"sqlite:///{runs_dir / STUDY_FILE}", "hydra.sweeper.storage")
 
 
 def default_storage_url() -> str:
     """The study storage a search with the default config uses: what the dashboard opens unless told otherwise."""
     from omegaconf import OmegaConf
 
-    from mnist_exp.config.paths import PROJECT_ROOT, default_runs_dir
+    from mnist_exp.config.paths import PROJECT_ROOT, default_runs_dir, runs_dir
 
     configured = OmegaConf.load(PROJECT_ROOT / "conf" / "hydra" / "sweeper" / "mnist_optuna.yaml").storage
-    return storage_url(configured, {"runs_dir": default_runs_dir()})
+    return storage_url(configured, runs_dir({"runs_dir": default_runs_dir()}))
 
 
 def make_storage(url: str):
