@@ -6,7 +6,6 @@ turns errors into one line on stderr and an exit code.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
@@ -17,6 +16,7 @@ from omegaconf import DictConfig
 from mnist_exp.commands import hydra_arguments
 from mnist_exp.system import collection, credentials, interrupts
 from mnist_exp.system.errors import BAD_INPUT, INTERRUPTED, ExperimentError, exit_with
+from mnist_exp.system.workarounds import hydra_raises_errors
 
 # The beginnings of the errors Hydra's _run_hydra raises as ValueError about its flags (hydra-core 1.3).
 HYDRA_FLAG_ERRORS = ("Only one of --run, --multirun", "The --resolve flag can only be used")
@@ -47,9 +47,6 @@ def cli() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    show_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    # Make Hydra re-raise instead of printing its own multi-line report.
-    os.environ["HYDRA_FULL_ERROR"] = "1"
     # `kill` (SIGTERM) stops a run like Ctrl-C does, so it is recorded as KILLED.
     interrupts.install()
     credentials.mask_log_records()
@@ -57,7 +54,7 @@ def cli() -> None:
         exit_with("--experimental-rerun is disabled: it unpickles the file it is given, running whatever code is "
                   "in it; to run a recorded run again: python -m mnist_exp.rerun RUN_ID")
     # The whole command is one scope: more signals while the first one stops it are absorbed.
-    with interrupts.scope():
+    with interrupts.scope(), hydra_raises_errors() as show_tracebacks:
         try:
             # Before Hydra logs the arguments or saves them in runs_dir/hydra.
             sys.argv[1:] = credentials.take_from_arguments(sys.argv[1:])

@@ -3,6 +3,9 @@ falls back (or fails in one line) when the private name it relies on is gone."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -182,13 +185,53 @@ def test_a_logged_model_is_not_loaded_back_to_check_its_example_and_still_serves
     assert len(checked) == 1
 
 
-def test_without_mlflows_serving_example_check_nothing_is_patched(monkeypatch):
+def test_without_mlflows_serving_example_check_nothing_is_patched(monkeypatch, capsys):
     import mlflow.models.utils as model_utils
 
     for name in workarounds.SERVING_EXAMPLE_CHECKS:
         monkeypatch.delattr(model_utils, name)
     with workarounds.serving_example_check_skipped():
         assert not any(hasattr(model_utils, name) for name in workarounds.SERVING_EXAMPLE_CHECKS)
+        # The check then runs, quietly: model.predict's progress bar would follow the run's epoch lines.
+        print("1/1 ━━━━━━━━━━━━━━━━━━━━ 0s 20ms/step")
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(("level", "newest_quiet_release", "discarded"), [
+    ("3", (2, 16), True),  # what import_keras sets by default: TensorFlow's start-up notices go nowhere
+    ("0", (2, 16), False),  # the user lowered the level to see them
+    ("3", (99, 0), False),  # a TensorFlow older than the releases known to be noisy: left alone
+])
+def test_tensorflows_start_up_notices_are_discarded_only_when_asked_and_known(capfd, monkeypatch, level,
+                                                                             newest_quiet_release, discarded):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    monkeypatch.setattr(workarounds, "NOISY_TENSORFLOW_FROM", newest_quiet_release)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # as before the first import (put back after)
+    with workarounds.tensorflow_start_up_notices_discarded():
+        os.write(2, b"cuda_dnn.cc: Unable to register cuDNN factory\n")
+    os.write(2, b"after the import\n")
+    stderr = capfd.readouterr().err
+    assert ("cuDNN" not in stderr) == discarded and "after the import" in stderr
+
+
+def test_tensorflow_imported_already_leaves_stderr_alone(capfd, monkeypatch):
+    import tensorflow  # noqa: F401
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    with workarounds.tensorflow_start_up_notices_discarded():
+        os.write(2, b"a real error\n")
+    assert "a real error" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("users", [None, "1", "0"])
+def test_hydra_re_raises_while_the_command_runs_and_the_users_setting_comes_back(monkeypatch, users):
+    if users is None:
+        monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    else:
+        monkeypatch.setenv("HYDRA_FULL_ERROR", users)
+    with workarounds.hydra_raises_errors() as show_tracebacks:
+        assert os.environ["HYDRA_FULL_ERROR"] == "1" and show_tracebacks == (users == "1")
+    assert os.environ.get("HYDRA_FULL_ERROR") == users
 
 
 def test_a_dataset_another_run_inserted_at_the_same_moment_is_logged_on_the_second_try():

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from collections.abc import Iterator
 
 from mnist_exp.system.errors import ExperimentError
 
@@ -24,18 +22,15 @@ def select_backend(backend: str) -> None:
 
 def import_keras():
     """Keras on the selected backend (TensorFlow unless select_backend said otherwise), imported on first use."""
+    from mnist_exp.system.workarounds import tensorflow_start_up_notices_discarded
+
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     _quiet_tensorflow()
-    if "keras" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] < "2":
+    with tensorflow_start_up_notices_discarded():
         import keras
-        import tensorflow  # noqa: F401
-    else:
-        # TensorFlow >= 2.16 writes its start-up notices to fd 2 before honouring TF_CPP_MIN_LOG_LEVEL.
-        with _native_stderr_discarded():
-            import keras
 
-            # On every backend: TensorFlow feeds the data (mnist_exp.training.pipeline).
-            import tensorflow  # noqa: F401
+        # On every backend: TensorFlow feeds the data (mnist_exp.training.pipeline).
+        import tensorflow  # noqa: F401
     return keras
 
 
@@ -44,16 +39,3 @@ def _quiet_tensorflow() -> None:
     # real failures still arrive as Python exceptions.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-
-@contextlib.contextmanager
-def _native_stderr_discarded() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)

@@ -8,9 +8,11 @@ tests/test_workarounds.py. Everything else in the project uses public APIs only.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -88,12 +90,18 @@ def serving_example_check_skipped() -> Iterator[None]:
     two test images under a signature written out from the same arrays, and the tests serve logged models
     for real, so the check is skipped while the model is logged. MLflow calls it as
     `mlflow.models.utils.validate_serving_input`, since mlflow#23376 as `_validate_serving_input`: whichever
-    of the two the module has is replaced; a module with neither is left alone (the check then runs)."""
+    of the two the module has is replaced. A module with neither is left alone and the check runs, quietly: its
+    model.predict would print a progress bar after the run's epoch lines, and warn that it was handed a list
+    where Keras expects the named input."""
     import mlflow.models.utils as model_utils
 
     names = [name for name in SERVING_EXAMPLE_CHECKS if hasattr(model_utils, name)]
     if not names:
         log.debug("mlflow.models.utils has no %s; the serving example is checked", " or ".join(SERVING_EXAMPLE_CHECKS))
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
+            yield
+        return
     originals = {name: getattr(model_utils, name) for name in names}
     for name in names:
         setattr(model_utils, name, lambda *args, **kwargs: None)
@@ -226,3 +234,52 @@ def replace_table(client, run_id: str, columns: dict[str, list[Any]], artifact_f
     logged = json.loads(client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
     if {"path": artifact_file, "type": "table"} not in logged:
         client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*logged, {"path": artifact_file, "type": "table"}]))
+
+
+# TensorFlow releases known to write start-up notices to fd 2 whatever TF_CPP_MIN_LOG_LEVEL says.
+NOISY_TENSORFLOW_FROM = (2, 16)
+
+
+@contextlib.contextmanager
+def tensorflow_start_up_notices_discarded() -> Iterator[None]:
+    """TensorFlow >= 2.16 writes start-up notices (CUDA probing, "All log messages before absl::InitializeLog()")
+    to file descriptor 2 before it honours TF_CPP_MIN_LOG_LEVEL: https://github.com/tensorflow/tensorflow/issues/
+    100442 (seen up to 2.21). While it is first imported with that level at 2 or more (mnist_exp.system.
+    keras_backend sets 3 unless the user chose), fd 2 goes to /dev/null; an older TensorFlow, an import already
+    done, or a level the user lowered to see the notices leaves stderr alone. A failing import still raises."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = tuple(int(part) for part in version("tensorflow").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        release = (0, 0)
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") >= "2"
+    if "tensorflow" in sys.modules or not quiet or release < NOISY_TENSORFLOW_FROM:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextlib.contextmanager
+def hydra_raises_errors() -> Iterator[bool]:
+    """Hydra prints a job's exception as its own multi-line report unless HYDRA_FULL_ERROR=1, which makes it re-raise
+    (https://hydra.cc/docs/tutorials/basic/running_your_app/debugging/): set while the block runs, so the command
+    line reports errors as one line each. Yields whether the user had set it (then tracebacks are shown)."""
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield previous == "1"
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous

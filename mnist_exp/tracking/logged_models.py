@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import warnings
 from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
@@ -42,23 +39,13 @@ def log_keras_model(run_id: str, model: Any, dataset: Any) -> str:
     )
     # mlflow.keras logs into the active run; record_run sets the final status afterwards.
     with mlflow.start_run(run_id=run_id), keras_input_example_folder_created(), requirements_scan_skipped(), \
-            serving_example_check_skipped(), _quiet_example_check():
+            serving_example_check_skipped():
         # Explicit requirements: inferring them re-imports the model in a subprocess (seconds).
         info = mlflow.keras.log_model(
             model, name=MODEL_NAME, signature=signature, input_example=dataset.x_test[:2],
             pip_requirements=[f"keras=={keras.__version__}", f"{backend}=={version(backend)}"],
         )
     return info.model_uri
-
-
-@contextlib.contextmanager
-def _quiet_example_check():
-    """Where MLflow still checks the input example (an MLflow that serving_example_check_skipped cannot patch),
-    it calls model.predict, whose progress bar would follow the run's epoch lines, with a list where Keras
-    expects the named input (a warning)."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
-        yield
 
 
 def load_logged_model(uri: str, run_id: str | None = None, model_uri: str | None = None) -> tuple[Any, dict[str, str]]:

@@ -67,7 +67,8 @@ def _log_dataset(client, run_id: str, dataset: Dataset) -> None:
     ):
         with warnings.catch_warnings():
             # MLflow registers the local-file source under two schemes and warns that both match.
-            warnings.simplefilter("ignore", UserWarning)
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple",
+                                    category=UserWarning)
             entity = dataset_input_entity(mlflow.data.from_numpy(
                 images, targets=labels, source=dataset.source, name=dataset.name,
                 digest=dataset.split_digests[context],
