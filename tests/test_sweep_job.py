@@ -19,7 +19,8 @@ def test_the_context_crosses_the_environment_whole(monkeypatch):
 def test_a_trial_draws_pictures_only_when_its_search_asked(make_cfg, monkeypatch, pictures):
     seen = []
 
-    def run(cfg, overrides, context):
+    def run(cfg, overrides, context, plan):
+        assert plan.values["plots"] is True, "the job's config resolved once, handed to the run"
         seen.append((cfg.plots, context.pictures))
         return {"val_accuracy": 0.5, "test_accuracy": 0.5, "train_seconds": 1.0, "run_id": "r"}
 

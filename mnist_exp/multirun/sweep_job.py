@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import experiment
-from mnist_exp.config import objectives
+from mnist_exp.config.plan import RunPlan, resolve
 from mnist_exp.multirun.job_context import INTERRUPTED_REASON, JobContext, JobOutcome
 from mnist_exp.multirun.sweep_worker import is_worker_of, watched_job
 from mnist_exp.system import collection, interrupts
@@ -31,16 +31,17 @@ def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOu
     interrupts.check()  # a Ctrl-C that Python dropped between jobs still ends the sweep
     job = JobContext.from_environment()
     label = f"job {job_number}" + (f" (trial {job.trial_number})" if job and job.trial_number is not None else "")
+    plan = _plan(cfg)
     if job is None or not is_worker_of(job.sweeper_pid):
-        return _run(cfg, overrides, job, label)
+        return _run(cfg, overrides, job, label, plan)
     reporter = _reporter(job)
-    sweep_ended = _sweep_ended(cfg, job, reporter)
+    sweep_ended = _sweep_ended(plan, job, reporter)
     if job.sweeper_pid in _STOPPED_SWEEPS or _ended_already(sweep_ended):
         # joblib hands the batch's queued jobs to the workers the stopped ones freed: no run for those.
         return JobOutcome("FAIL", reason=INTERRUPTED_REASON)
     try:
         with watched_job(job.sweeper_pid, sweep_ended):
-            return _run(cfg, overrides, job, label, reporter)
+            return _run(cfg, overrides, job, label, plan, reporter)
     except KeyboardInterrupt:
         # The run is KILLED; the sweep already counts the trial as FAIL (or this worker alone was signalled).
         log.info("%s stopped: %s", label, INTERRUPTED_REASON)
@@ -50,20 +51,30 @@ def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOu
         return JobOutcome("FAIL", reason=INTERRUPTED_REASON)
 
 
-def _sweep_ended(cfg: DictConfig, job: JobContext, reporter) -> Callable[[], bool]:
+def _plan(cfg: DictConfig) -> RunPlan | None:
+    """The job's config resolved, once in its process; None when it cannot work (experiment.run then says why in
+    the job's FAILED run)."""
+    try:
+        return resolve(cfg)
+    except ExperimentError:
+        return None
+
+
+def _sweep_ended(plan: RunPlan | None, job: JobContext, reporter) -> Callable[[], bool]:
     """Whether the sweep gave this job up: it ended the job's trial (a search) or its parent run (a grid sweep)."""
     if reporter is not None:
         return lambda: reporter.storage.get_trial(reporter.trial_id).state.is_finished()
+    if plan is None:
+        return lambda: False  # the job fails before it trains
     clients = []  # made on the first question, in the watcher's thread
 
     def parent_ended() -> bool:
         if not clients:
             import mlflow
 
-            from mnist_exp.config.paths import tracking_uri
             from mnist_exp.system.credentials import connection_url
 
-            clients.append(mlflow.MlflowClient(connection_url(tracking_uri(cfg))))
+            clients.append(mlflow.MlflowClient(connection_url(plan.tracking_uri)))
         return clients[0].get_run(job.parent_run_id).info.status != "RUNNING"
 
     return parent_ended
@@ -84,13 +95,15 @@ def _reporter(job: JobContext | None):
     return TrialReporter.connect(job.study, job.trial_number)
 
 
-def _run(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, label: str,
+def _run(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, label: str, plan: RunPlan | None,
          reporter=None) -> JobOutcome:
     model = OmegaConf.select(cfg, "model.name", default=None, throw_on_missing=False)
-    return dataclasses.replace(_outcome(cfg, overrides, job, label, reporter), model=model)
+    return dataclasses.replace(_outcome(cfg, overrides, job, label, plan, reporter), model=model)
 
 
-def _outcome(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, label: str, reporter) -> JobOutcome:
+def _outcome(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, label: str,
+             plan: RunPlan | None = None, reporter=None) -> JobOutcome:
+    plan = plan or _plan(cfg)
     context = RunContext()
     if job is not None:
         reporter = reporter or _reporter(job)
@@ -102,7 +115,7 @@ def _outcome(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, 
                 tags[run_tags.CONFIG_DIGEST_TAG] = run_tags.config_digest(cfg)
         context = RunContext(parent_run_id=job.parent_run_id, tags=tags, on_epoch=reporter, pictures=job.pictures)
     try:
-        outcome = experiment.run(cfg, overrides, context)
+        outcome = experiment.run(cfg, overrides, context, plan=plan)
     except RunPruned as pruned:
         log.info("%s %s", label, pruned)
         return JobOutcome("PRUNED", reason=str(pruned))
@@ -116,6 +129,6 @@ def _outcome(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, 
         "%s done: %s val_accuracy=%.4f test_accuracy=%.4f (%.1f s)", label, " ".join(overrides),
         outcome["val_accuracy"], outcome["test_accuracy"], outcome["train_seconds"],
     )
-    values = tuple(float(outcome[metric]) for metric in objectives(cfg))
+    values = tuple(float(outcome[metric]) for metric in plan.objectives)  # resolved: the run completed
     return JobOutcome("COMPLETE", value=values[0], values=values, test_accuracy=outcome["test_accuracy"],
                       run_id=outcome["run_id"])
