@@ -285,7 +285,6 @@ def test_trials_left_running_by_a_dead_sweep_are_failed_and_not_counted(tmp_path
 
     result = found.run([], lambda jobs, first: [JobOutcome("COMPLETE", value=0.5) for _ in jobs])
     by_number = {t.number: t for t in result.trials}
-    assert result.abandoned == [orphan.number]
     assert by_number[orphan.number].state == "FAIL" and "died" in by_number[orphan.number].reason
     assert by_number[alive.number].state == "RUNNING" and by_number[elsewhere.number].state == "RUNNING"
     assert result.ran_now == 0, "two live RUNNING trials fill n_trials=2"
@@ -316,7 +315,8 @@ def test_a_search_fails_an_unstamped_trial_at_once_under_the_lock_every_asker_ho
     unstamped = study.ask()
     assert locks_storage(found.storage) and not locks_storage("mysql://db/optuna")
     result = found.run([], completing)
-    assert result.abandoned == [unstamped.number]
+    assert [(t.state, t.reason) for t in result.trials if t.number == unstamped.number] == [
+        ("FAIL", trial_reaper.DIED_REASON)]
     assert result.ran_now == 2
 
 

@@ -60,7 +60,7 @@ def errors_count_as_interrupt() -> Iterator[None]:
     try:
         yield
     except Exception as error:
-        if not _requested.is_set():
+        if not requested():
             raise
         raise KeyboardInterrupt from error
 

@@ -159,7 +159,7 @@ class Search:
                 self._fail_running(loop, f"the search stopped: {type(error).__name__}")
                 raise ExperimentError(f"the search stopped: {type(error).__name__}: {first_line(str(error))}") \
                     from None
-        result = SearchResult(self.study_name, self.storage, self.metric, self.direction, abandoned=abandoned,
+        result = SearchResult(self.study_name, self.storage, self.metric, self.direction,
                               ran_now=loop.launched, objectives=dict(self.objectives))
         # A grid runs every point, the baseline's among them, rather than run it twice.
         result.collect(study, self.baseline if self._grid else None)

@@ -36,7 +36,6 @@ class SearchResult:
     direction: str
     trials: list[TrialOutcome] = field(default_factory=list)
     ran_now: int = 0
-    abandoned: list[int] = field(default_factory=list)
     objectives: dict[str, str] = field(default_factory=dict)  # metric -> direction when several, else {}
 
     @property
