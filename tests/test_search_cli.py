@@ -28,6 +28,7 @@ from tests.conftest import (
     store_client,
     sweep_parents_and_children,
     wait_until,
+    write_npz,
 )
 
 pytestmark = pytest.mark.slow
@@ -205,6 +206,9 @@ def test_a_search_refuses_repeats_in_one_line(tmp_path):
     assert not (runs_dir / "mlflow.db").exists() and not (runs_dir / "optuna.db").exists()
 
 
+STUDY = "mnist-mlp-mnist"  # hparams_search=optuna's study on data=mnist (a data.path of tiny digits)
+
+
 @pytest.mark.xdist_group("search_interrupts")  # three long tests that share nothing with the module's others
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL],
                          ids=["ctrl-c", "sigterm", "sigkill"])
@@ -213,13 +217,14 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number)
     (in a trial, asking for the next, telling a result); the same command again finishes the study."""
     runs_dir = tmp_path / "runs"
     storage = f"sqlite:///{runs_dir}/optuna.db"
-    command = ["-m", "hparams_search=optuna", "data=mnist_sample", "epochs=30", "hydra.sweeper.n_trials=2",
-               "hydra.sweeper.pruner.name=none"]
+    # The tiny digits: a trial of 40 epochs lasts seconds, long enough to be in flight when the signal comes.
+    command = ["-m", "hparams_search=optuna", f"data.path={write_npz(tmp_path / 'mnist.npz')}", "epochs=40",
+               "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none"]
     process = start_cli(*command, runs_dir=runs_dir, stdout=subprocess.DEVNULL)
-    one_finished = lambda: finished_trials(runs_dir / "optuna.db", "mnist-mlp-mnist_sample") >= 1  # noqa: E731
+    one_finished = lambda: finished_trials(runs_dir / "optuna.db", STUDY) >= 1  # noqa: E731
     stderr = signal_when(process, one_finished, signal_number, 180, "a finished trial")
     assert process.returncode == (-signal.SIGKILL if signal_number == signal.SIGKILL else 130), stderr[-3000:]
-    interrupted = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
+    interrupted = optuna.load_study(study_name=STUDY, storage=storage).trials
     done_before = [t.number for t in interrupted if t.state.name == "COMPLETE"]
     others = [t.state.name for t in interrupted if t.state.name != "COMPLETE"]
     if signal_number == signal.SIGKILL:
@@ -234,14 +239,14 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number)
 
     rerun = run_cli(*command, runs_dir=runs_dir)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    trials = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=storage).trials
+    trials = optuna.load_study(study_name=STUDY, storage=storage).trials
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
     assert [t.number for t in trials if t.state.name == "COMPLETE"][: len(done_before)] == done_before
     reason = "its sweep process died" if signal_number == signal.SIGKILL else "interrupted (Ctrl-C or SIGTERM)"
     assert all(t.user_attrs["fail_reason"] == reason for t in trials if t.state.name == "FAIL")
     client, (resumed,), _ = sweep_runs(runs_dir)  # the study's one parent run, FINISHED by the search that ended it
     assert not [r for r in all_runs(client) if r.info.status == "RUNNING"]
-    assert resumed.info.status == "FINISHED" and resumed.data.tags["optuna.study_name"] == "mnist-mlp-mnist_sample"
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["optuna.study_name"] == STUDY
 
 
 def test_independent_searches_on_one_storage_share_one_study(tmp_path):
