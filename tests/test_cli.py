@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -100,9 +101,13 @@ def sweep_table(stdout: str) -> list[list[str]]:
     return rows
 
 
-def test_multirun_groups_jobs_under_one_parent(tmp_path):
+def test_multirun_groups_jobs_under_one_parent(tmp_path, cli_in_process, caplog):
+    """In this process (the other sweeps here run the real one): the parent, its table, one line per job."""
     runs_dir = tmp_path / "runs"
-    result = run_cli("-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=1", runs_dir=runs_dir)
+    with caplog.at_level(logging.INFO, logger="mnist_exp"):
+        code, stdout, stderr = cli_in_process("-m", "optimizer=sgd,adam", "data=mnist_sample", "epochs=1",
+                                              runs_dir=runs_dir)
+    result = subprocess.CompletedProcess([], code, stdout, stderr + caplog.text)
     assert result.returncode == 0, result.stderr
     client = store_client(runs_dir)
     parent, children = single_sweep(client)
@@ -154,13 +159,15 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_a_sweep_whose_jobs_all_fail_ends_its_parent_failed(tmp_path):
-    """One job refused before training (bad value), one failed during it (diverged): no job finished."""
+def test_a_sweep_whose_jobs_all_fail_ends_its_parent_failed(tmp_path, cli_in_process):
+    """One job refused before training (bad value), one failed during it (diverged): no job finished. (In this
+    process: what a sweep's real process prints and logs, the other tests here check.)"""
     runs_dir = tmp_path / "runs"
-    result = run_cli(
+    code, stdout, stderr = cli_in_process(
         "-m", "model.dropout=1.5,0.0", "optimizer=sgd", "optimizer.lr=10.0", "model.activation=linear",
         "model.hidden_units=[512,512]", "data=mnist_sample", "epochs=1", "plots=false", runs_dir=runs_dir,
     )
+    result = subprocess.CompletedProcess([], code, stdout, stderr)
     assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.strip().endswith("error: 2 of 2 jobs failed")
     client = store_client(runs_dir)
@@ -248,17 +255,17 @@ def test_a_sweep_killed_outright_is_finished_by_the_same_command_each_job_once(t
     assert "Sweep " + parent.info.run_id + ": 4 jobs" in second.stdout
 
 
-def test_a_sweep_with_a_failed_job_is_finished_by_the_same_command(tmp_path):
+def test_a_sweep_with_a_failed_job_is_finished_by_the_same_command(tmp_path, cli_in_process):
     """The failed job runs again (its data file now exists), the finished one does not; the parent's table
-    and jobs_failed count each job once, by its best attempt."""
+    and jobs_failed count each job once, by its best attempt. (Both commands in this process.)"""
     runs_dir, late = tmp_path / "runs", tmp_path / "late.npz"
     command = ("-m", f"data.path={write_npz(tmp_path / 'early.npz')},{late}", "epochs=1", "plots=false",
                "mlflow.log_model=false")
-    first = run_cli(*command, runs_dir=runs_dir)
+    first = subprocess.CompletedProcess([], *cli_in_process(*command, runs_dir=runs_dir))
     assert first.returncode == 1 and first.stderr.strip().endswith("error: 1 of 2 jobs failed"), first.stderr
     write_npz(late)
 
-    second = run_cli(*command, runs_dir=runs_dir)
+    second = subprocess.CompletedProcess([], *cli_in_process(*command, runs_dir=runs_dir))
     assert second.returncode == 0, second.stderr[-3000:]
     client = store_client(runs_dir)
     parent, children = single_sweep(client)

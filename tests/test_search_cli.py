@@ -38,6 +38,12 @@ def search(*args: str, runs_dir) -> subprocess.CompletedProcess:
     return run_cli("-m", *args, "data=mnist_sample", runs_dir=runs_dir)
 
 
+def search_here(cli_in_process, *args: str, runs_dir) -> subprocess.CompletedProcess:
+    """`search` in this process (cli_in_process): for a search about what it records and prints, not about its
+    process (the others here are)."""
+    return subprocess.CompletedProcess([], *cli_in_process("-m", *args, "data=mnist_sample", runs_dir=runs_dir))
+
+
 def sweep_runs(runs_dir):
     client = store_client(runs_dir)
     return (client, *sweep_parents_and_children(client))
@@ -149,10 +155,10 @@ hydra:
 """
 
 
-def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path):
+def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path, cli_in_process):
     runs_dir = tmp_path / "runs"
-    result = search("hparams_search=diverge", search_preset(tmp_path, "diverge", GRID_WITH_A_DIVERGING_TRIAL),
-                    "epochs=1", runs_dir=runs_dir)
+    preset = search_preset(tmp_path, "diverge", GRID_WITH_A_DIVERGING_TRIAL)
+    result = search_here(cli_in_process, "hparams_search=diverge", preset, "epochs=1", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="diverge", storage=f"sqlite:///{runs_dir}/optuna.db")
     by_lr = {t.params["optimizer.lr"]: t for t in study.trials}
@@ -167,14 +173,15 @@ def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path):
 LAYER_KEYS = {"mlp": "model.hidden_units", "cnn": "model.filters"}
 
 
-def test_a_search_chooses_between_models_and_each_trial_has_its_models_keys_only(tmp_path):
+def test_a_search_chooses_between_models_and_each_trial_has_its_models_keys_only(tmp_path, cli_in_process):
     preset = search_preset(tmp_path, "two_models", MODEL_CHOICE_PRESET)
     runs_dir = tmp_path / "runs"
     runs_dir.mkdir(exist_ok=True)
     # Both models for certain, whatever the sampler draws: a CNN queued first, then the baseline (the default MLP).
     storage = f"sqlite:///{runs_dir}/optuna.db"
     optuna.create_study(study_name="models", storage=storage, direction="maximize").enqueue_trial({"model": "cnn"})
-    result = search("hparams_search=two_models", preset, "epochs=1", "hydra.sweeper.n_trials=2", runs_dir=runs_dir)
+    result = search_here(cli_in_process, "hparams_search=two_models", preset, "epochs=1", "hydra.sweeper.n_trials=2",
+                         runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="models", storage=storage)
     trials = {t.number: t for t in study.trials}
@@ -321,12 +328,13 @@ def test_sigkill_of_a_joblib_search_leaves_no_worker_and_the_rerun_completes(tmp
     assert not [r for r in all_runs(store_client(runs_dir)) if r.info.status == "RUNNING"]
 
 
-def test_a_search_of_accuracy_against_size_keeps_its_pareto_front_in_the_parent(tmp_path):
+def test_a_search_of_accuracy_against_size_keeps_its_pareto_front_in_the_parent(tmp_path, cli_in_process):
     """Two objectives: a column each, `*` on the front, the front as a table, a plot and run tags, and the
     champion alias on the front's most accurate trial (the first objective)."""
     runs_dir = tmp_path / "runs"
-    result = search("hparams_search=optuna", "epochs=1", "optimized_metric=[val_accuracy,parameters]",
-                    "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none", runs_dir=runs_dir)
+    result = search_here(cli_in_process, "hparams_search=optuna", "epochs=1",
+                         "optimized_metric=[val_accuracy,parameters]", "hydra.sweeper.n_trials=3",
+                         "hydra.sweeper.pruner.name=none", runs_dir=runs_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="mnist-mlp-mnist_sample", storage=f"sqlite:///{runs_dir}/optuna.db")
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
