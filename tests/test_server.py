@@ -168,14 +168,15 @@ def test_passwords_in_the_urls_reach_their_servers_and_nothing_else(tracking_ser
     runs_dir = tmp_path / "runs"
     with recording_proxy(url) as (proxy, authorizations):
         command = [
-            "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=1",
-            "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.pruner.name=none", "mlflow=server",
-            "mlflow.experiment=credentials",  # the server is shared by this module's tests
+            "-m", "hparams_search=optuna", "data=mnist_sample", "epochs=1", "hydra.sweeper.pruner.name=none",
+            "mlflow=server", "mlflow.experiment=credentials",  # the server is shared by this module's tests
             f"mlflow.tracking_uri=http://alice:{SECRET}@{proxy.removeprefix('http://')}",
             f"hydra.sweeper.storage=postgresql+psycopg://postgres:{SECRET}@{postgres}/optuna"]
-        result = run_cli(*command, "hydra.sweeper.n_trials=2", runs_dir=runs_dir)
+        result = run_cli(*command, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2",
+                         runs_dir=runs_dir)
         assert result.returncode == 0, result.stderr[-3000:]
-        # The study's one parent run on the server, found again through the PostgreSQL study.
+        # The study's one parent run on the server, found again through the PostgreSQL study; its one trial in
+        # the sweeping process itself (the workers' requests are the first search's).
         resumed = run_cli(*command, "hydra.sweeper.n_trials=3", runs_dir=runs_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stdout.startswith("Resuming study mnist-mlp-mnist_sample (postgresql+psycopg://postgres:***@")
