@@ -2,7 +2,7 @@
 #   make run [ARGS="optimizer=sgd epochs=10"]    train (defaults: the classic Keras MNIST MLP); installs what running needs
 #   make test [PYTEST_ARGS=...] [WORKERS=2]      the whole test suite (what CI runs) in WORKERS processes; adds the test extras
 #   make coverage                                the whole suite's line coverage (CLI subprocesses included)
-#   make quick                                   the fast tests only (no subprocesses, servers, Ray or browser)
+#   make quick [WORKERS=2]                       the fast tests only (no subprocesses, servers, Ray, browser or real timeouts)
 #   make lint                                    ruff, and the import layers pyproject.toml states (lint-imports)
 #   make ui                                       the MLflow UI on the project's store (runs/mlflow.db)
 #   make dashboard [PORT=8080] [STORAGE=URL]      optuna-dashboard on the searches' studies (runs/optuna.db)
@@ -46,7 +46,7 @@ coverage: $(VENV)/.installed-test
 	$(VENV)/bin/python -m pytest $(PARALLEL) --cov --cov-report=term $(PYTEST_ARGS)
 
 quick: $(VENV)/.installed-test
-	$(VENV)/bin/python -m pytest $(QUICK) $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(QUICK) $(PARALLEL) $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check mnist_exp tests hydra_plugins benchmarks

@@ -4,6 +4,7 @@ subprocess, reading the store it wrote, and waiting for a condition with a deadl
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import gzip
 import os
 import re
@@ -581,15 +582,24 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def empty_store(tmp_path_factory) -> Path:
+def empty_store(tmp_path_factory, worker_id) -> Path:
     """An MLflow SQLite store with every table made and nothing in it. A new store runs MLflow's migrations, seconds
-    each time; tests copy this one into their runs folder instead (seeded_store). Made by a process of its own, so
-    that this one imports no MLflow for it."""
-    folder = tmp_path_factory.mktemp("empty-store")
-    subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
-                    "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{folder / STORE_FILE}"],
-                   cwd=folder, check=True, capture_output=True, timeout=300)
-    return folder / STORE_FILE
+    each time; tests copy this one into their runs folder instead (seeded_store). Made once for make test's workers
+    (in the folder their temporary folders share), by a process of its own, so that this one imports no MLflow."""
+    root = tmp_path_factory.getbasetemp()
+    root = root if worker_id == "master" else root.parent
+    store = root / "empty-store" / STORE_FILE
+    with open(root / "empty-store.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the first one's store
+        if not store.exists():
+            making = root / "empty-store-making"
+            shutil.rmtree(making, ignore_errors=True)
+            making.mkdir()
+            subprocess.run([sys.executable, "-c", "import sys; from mlflow import MlflowClient; "
+                            "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{making / STORE_FILE}"],
+                           cwd=making, check=True, capture_output=True, timeout=300)
+            making.rename(store.parent)
+    return store
 
 
 @pytest.fixture(autouse=True)

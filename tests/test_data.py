@@ -376,6 +376,7 @@ def test_an_npz_whose_header_claims_a_billion_images_is_one_line(tmp_path):
         data.load_dataset(data_cfg(path=rebuilt, cache=False), seed=0)
 
 
+@pytest.mark.slow  # processes of its own
 def test_parallel_runs_that_miss_the_cache_decode_and_write_it_once(tmp_path, caplog):
     """Two workers of a search once decoded the same files and renamed their partial caches onto one name."""
     import threading

@@ -157,6 +157,7 @@ def test_a_plot_that_fails_leaves_a_finished_run_and_a_warning(tiny, monkeypatch
     assert "no plots for run" in caplog.text and "No space left on device" in caplog.text
 
 
+@pytest.mark.slow  # two trainings on real digits
 def test_same_config_and_seed_give_identical_scores_on_real_digits(experiment_cfg):
     cfg = experiment_cfg("data=mnist_sample", "epochs=2", "plots=false", "mlflow.log_model=false", "seed=7")
     first, second = experiment.run(cfg), experiment.run(cfg)
@@ -166,6 +167,7 @@ def test_same_config_and_seed_give_identical_scores_on_real_digits(experiment_cf
     assert first["test_accuracy"] == second["test_accuracy"]
 
 
+@pytest.mark.slow  # two trainings
 def test_same_seed_same_metrics(tiny):
     first = experiment.run(tiny("seed=3"))
     second = experiment.run(tiny("seed=3"))
@@ -290,6 +292,7 @@ def test_learning_rate_reduction_is_recorded(tiny):
     assert all(earlier >= later for earlier, later in zip(rates, rates[1:], strict=False))
 
 
+@pytest.mark.slow  # a training per schedule
 def test_a_learning_rate_schedule_is_recorded_every_epoch_and_ends_at_zero(tiny):
     for schedule in ("cosine", "one_cycle"):
         outcome = experiment.run(tiny("epochs=5", f"lr_schedule={schedule}", "optimizer.lr=0.01"))
@@ -329,6 +332,7 @@ def test_early_stopping_keeps_the_best_epoch(tiny):
     assert outcome["val_loss"] == pytest.approx(min(val_losses), rel=1e-4)
 
 
+@pytest.mark.slow  # a process of its own, then a training
 def test_runs_left_running_by_a_dead_process_are_killed_at_the_next_start(tiny, tmp_path):
     cfg = tiny()
     store = connect(cfg)
@@ -398,6 +402,7 @@ def test_git_is_asked_once_per_process_and_never_fails_a_run(tmp_path, monkeypat
         run_tags.source_tags.cache_clear()
 
 
+@pytest.mark.slow  # several trainings
 def test_the_models_of_earlier_trials_are_collected_not_frozen(tiny, tmp_path):
     """The imports are frozen out of the collection before each model (it walked them for half a second a
     trial); what a model makes must stay collectable, or every trial of a search would leak its model."""

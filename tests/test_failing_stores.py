@@ -295,6 +295,7 @@ def test_an_http_server_that_is_not_mlflow_is_one_line_for_every_command(tmp_pat
                               "(GET /api/2.0/mlflow/experiments/search returned 404 Not Found)")
 
 
+@pytest.mark.slow  # waits out real timeouts (ten seconds in all)
 def test_a_server_that_never_replies_is_one_line_within_seconds(tmp_path, capsys, own_http_timeout, monkeypatch):
     """Once 120 s per attempt (MLflow's request timeout), three attempts, for every command. The first command
     waits the real ANSWER_TIMEOUT_S; every command then, the same wait shortened to a second."""
@@ -319,6 +320,7 @@ def test_a_server_that_never_replies_is_one_line_within_seconds(tmp_path, capsys
         assert seconds < 2 * 1.0 + 10, command
 
 
+@pytest.mark.slow  # waits out real timeouts
 def test_reads_that_stall_after_the_check_time_out_soon_and_say_so_in_one_line(tmp_path, capsys, own_http_timeout,
                                                                                monkeypatch):
     """A server that answers the reachability check, then stalls: the reading commands' short timeout."""

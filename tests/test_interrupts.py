@@ -35,6 +35,7 @@ def test_an_interrupt_is_forgotten_when_its_outermost_scope_ends(signals_handled
     interrupts.check()
 
 
+@pytest.mark.slow  # two trainings
 def test_a_long_lived_process_runs_normally_after_one_interrupted_run(make_cfg, npz_file, signals_handled):
     """A notebook calling experiment.run: one run stopped by Ctrl-C, the next one trains all its epochs."""
     cfg = make_cfg(f"data.path={npz_file}", "epochs=3", "batch_size=64", "model.hidden_units=[16]",

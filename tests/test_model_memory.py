@@ -124,6 +124,7 @@ def _presets() -> list[list[str]]:
     return presets
 
 
+@pytest.mark.slow  # every preset and search space composed
 def test_the_defaults_every_preset_and_the_largest_trial_of_every_search_fit_easily(tmp_path):
     """Under the very `ulimit -v` the report used, on full MNIST with the run's pictures, each needs at most a
     fraction of what is left beside TensorFlow."""

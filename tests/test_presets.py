@@ -66,6 +66,7 @@ def test_a_debug_preset_wins_over_an_experiment_and_the_command_line_over_both(t
     assert (cfg.data.name, cfg.epochs, cfg.train_subset) == ("fashion_mnist", 7, 300)
 
 
+@pytest.mark.slow  # a training per preset
 @pytest.mark.parametrize(("group", "option"), PRESETS)
 def test_every_preset_runs(shared_runs_dir, tiny_npz, group, option):
     tiny = (f"data.path={tiny_npz}", *TINY_EXPERIMENT) if group == "experiment" else ()

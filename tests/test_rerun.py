@@ -28,6 +28,7 @@ def reruns_of(client, run_id: str) -> list:
     return client.search_runs(experiments, filter_string=f"tags.`{run_tags.RERUN_OF_TAG}` = '{run_id}'")
 
 
+@pytest.mark.slow  # two trainings, epoch by epoch
 def test_a_rerun_with_the_same_seed_reproduces_every_epoch_and_takes_overrides(make_cfg, tmp_path, signals_handled,
                                                                                 capsys):
     from mnist_exp import experiment

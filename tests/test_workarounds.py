@@ -163,6 +163,7 @@ def log_tiny_model(tmp_path):
     return client.get_logged_model(model_uri.removeprefix("models:/"))
 
 
+@pytest.mark.slow  # two models logged, one loaded back and served
 def test_a_logged_model_is_not_loaded_back_to_check_its_example_and_still_serves_it(tmp_path, monkeypatch):
     """MLflow's check loaded the model back and predicted on the example after every run."""
     import contextlib
