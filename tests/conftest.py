@@ -571,10 +571,15 @@ def reading_timeout_forgotten():
 def pytest_collection_modifyitems(config, items):
     """make test's workers (pytest-xdist, --dist loadgroup) take a module's tests together, for the fixtures they
     share (a trained model, a server, a Ray cluster); a test marked with an xdist_group of its own (a long one that
-    shares none) may run beside its module on another worker."""
+    shares none) may run beside its module on another worker. The longest work is handed out first (the tests with
+    a group of their own, then the modules with slow tests, each in file order), so that the two workers end
+    together: started last, the longest test once ran alone for over a minute while the other worker idled."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     for item in items:
         if not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: (item.get_closest_marker("xdist_group").args[0] != item.module.__name__,
+                                 item.module.__name__ in slow_modules), reverse=True)
 
 
 # --- one empty MLflow store for the session ---------------------------------------------------------------------
