@@ -18,7 +18,8 @@ STORE = $(shell $(VENV)/bin/python -c "from mnist_exp.tracking.store import read
 QUICK := -m "not slow and not e2e" --durations=15
 # The suite's tests in parallel processes (pytest-xdist), each module's on one worker (tests/conftest.py).
 WORKERS ?= 2
-PARALLEL = $(if $(filter-out 0 1,$(WORKERS)),-n $(WORKERS) --dist loadgroup)
+# --no-loadscope-reorder: the order tests/conftest.py gives (longest work first), not xdist's (most tests first).
+PARALLEL = $(if $(filter-out 0 1,$(WORKERS)),-n $(WORKERS) --dist loadgroup --no-loadscope-reorder)
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -587,12 +587,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def empty_store(tmp_path_factory, worker_id) -> Path:
+def empty_store(tmp_path_factory) -> Path:
     """An MLflow SQLite store with every table made and nothing in it. A new store runs MLflow's migrations, seconds
     each time; tests copy this one into their runs folder instead (seeded_store). Made once for make test's workers
     (in the folder their temporary folders share), by a process of its own, so that this one imports no MLflow."""
     root = tmp_path_factory.getbasetemp()
-    root = root if worker_id == "master" else root.parent
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
     store = root / "empty-store" / STORE_FILE
     with open(root / "empty-store.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the first one's store

@@ -224,8 +224,8 @@ def test_interrupted_search_resumes_to_exactly_n_trials(tmp_path, signal_number)
     (in a trial, asking for the next, telling a result); the same command again finishes the study."""
     runs_dir = tmp_path / "runs"
     storage = f"sqlite:///{runs_dir}/optuna.db"
-    # The tiny digits: a trial of 40 epochs lasts seconds, long enough to be in flight when the signal comes.
-    command = ["-m", "hparams_search=optuna", f"data.path={write_npz(tmp_path / 'mnist.npz')}", "epochs=40",
+    # The tiny digits: a trial of 100 epochs lasts seconds, long enough to be in flight when the signal comes.
+    command = ["-m", "hparams_search=optuna", f"data.path={write_npz(tmp_path / 'mnist.npz')}", "epochs=100",
                "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner.name=none"]
     process = start_cli(*command, runs_dir=runs_dir, stdout=subprocess.DEVNULL)
     one_finished = lambda: finished_trials(runs_dir / "optuna.db", STUDY) >= 1  # noqa: E731

@@ -26,7 +26,10 @@ def test_a_trial_draws_pictures_only_when_its_search_asked(make_cfg, monkeypatch
 
     monkeypatch.setattr(sweep_job.experiment, "run", run)
     job = JobContext("parent", pictures=pictures)
-    outcome = sweep_job._outcome(make_cfg("plots=true"), [], job, "job 0", reporter=lambda *args: None)
+    from mnist_exp.config.plan import resolve
+
+    cfg = make_cfg("plots=true")
+    outcome = sweep_job._outcome(cfg, [], job, "job 0", plan=resolve(cfg), reporter=lambda *args: None)
     # The recorded config keeps plots=true: the retrain command's run draws them.
     assert outcome.state == "COMPLETE" and seen == [(True, pictures)]
 
@@ -48,3 +51,14 @@ def test_the_search_asks_for_pictures_by_setting_plots():
     assert not pictures_asked(["hparams_search=optuna", "epochs=2", "hydra.sweeper.n_trials=4"])
     assert pictures_asked(["hparams_search=optuna", "plots=true"])
     assert pictures_asked(["+plots=false"])  # and then as it says
+
+
+def test_a_job_whose_config_cannot_be_resolved_fails_as_a_job_and_the_sweep_goes_on(make_cfg):
+    """An interpolation the job's process cannot resolve (an ${oc.env:...} unset on a Ray worker) once escaped the
+    job as an exception; it is the job's failure, returned."""
+    from omegaconf import OmegaConf
+
+    cfg = make_cfg()
+    OmegaConf.update(cfg, "epochs", "${nope}", force_add=True)
+    outcome = sweep_job.run_job(cfg, ["epochs=${nope}"], 0)
+    assert outcome.state == "FAIL" and "nope" in outcome.reason

@@ -43,8 +43,8 @@ class OptunaSweeper(Sweeper):
 
         assert self.config is not None and self.launcher is not None
         try:
+            sweeping.check_ray_cluster(self.config)  # before anything is written or moved to the environment
             search, plan = configured_search(self.settings, self.config, arguments)
-            sweeping.check_ray_cluster(self.config)
             check_store_access(plan)  # a server refusing us leaves no empty study behind
             search.open_study()
         except ExperimentError as error:

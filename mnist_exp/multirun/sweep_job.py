@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_exp import experiment
+from mnist_exp.config import objectives
 from mnist_exp.config.plan import RunPlan, resolve
 from mnist_exp.multirun.job_context import INTERRUPTED_REASON, JobContext, JobOutcome
 from mnist_exp.multirun.sweep_worker import is_worker_of, watched_job
@@ -53,10 +54,10 @@ def run_job(cfg: DictConfig, overrides: Sequence[str], job_number: int) -> JobOu
 
 def _plan(cfg: DictConfig) -> RunPlan | None:
     """The job's config resolved, once in its process; None when it cannot work (experiment.run then says why in
-    the job's FAILED run)."""
+    the job's FAILED run), whatever raised (an interpolation this worker cannot resolve, too)."""
     try:
         return resolve(cfg)
-    except ExperimentError:
+    except Exception:
         return None
 
 
@@ -103,7 +104,6 @@ def _run(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, labe
 
 def _outcome(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, label: str,
              plan: RunPlan | None = None, reporter=None) -> JobOutcome:
-    plan = plan or _plan(cfg)
     context = RunContext()
     if job is not None:
         reporter = reporter or _reporter(job)
@@ -129,6 +129,7 @@ def _outcome(cfg: DictConfig, overrides: Sequence[str], job: JobContext | None, 
         "%s done: %s val_accuracy=%.4f test_accuracy=%.4f (%.1f s)", label, " ".join(overrides),
         outcome["val_accuracy"], outcome["test_accuracy"], outcome["train_seconds"],
     )
-    values = tuple(float(outcome[metric]) for metric in plan.objectives)  # resolved: the run completed
+    metrics = plan.objectives if plan is not None else objectives(cfg)  # a caller that resolved nothing
+    values = tuple(float(outcome[metric]) for metric in metrics)
     return JobOutcome("COMPLETE", value=values[0], values=values, test_accuracy=outcome["test_accuracy"],
                       run_id=outcome["run_id"])

@@ -18,10 +18,12 @@ record, `ignore()` makes further signals harmless, so the exit code stays the on
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
 
+log = logging.getLogger(__name__)
 _requested = threading.Event()
 _state = threading.local()
 _scopes = 0
@@ -62,6 +64,8 @@ def errors_count_as_interrupt() -> Iterator[None]:
     except Exception as error:
         if not requested():
             raise
+        # Kept for whoever debugs the stop (the command line says only "interrupted").
+        log.debug("raised while an interrupt stopped the work", exc_info=error)
         raise KeyboardInterrupt from error
 
 
@@ -95,7 +99,8 @@ def deferred() -> Iterator[None]:
 
 def _on_signal(signum, frame) -> None:
     stopping = _requested.is_set() and _scopes > 0
-    _requested.set()
+    if _scopes > 0:  # outside any work, nothing is remembered: the interrupt is only raised
+        _requested.set()
     if stopping:
         return  # the first signal is already stopping this work
     if getattr(_state, "deferring", 0):

@@ -131,7 +131,9 @@ def learning_rate_schedule(kind: str, lr: float, total_steps: int):
         return None
     if kind == "cosine":
         return keras.optimizers.schedules.CosineDecay(lr, decay_steps=total_steps)
-    warmup = max(1, round(ONE_CYCLE_WARMUP * total_steps))  # one_cycle: config.LR_SCHEDULES has no other
+    if kind != "one_cycle":  # config.LR_SCHEDULES: a checked config never gets here
+        raise ValueError(f"unknown learning-rate schedule {kind!r}")
+    warmup = max(1, round(ONE_CYCLE_WARMUP * total_steps))
     return keras.optimizers.schedules.CosineDecay(
         lr * ONE_CYCLE_START, decay_steps=max(1, total_steps - warmup), warmup_target=lr, warmup_steps=warmup
     )

@@ -252,7 +252,7 @@ class Search:
                 try:
                     (returned,) = launch([job], job.index)
                 except Exception as error:  # a launcher failure fails this trial, not the search
-                    returned = error
+                    returned = JobOutcome("FAIL", reason=INTERRUPTED_REASON) if interrupts.requested() else error
                 self._finish(loop, job, returned)
         except KeyboardInterrupt:
             pass  # the main thread re-raises it after the join
