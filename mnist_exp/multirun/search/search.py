@@ -159,16 +159,15 @@ class Search:
                 self._fail_running(loop, f"the search stopped: {type(error).__name__}")
                 raise ExperimentError(f"the search stopped: {type(error).__name__}: {first_line(str(error))}") \
                     from None
-        result = SearchResult(self.study_name, self.storage, self.metric, self.direction,
-                              ran_now=loop.launched, objectives=dict(self.objectives))
+        result = SearchResult(self.study_name, self.storage, self.metric, self.direction, ran_now=loop.launched,
+                              objectives=dict(self.objectives))
         # A grid runs every point, the baseline's among them, rather than run it twice.
         result.collect(study, self.baseline if self._grid else None)
         return result
 
     def _launch_all(self, loop: _Loop, launch: Launch, concurrent: bool) -> None:
         if concurrent and self.n_jobs > 1:
-            self._run_slots(loop, launch)
-            return
+            return self._run_slots(loop, launch)
         while jobs := [job for job in (self._next_job(loop) for _ in range(self.n_jobs)) if job]:
             returns = launch(jobs, jobs[0].index)
             for job, returned in zip(jobs, returns, strict=True):
