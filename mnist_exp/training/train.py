@@ -52,11 +52,11 @@ class PreparedTraining:
     cfg: Mapping[str, Any]
     dataset: Dataset
     monitored: str  # what early stopping and learning-rate reduction watch (config.monitored_metric)
+    model: ModelSpec  # cfg's model group, typed once
 
     def run(self, on_epoch: EpochHook | None = None, on_built: SizeHook | None = None) -> TrainingResult:
         """train_and_evaluate with this optimizer."""
-        spec = model_spec(self.cfg["model"])
-        with out_of_memory_is_a_failure(f"training model={spec.name} ({_layer_settings(spec)}) with "
+        with out_of_memory_is_a_failure(f"training model={self.model.name} ({_layer_settings(self.model)}) with "
                                         f"batch_size={self.cfg['batch_size']}"):
             return _train_and_evaluate(self, on_epoch, on_built)
 
@@ -68,7 +68,8 @@ def prepare(cfg: Mapping[str, Any], dataset: Dataset, monitored: str | None = No
     from mnist_exp.config import monitored_metric
 
     keras = prepared_backend(cfg)
-    return PreparedTraining(keras, _optimizer(cfg, dataset), cfg, dataset, monitored or monitored_metric(cfg))
+    return PreparedTraining(keras, _optimizer(cfg, dataset), cfg, dataset, monitored or monitored_metric(cfg),
+                            model_spec(cfg["model"]))
 
 
 def _optimizer(cfg: Mapping[str, Any], dataset: Dataset):
@@ -80,7 +81,7 @@ def _optimizer(cfg: Mapping[str, Any], dataset: Dataset):
 def _train_and_evaluate(prepared: PreparedTraining, on_epoch: EpochHook | None,
                         on_built: SizeHook | None) -> TrainingResult:
     keras, cfg, dataset = prepared.keras, prepared.cfg, prepared.dataset
-    model = compiled_model(cfg, dataset, prepared.optimizer)
+    model = compiled_model(cfg, dataset, prepared.optimizer, prepared.model)
     size = {key: float(value) for key, value in model_size(model).items()}
     if on_built is not None:
         on_built(size)
@@ -140,7 +141,7 @@ def _train_and_evaluate(prepared: PreparedTraining, on_epoch: EpochHook | None,
         "train_seconds": train_seconds,
         **size,
     }
-    chunk = prediction_chunk(model_spec(cfg["model"]), dataset.x_test.shape[1], len(dataset.class_names))
+    chunk = prediction_chunk(prepared.model, dataset.x_test.shape[1], len(dataset.class_names))
     predictions = _predicted_classes(model, dataset.x_test, chunk) if cfg["plots"] else None
     return TrainingResult(model=model, metrics=metrics, history=dict(history.history), test_predictions=predictions)
 
@@ -161,10 +162,10 @@ def prepared_backend(cfg: Mapping[str, Any]):
     return keras
 
 
-def compiled_model(cfg: Mapping[str, Any], dataset: Dataset, optimizer=None):
-    """The model `cfg` describes, compiled for training as every run trains it (with `optimizer`, else a new
-    one as `cfg` sets it)."""
-    model = build_model(model_spec(cfg["model"]), input_dim=dataset.x_train.shape[1],
+def compiled_model(cfg: Mapping[str, Any], dataset: Dataset, optimizer=None, spec: ModelSpec | None = None):
+    """The model `cfg` describes (`spec`: its model group, typed already), compiled for training as every run
+    trains it (with `optimizer`, else a new one as `cfg` sets it)."""
+    model = build_model(spec or model_spec(cfg["model"]), input_dim=dataset.x_train.shape[1],
                         num_classes=len(dataset.class_names))
     # Sparse labels: the same categorical cross-entropy, without a one-hot copy of every label. Smoothing needs
     # the one-hot targets (the batches make them), and Keras' sparse loss has no smoothing.
