@@ -2,7 +2,7 @@
 
 The command lines (a run, a rerun, a search's sweeping process) call `resolve` at their edge and hand the plan
 on to the run they start: it is not validated again, and its tracking URI, runs folder and monitored metric are
-read from the plan. (A sweep's job is resolved once in its own process, by experiment.run.)
+read from the plan. (A sweep's job is resolved once in its own process: mnist_exp.multirun.sweep_job.)
 """
 
 from __future__ import annotations
